@@ -1,0 +1,132 @@
+//! The event bus behind a narrow trait shaped like Kafka: keyed records,
+//! partitions, consumer groups, and offsets committed only after the effect.
+//!
+//! `embedded://` keeps a durable log in the embedded SQLite database, so a
+//! restart loses and repeats nothing. `kafka://` arrives with the Kafka issue.
+
+mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use embedded::EmbeddedBus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus backend: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for BusError {
+    fn from(error: rusqlite::Error) -> Self {
+        BusError::Backend(error.to_string())
+    }
+}
+
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
+
+/// The topics of design.md; the configured prefix is prepended to each name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    SubscriberEvents,
+    CampaignEvents,
+    SendJobs,
+    SendRetries,
+    DeliveryEvents,
+    FeedbackEvents,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 6] = [
+        Topic::SubscriberEvents,
+        Topic::CampaignEvents,
+        Topic::SendJobs,
+        Topic::SendRetries,
+        Topic::DeliveryEvents,
+        Topic::FeedbackEvents,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Topic::SubscriberEvents => "subscriber-events",
+            Topic::CampaignEvents => "campaign-events",
+            Topic::SendJobs => "send-jobs",
+            Topic::SendRetries => "send-retries",
+            Topic::DeliveryEvents => "delivery-events",
+            Topic::FeedbackEvents => "feedback-events",
+        }
+    }
+
+    /// The full topic name with `prefix`, e.g. `broadside.send-jobs`.
+    pub fn name(self, prefix: &str) -> String {
+        format!("{prefix}{}", self.suffix())
+    }
+}
+
+/// Header names every record carries.
+pub mod headers {
+    /// Protobuf message name of the payload, e.g. `broadside.v1.SendJob`.
+    pub const TYPE: &str = "type";
+    pub const TENANT: &str = "tenant";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// One record to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Partitioning key (a subscriber or campaign id); same key, same partition, same order.
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+}
+
+/// A record read from a topic, with its position.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub record: Record,
+}
+
+/// Publishes records and opens consumers.
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Appends `records` to `topic`. When this returns Ok, every record is
+    /// durable; on Err none may be assumed written (retry the whole batch:
+    /// consumers are idempotent).
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<()>;
+    /// Joins consumer group `group` on `topics`, starting at its committed offsets.
+    async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
+    /// Partitions per topic.
+    fn partitions(&self) -> u32;
+}
+
+/// A member of a consumer group.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Up to `max` records, waiting at most `wait` for the first one.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>>;
+    /// Commits past every record in `done`: call only after their effects are durable.
+    async fn commit(&mut self, done: &[Delivered]) -> Result<()>;
+    /// Forgets uncommitted progress: the next poll starts at the committed offsets.
+    async fn rewind(&mut self) -> Result<()>;
+}
+
+/// Stable partition of `key` among `partitions` (FNV-1a).
+pub fn partition_for(key: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}

@@ -1,0 +1,396 @@
+//! Typed configuration: one TOML file, then `BROADSIDE__SECTION__KEY`
+//! environment overrides, validated at start with errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// The whole configuration of one `broadside` process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where relative store and capture paths live when not given.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub bus: BusConfig,
+    pub smtp: SmtpConfig,
+    pub sender: SenderConfig,
+    pub mail: MailConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("broadside-data"),
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            bus: BusConfig::default(),
+            smtp: SmtpConfig::default(),
+            sender: SenderConfig::default(),
+            mail: MailConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listener for every API role in this process. Port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+    /// Health, readiness and Prometheus `/metrics`.
+    pub admin_addr: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
+            admin_addr: "127.0.0.1:9464".parse().expect("valid literal"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `scylla://h1:9042,h2:9042/KEYSPACE?dc=DC`.
+    /// Default: `sqlite://{data_dir}/broadside.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `embedded://` (a durable log in the embedded store) or `kafka://b1:9092,b2:9092`.
+    pub url: String,
+    /// Prefix of every topic name.
+    pub topic_prefix: String,
+    /// Partitions per topic; sender parallelism and throttle shares follow it.
+    pub partitions: u32,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { url: "embedded://".into(), topic_prefix: "broadside.".into(), partitions: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `capture://DIR` (writes .eml files; nothing leaves the machine),
+    /// `smtp://host:port` (STARTTLS when offered) or `smtps://host:port` (implicit TLS).
+    /// Default: `capture://{data_dir}/outbox`.
+    pub url: Option<String>,
+    /// `opportunistic` (STARTTLS if offered), `required` or `none`.
+    pub starttls: String,
+    /// Accept invalid certificates (test relays only).
+    pub accept_invalid_certs: bool,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Pooled connections to the relay per sender process.
+    pub pool_size: u32,
+    /// Seconds to wait for the relay at each SMTP step.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            starttls: "opportunistic".into(),
+            accept_invalid_certs: false,
+            username: None,
+            password: None,
+            pool_size: 16,
+            timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Stable identity of this sender in the send ledger. Default: host name.
+    pub id: Option<String>,
+    /// SMTP transactions in flight per sender process.
+    pub concurrency: usize,
+    /// On SIGTERM, wait at most this long for in-flight sends.
+    pub drain_timeout_secs: u64,
+    /// A claim not marked sent within this time may be taken over.
+    pub lease_secs: u64,
+    /// A recipient not delivered within this time fails as expired.
+    pub max_age_secs: u64,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            concurrency: 32,
+            drain_timeout_secs: 30,
+            lease_secs: 120,
+            max_age_secs: 72 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Public base URL of the feedback role's HTTP endpoint, used in
+    /// List-Unsubscribe links.
+    pub public_url: String,
+    /// Domain for List-Id, Message-ID and the List-Unsubscribe mailto address.
+    pub domain: String,
+    /// Key id written into tokens, so keys can rotate.
+    pub token_key_id: String,
+    /// HMAC key for unsubscribe and tracking tokens. Default: generated once
+    /// and kept in `{data_dir}/token.key`.
+    pub token_key: Option<Secret>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            domain: "broadside.localhost".into(),
+            token_key_id: "k1".into(),
+            token_key: None,
+        }
+    }
+}
+
+/// The store backend chosen by `store.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Scylla { hosts: Vec<String>, keyspace: String },
+}
+
+/// The SMTP transport chosen by `smtp.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmtpUrl {
+    Capture(PathBuf),
+    Smtp { host: String, port: u16, implicit_tls: bool },
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if any), then `BROADSIDE__*` variables, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    message: "no such file (pass --config with an existing TOML file)".into(),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("BROADSIDE__").split("__").lowercase(true));
+        let config: Config = figment.extract().map_err(|error| ConfigError::Parse(describe(error)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every URL and number, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store_url()?;
+        self.smtp_url()?;
+        if !(self.bus.url == "embedded://" || self.bus.url.starts_with("kafka://")) {
+            return Err(invalid("bus.url", format!("unsupported {:?} (use embedded:// or kafka://HOST:PORT)", self.bus.url)));
+        }
+        if self.bus.url.starts_with("kafka://") {
+            return Err(invalid("bus.url", "kafka:// is not available in this build yet; use embedded://"));
+        }
+        if self.bus.url == "embedded://" && !matches!(self.store_url()?, StoreUrl::Sqlite(_)) {
+            return Err(invalid("bus.url", "embedded:// needs a sqlite:// store"));
+        }
+        if self.bus.partitions == 0 || self.bus.partitions > 1024 {
+            return Err(invalid("bus.partitions", "must be between 1 and 1024"));
+        }
+        if self.sender.concurrency == 0 {
+            return Err(invalid("sender.concurrency", "must be at least 1"));
+        }
+        if !["opportunistic", "required", "none"].contains(&self.smtp.starttls.as_str()) {
+            return Err(invalid("smtp.starttls", "must be opportunistic, required or none"));
+        }
+        if self.smtp.username.is_some() != self.smtp.password.is_some() {
+            return Err(invalid("smtp.password", "smtp.username and smtp.password go together"));
+        }
+        url::Url::parse(&self.mail.public_url)
+            .map_err(|error| invalid("mail.public_url", format!("{error}")))?;
+        if self.mail.domain.is_empty() || self.mail.domain.contains(['@', ' ', '\r', '\n']) {
+            return Err(invalid("mail.domain", "must be a bare domain name"));
+        }
+        Ok(())
+    }
+
+    /// The parsed `store.url`, defaulting to a SQLite file in `data_dir`.
+    pub fn store_url(&self) -> Result<StoreUrl, ConfigError> {
+        let Some(raw) = &self.store.url else {
+            return Ok(StoreUrl::Sqlite(self.data_dir.join("broadside.db")));
+        };
+        if let Some(path) = raw.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid("store.url", "sqlite:// needs a file path, e.g. sqlite://data/broadside.db"));
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        if let Some(rest) = raw.strip_prefix("scylla://") {
+            let (hosts, keyspace) = rest.split_once('/').ok_or_else(|| {
+                invalid("store.url", "scylla:// needs a keyspace: scylla://HOST:9042/KEYSPACE")
+            })?;
+            let keyspace = keyspace.split('?').next().unwrap_or_default().to_owned();
+            if hosts.is_empty() || keyspace.is_empty() {
+                return Err(invalid("store.url", "scylla:// needs hosts and a keyspace"));
+            }
+            return Ok(StoreUrl::Scylla { hosts: hosts.split(',').map(str::to_owned).collect(), keyspace });
+        }
+        Err(invalid("store.url", format!("unsupported {raw:?} (use sqlite://PATH or scylla://HOSTS/KEYSPACE)")))
+    }
+
+    /// The parsed `smtp.url`, defaulting to a capture folder in `data_dir`.
+    pub fn smtp_url(&self) -> Result<SmtpUrl, ConfigError> {
+        let Some(raw) = &self.smtp.url else {
+            return Ok(SmtpUrl::Capture(self.data_dir.join("outbox")));
+        };
+        if let Some(dir) = raw.strip_prefix("capture://") {
+            if dir.is_empty() {
+                return Err(invalid("smtp.url", "capture:// needs a folder, e.g. capture://outbox"));
+            }
+            return Ok(SmtpUrl::Capture(PathBuf::from(dir)));
+        }
+        let url = url::Url::parse(raw).map_err(|error| invalid("smtp.url", format!("{raw:?}: {error}")))?;
+        let implicit_tls = match url.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            other => return Err(invalid("smtp.url", format!("unsupported scheme {other:?} (use smtp, smtps or capture)"))),
+        };
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("smtp.url", "missing host"))?;
+        let port = url.port().unwrap_or(if implicit_tls { 465 } else { 25 });
+        Ok(SmtpUrl::Smtp { host: host.trim_matches(['[', ']']).to_owned(), port, implicit_tls })
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print config: {error}"))
+    }
+}
+
+/// A secret value: deserializes normally, but prints and serializes as
+/// `[redacted]` so it never reaches a log or `config print`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+/// Turns figment's error into one line per problem, each naming its key.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() { e.kind.to_string() } else { format!("{key}: {}", e.kind) }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.store_url().unwrap(), StoreUrl::Sqlite("broadside-data/broadside.db".into()));
+        assert_eq!(config.smtp_url().unwrap(), SmtpUrl::Capture("broadside-data/outbox".into()));
+    }
+
+    #[test]
+    fn bad_urls_name_their_key() {
+        let mut config = Config::default();
+        config.store.url = Some("mysql://x".into());
+        assert!(config.validate().unwrap_err().to_string().starts_with("store.url:"));
+        let mut config = Config::default();
+        config.smtp.url = Some("http://relay".into());
+        assert!(config.validate().unwrap_err().to_string().starts_with("smtp.url:"));
+    }
+
+    #[test]
+    fn smtp_url_parses_host_port_and_tls() {
+        let mut config = Config::default();
+        config.smtp.url = Some("smtps://relay.example:2465".into());
+        assert_eq!(
+            config.smtp_url().unwrap(),
+            SmtpUrl::Smtp { host: "relay.example".into(), port: 2465, implicit_tls: true }
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let mut config = Config::default();
+        config.mail.token_key = Some(Secret::new("hunter2"));
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains("hunter2"));
+        assert!(printed.contains("[redacted]"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_keys_and_env_overrides_are_checked() {
+        let dir = std::env::temp_dir().join(format!("broadside-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[smtp]
+urll = \"smtp://x\"\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("urll"), "{error}");
+        let missing = Config::load(Some(&dir.join("missing.toml"))).unwrap_err().to_string();
+        assert!(missing.contains("missing.toml"), "{missing}");
+    }
+}

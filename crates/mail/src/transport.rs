@@ -1,0 +1,121 @@
+//! Hands messages to an SMTP relay (pooled connections, STARTTLS or TLS,
+//! AUTH) or to a capture folder. Outcomes are classified by type, never by
+//! matching strings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+/// How to reach a relay.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub host: String,
+    pub port: u16,
+    /// TLS from the first byte (smtps).
+    pub implicit_tls: bool,
+    /// `opportunistic`, `required` or `none`; ignored with `implicit_tls`.
+    pub starttls: String,
+    pub accept_invalid_certs: bool,
+    pub credentials: Option<(String, String)>,
+    pub pool_size: u32,
+    pub timeout: Duration,
+}
+
+/// The accepted reply.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub code: u16,
+    pub detail: String,
+    /// Where it went: relay `host:port` or the capture folder.
+    pub destination: String,
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// 4xx, or the relay was unreachable: retry later.
+    #[error("transient ({code:?}): {detail}")]
+    Transient { code: Option<u16>, detail: String },
+    /// 5xx: do not retry.
+    #[error("permanent ({code}): {detail}")]
+    Permanent { code: u16, detail: String },
+}
+
+/// A configured transport.
+#[derive(Clone)]
+pub enum Transport {
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, destination: String },
+    Capture { transport: AsyncFileTransport<Tokio1Executor>, destination: String },
+}
+
+impl Transport {
+    /// Writes each message as `<uuid>.eml` into `dir`, creating it.
+    pub fn capture(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self::Capture { transport: AsyncFileTransport::new(dir), destination: dir.display().to_string() })
+    }
+
+    /// A pooled connection to a relay.
+    pub fn relay(options: &RelayOptions) -> Result<Self, String> {
+        let tls_parameters = || {
+            TlsParameters::builder(options.host.clone())
+                .dangerous_accept_invalid_certs(options.accept_invalid_certs)
+                .build_rustls()
+                .map_err(|e| format!("TLS setup for {}: {e}", options.host))
+        };
+        let tls = if options.implicit_tls {
+            Tls::Wrapper(tls_parameters()?)
+        } else {
+            match options.starttls.as_str() {
+                "required" => Tls::Required(tls_parameters()?),
+                "none" => Tls::None,
+                _ => Tls::Opportunistic(tls_parameters()?),
+            }
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(options.host.clone())
+            .port(options.port)
+            .tls(tls)
+            .timeout(Some(options.timeout))
+            .pool_config(PoolConfig::new().max_size(options.pool_size.max(1)));
+        if let Some((user, password)) = &options.credentials {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Ok(Self::Smtp { transport: builder.build(), destination: format!("{}:{}", options.host, options.port) })
+    }
+
+    pub fn destination(&self) -> &str {
+        match self {
+            Self::Smtp { destination, .. } | Self::Capture { destination, .. } => destination,
+        }
+    }
+
+    /// Sends one message and classifies the outcome.
+    pub async fn send(&self, message: &Message) -> Result<Accepted, SendError> {
+        match self {
+            Self::Capture { transport, destination } => match transport.send(message.clone()).await {
+                Ok(_) => Ok(Accepted { code: 250, detail: "captured".into(), destination: destination.clone() }),
+                Err(error) => Err(SendError::Transient { code: None, detail: format!("capture write failed: {error}") }),
+            },
+            Self::Smtp { transport, destination } => match transport.send(message.clone()).await {
+                Ok(response) => Ok(Accepted {
+                    code: u16::from(response.code()),
+                    detail: response.message().collect::<Vec<_>>().join(" "),
+                    destination: destination.clone(),
+                }),
+                Err(error) => Err(classify(&error)),
+            },
+        }
+    }
+}
+
+fn classify(error: &lettre::transport::smtp::Error) -> SendError {
+    let code = error.status().map(u16::from);
+    match code {
+        Some(code) if error.is_permanent() => SendError::Permanent { code, detail: error.to_string() },
+        _ => SendError::Transient { code, detail: error.to_string() },
+    }
+}

@@ -1,0 +1,18 @@
+//! Broadside's protocol: gRPC services, bus payloads, and conversions.
+//!
+//! One crate owns codegen so every role agrees on the wire format.
+
+pub mod convert;
+pub mod error;
+
+/// Generated code for `proto/broadside/v1`.
+#[allow(unreachable_pub, clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("broadside.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every Broadside proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/broadside_descriptor.bin"));
+
+pub use error::ServiceError;

@@ -1,0 +1,108 @@
+//! Broadside's state behind narrow traits, shaped for distributed backends:
+//! access by partition key, keyset-paged scans, insert-if-absent for claims,
+//! no joins exposed, no cross-partition transactions required.
+//!
+//! `sqlite://PATH` is the embedded backend. `scylla://` arrives with the
+//! ScyllaDB issue and implements the same traits.
+
+mod model;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+/// A store failure. `NotFound` and `Conflict` are the caller's problem;
+/// `Backend` is ours (disk, connection, corruption).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Backend(error.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Lists, partitioned by tenant.
+#[async_trait]
+pub trait ListStore: Send + Sync {
+    /// Inserts `list`; with a `request_id` seen before, returns the first result instead.
+    async fn create_list(&self, list: MailingList, request_id: Option<String>) -> Result<MailingList>;
+    async fn get_list(&self, tenant: &str, list_id: &str) -> Result<Option<MailingList>>;
+    async fn list_lists(&self, tenant: &str, page: PageRequest) -> Result<Page<MailingList>>;
+    /// Removes the list and its memberships. Returns false when it did not exist.
+    async fn delete_list(&self, tenant: &str, list_id: &str) -> Result<bool>;
+}
+
+/// Subscribers by (tenant, id), unique by (tenant, normalized email), and
+/// memberships by (tenant, list) and (tenant, subscriber).
+#[async_trait]
+pub trait SubscriberStore: Send + Sync {
+    /// Creates the subscriber, or updates the one with the same normalized
+    /// email, and adds it to `subscriber.lists`. Every list must exist
+    /// (`NotFound` otherwise, and nothing is written). Returns the stored
+    /// subscriber and whether it was created.
+    async fn upsert_subscriber(&self, subscriber: Subscriber, request_id: Option<String>) -> Result<(Subscriber, bool)>;
+    async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>>;
+    async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>>;
+    /// Members of one list in id order; `active_only` skips unsubscribed and suppressed.
+    async fn list_members(&self, tenant: &str, list_id: &str, active_only: bool, page: PageRequest) -> Result<Page<Subscriber>>;
+}
+
+/// Templates and campaigns by (tenant, id); outcomes by (campaign, subscriber).
+#[async_trait]
+pub trait CampaignStore: Send + Sync {
+    async fn create_template(&self, template: Template, request_id: Option<String>) -> Result<Template>;
+    async fn get_template(&self, tenant: &str, template_id: &str) -> Result<Option<Template>>;
+    async fn list_templates(&self, tenant: &str, page: PageRequest) -> Result<Page<Template>>;
+    async fn create_campaign(&self, campaign: Campaign, request_id: Option<String>) -> Result<Campaign>;
+    async fn get_campaign(&self, tenant: &str, campaign_id: &str) -> Result<Option<Campaign>>;
+    async fn list_campaigns(&self, tenant: &str, page: PageRequest) -> Result<Page<Campaign>>;
+    /// Compare-and-set of the campaign state: moves to `to` only from one of
+    /// `from`. Returns the updated campaign, or `None` when it was in another state.
+    async fn transition_campaign(&self, tenant: &str, campaign_id: &str, from: &[CampaignState], to: CampaignState) -> Result<Option<Campaign>>;
+    /// Records fan-out progress: `added` recipients up to `cursor` (a
+    /// subscriber id), and whether fan-out is finished. Atomic per campaign.
+    async fn save_fanout(&self, tenant: &str, campaign_id: &str, cursor: &str, added: i64, done: bool) -> Result<Campaign>;
+    /// Records a final outcome once per (campaign, subscriber) and bumps the
+    /// counters; completes the campaign when every recipient has one.
+    /// Returns false when this recipient already had an outcome.
+    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<bool>;
+    /// Counts one 4xx deferral.
+    async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()>;
+    /// Campaigns in `state` across tenants, for resuming work after a restart.
+    async fn campaigns_in_state(&self, state: CampaignState, limit: usize) -> Result<Vec<Campaign>>;
+}
+
+/// The send ledger: one row per (campaign, subscriber), claimed before
+/// sending so a redelivered job never sends twice.
+#[async_trait]
+pub trait SendLedger: Send + Sync {
+    /// Insert-if-absent claim with a lease. A claim held by `owner` itself,
+    /// or whose lease expired, is taken over.
+    async fn claim(&self, campaign_id: &str, subscriber_id: &str, owner: &str, lease: Duration) -> Result<Claim>;
+    /// Marks the claim finished (sent or failed) with the Message-ID.
+    async fn finish(&self, campaign_id: &str, subscriber_id: &str, owner: &str, state: LedgerState, message_id: &str) -> Result<()>;
+    /// Gives a claim back (the send was deferred and will be retried).
+    async fn release(&self, campaign_id: &str, subscriber_id: &str, owner: &str) -> Result<()>;
+}
+
+/// Everything a role may need from the store.
+pub trait Store: ListStore + SubscriberStore + CampaignStore + SendLedger {}
+impl<T: ListStore + SubscriberStore + CampaignStore + SendLedger> Store for T {}
+
+/// Shared handle to the configured store backend.
+pub type DynStore = Arc<dyn Store>;

@@ -1,0 +1,607 @@
+//! The embedded store: one SQLite file in WAL mode. Calls run on the blocking
+//! pool so the async runtime never waits on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use crate::*;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records progress.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE lists (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT NOT NULL,
+    description TEXT NOT NULL, create_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id));
+CREATE TABLE subscribers (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, email TEXT NOT NULL, email_norm TEXT NOT NULL,
+    display_name TEXT NOT NULL, attributes TEXT NOT NULL, status INTEGER NOT NULL,
+    create_time INTEGER NOT NULL, update_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id));
+CREATE UNIQUE INDEX subscribers_by_email ON subscribers (tenant, email_norm);
+CREATE TABLE memberships (
+    tenant TEXT NOT NULL, list_id TEXT NOT NULL, subscriber_id TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, list_id, subscriber_id));
+CREATE INDEX memberships_by_subscriber ON memberships (tenant, subscriber_id);
+CREATE TABLE templates (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, display_name TEXT NOT NULL,
+    subject TEXT NOT NULL, html_body TEXT NOT NULL, text_body TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id));
+CREATE TABLE campaigns (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT NOT NULL,
+    template_id TEXT NOT NULL, template_version INTEGER NOT NULL, list_id TEXT NOT NULL,
+    from_address TEXT NOT NULL, from_name TEXT NOT NULL, reply_to TEXT NOT NULL,
+    state INTEGER NOT NULL, recipients INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    deferred INTEGER NOT NULL DEFAULT 0, fanout_cursor TEXT NOT NULL DEFAULT '',
+    fanout_done INTEGER NOT NULL DEFAULT 0, create_time INTEGER NOT NULL,
+    start_time INTEGER NOT NULL DEFAULT 0, complete_time INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, id));
+CREATE INDEX campaigns_by_state ON campaigns (state);
+CREATE TABLE campaign_outcomes (
+    campaign_id TEXT NOT NULL, subscriber_id TEXT NOT NULL, outcome TEXT NOT NULL,
+    PRIMARY KEY (campaign_id, subscriber_id));
+CREATE TABLE send_ledger (
+    campaign_id TEXT NOT NULL, subscriber_id TEXT NOT NULL, state TEXT NOT NULL,
+    owner TEXT NOT NULL, lease_until INTEGER NOT NULL, message_id TEXT NOT NULL,
+    update_time INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, subscriber_id));
+CREATE TABLE idempotency (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, kind TEXT NOT NULL, resource_id TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, request_id, kind));
+"#];
+
+/// Opens a SQLite connection with the pragmas every Broadside connection uses.
+/// `synchronous=NORMAL` in WAL mode survives a process crash (the restart
+/// guarantee); `FULL` would also survive power loss at a write-speed cost.
+pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// The embedded store backend.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Backend(format!("create {}: {e}", parent.display())))?;
+        }
+        let mut conn = open_connection(path)
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection inside one transaction, off the async runtime.
+    async fn tx<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+/// Looks up an earlier result of the same idempotent request.
+fn remembered(tx: &Transaction<'_>, tenant: &str, request_id: &Option<String>, kind: &str) -> Result<Option<String>> {
+    let Some(request_id) = request_id else { return Ok(None) };
+    Ok(tx
+        .query_row(
+            "SELECT resource_id FROM idempotency WHERE tenant = ?1 AND request_id = ?2 AND kind = ?3",
+            params![tenant, request_id, kind],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
+fn remember(tx: &Transaction<'_>, tenant: &str, request_id: &Option<String>, kind: &str, id: &str) -> Result<()> {
+    if let Some(request_id) = request_id {
+        tx.execute(
+            "INSERT INTO idempotency (tenant, request_id, kind, resource_id, create_time) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, request_id, kind, id, now_millis()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
+fn page_of<T>(mut items: Vec<T>, size: usize, id_of: impl Fn(&T) -> &str) -> Page<T> {
+    let more = items.len() > size;
+    items.truncate(size);
+    let next_token = if more { items.last().map(|item| id_of(item).to_owned()) } else { None };
+    Page { items, next_token }
+}
+
+fn list_from_row(row: &Row<'_>) -> rusqlite::Result<MailingList> {
+    Ok(MailingList {
+        tenant: row.get("tenant")?,
+        id: row.get("id")?,
+        display_name: row.get("display_name")?,
+        description: row.get("description")?,
+        create_time: row.get("create_time")?,
+    })
+}
+
+const SUBSCRIBER_COLUMNS: &str = "s.tenant, s.id, s.email, s.display_name, s.attributes, s.status, s.create_time, s.update_time";
+
+fn subscriber_from_row(row: &Row<'_>) -> rusqlite::Result<Subscriber> {
+    let attributes: String = row.get("attributes")?;
+    Ok(Subscriber {
+        tenant: row.get("tenant")?,
+        id: row.get("id")?,
+        email: row.get("email")?,
+        display_name: row.get("display_name")?,
+        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+        status: SubscriberStatus::from_i64(row.get("status")?),
+        lists: Vec::new(),
+        create_time: row.get("create_time")?,
+        update_time: row.get("update_time")?,
+    })
+}
+
+fn template_from_row(row: &Row<'_>) -> rusqlite::Result<Template> {
+    Ok(Template {
+        tenant: row.get("tenant")?,
+        id: row.get("id")?,
+        version: row.get("version")?,
+        display_name: row.get("display_name")?,
+        subject: row.get("subject")?,
+        html_body: row.get("html_body")?,
+        text_body: row.get("text_body")?,
+        create_time: row.get("create_time")?,
+    })
+}
+
+fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
+    Ok(Campaign {
+        tenant: row.get("tenant")?,
+        id: row.get("id")?,
+        display_name: row.get("display_name")?,
+        template_id: row.get("template_id")?,
+        template_version: row.get("template_version")?,
+        list_id: row.get("list_id")?,
+        from_address: row.get("from_address")?,
+        from_name: row.get("from_name")?,
+        reply_to: row.get("reply_to")?,
+        state: CampaignState::from_i64(row.get("state")?),
+        stats: CampaignStats {
+            recipients: row.get("recipients")?,
+            delivered: row.get("delivered")?,
+            failed: row.get("failed")?,
+            deferred: row.get("deferred")?,
+        },
+        fanout_cursor: row.get("fanout_cursor")?,
+        fanout_done: row.get::<_, i64>("fanout_done")? != 0,
+        create_time: row.get("create_time")?,
+        start_time: row.get("start_time")?,
+        complete_time: row.get("complete_time")?,
+    })
+}
+
+fn get_list_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Option<MailingList>> {
+    Ok(tx
+        .query_row("SELECT * FROM lists WHERE tenant = ?1 AND id = ?2", params![tenant, id], list_from_row)
+        .optional()?)
+}
+
+fn get_subscriber_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Option<Subscriber>> {
+    let sql = format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id = ?2");
+    let Some(mut subscriber) = tx.query_row(&sql, params![tenant, id], subscriber_from_row).optional()? else {
+        return Ok(None);
+    };
+    let mut statement = tx.prepare_cached(
+        "SELECT list_id FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id",
+    )?;
+    subscriber.lists = statement
+        .query_map(params![tenant, id], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(subscriber))
+}
+
+fn get_template_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Option<Template>> {
+    Ok(tx
+        .query_row("SELECT * FROM templates WHERE tenant = ?1 AND id = ?2", params![tenant, id], template_from_row)
+        .optional()?)
+}
+
+fn get_campaign_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Option<Campaign>> {
+    Ok(tx
+        .query_row("SELECT * FROM campaigns WHERE tenant = ?1 AND id = ?2", params![tenant, id], campaign_from_row)
+        .optional()?)
+}
+
+fn must_get_campaign(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Campaign> {
+    get_campaign_tx(tx, tenant, id)?.ok_or_else(|| StoreError::NotFound(format!("campaigns/{id}")))
+}
+
+/// Runs a keyset-paged query whose last two parameters are the token and the limit.
+fn paged<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    tenant: &str,
+    extra: Option<&str>,
+    page: &PageRequest,
+    map: fn(&Row<'_>) -> rusqlite::Result<T>,
+    id_of: fn(&T) -> &str,
+) -> Result<Page<T>> {
+    let token = page.token.clone().unwrap_or_default();
+    let limit = (page.size + 1) as i64;
+    let mut statement = tx.prepare_cached(sql)?;
+    let rows = match extra {
+        Some(extra) => statement.query_map(params![tenant, extra, token, limit], map)?,
+        None => statement.query_map(params![tenant, token, limit], map)?,
+    };
+    Ok(page_of(rows.collect::<rusqlite::Result<Vec<T>>>()?, page.size, id_of))
+}
+
+#[async_trait]
+impl ListStore for SqliteStore {
+    async fn create_list(&self, list: MailingList, request_id: Option<String>) -> Result<MailingList> {
+        self.tx(move |tx| {
+            if let Some(id) = remembered(tx, &list.tenant, &request_id, "list")? {
+                return get_list_tx(tx, &list.tenant, &id)?.ok_or_else(|| StoreError::NotFound(format!("lists/{id}")));
+            }
+            tx.execute(
+                "INSERT INTO lists (tenant, id, display_name, description, create_time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![list.tenant, list.id, list.display_name, list.description, list.create_time],
+            )?;
+            remember(tx, &list.tenant, &request_id, "list", &list.id)?;
+            Ok(list)
+        })
+        .await
+    }
+
+    async fn get_list(&self, tenant: &str, list_id: &str) -> Result<Option<MailingList>> {
+        let (tenant, id) = (tenant.to_owned(), list_id.to_owned());
+        self.tx(move |tx| get_list_tx(tx, &tenant, &id)).await
+    }
+
+    async fn list_lists(&self, tenant: &str, page: PageRequest) -> Result<Page<MailingList>> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            paged(tx, "SELECT * FROM lists WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant, None, &page, list_from_row, |l| &l.id)
+        })
+        .await
+    }
+
+    async fn delete_list(&self, tenant: &str, list_id: &str) -> Result<bool> {
+        let (tenant, id) = (tenant.to_owned(), list_id.to_owned());
+        self.tx(move |tx| {
+            tx.execute("DELETE FROM memberships WHERE tenant = ?1 AND list_id = ?2", params![tenant, id])?;
+            Ok(tx.execute("DELETE FROM lists WHERE tenant = ?1 AND id = ?2", params![tenant, id])? > 0)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SubscriberStore for SqliteStore {
+    async fn upsert_subscriber(&self, subscriber: Subscriber, request_id: Option<String>) -> Result<(Subscriber, bool)> {
+        self.tx(move |tx| {
+            let tenant = subscriber.tenant.clone();
+            if let Some(id) = remembered(tx, &tenant, &request_id, "subscriber")? {
+                let existing = get_subscriber_tx(tx, &tenant, &id)?;
+                return existing.map(|s| (s, false)).ok_or_else(|| StoreError::NotFound(format!("subscribers/{id}")));
+            }
+            for list_id in &subscriber.lists {
+                if get_list_tx(tx, &tenant, list_id)?.is_none() {
+                    return Err(StoreError::NotFound(format!("lists/{list_id}")));
+                }
+            }
+            let email_norm = normalize_email(&subscriber.email);
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
+                    params![tenant, email_norm],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let attributes = serde_json::Value::Object(subscriber.attributes.clone()).to_string();
+            let now = now_millis();
+            let (id, created) = match existing {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE subscribers SET email = ?3, display_name = ?4, attributes = ?5, update_time = ?6 WHERE tenant = ?1 AND id = ?2",
+                        params![tenant, id, subscriber.email, subscriber.display_name, attributes, now],
+                    )?;
+                    (id, false)
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO subscribers (tenant, id, email, email_norm, display_name, attributes, status, create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                        params![tenant, subscriber.id, subscriber.email, email_norm, subscriber.display_name, attributes, subscriber.status as i64, now],
+                    )?;
+                    (subscriber.id.clone(), true)
+                }
+            };
+            for list_id in &subscriber.lists {
+                tx.execute(
+                    "INSERT OR IGNORE INTO memberships (tenant, list_id, subscriber_id, create_time) VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant, list_id, id, now],
+                )?;
+            }
+            remember(tx, &tenant, &request_id, "subscriber", &id)?;
+            let stored = get_subscriber_tx(tx, &tenant, &id)?.ok_or_else(|| StoreError::Backend("subscriber vanished".into()))?;
+            Ok((stored, created))
+        })
+        .await
+    }
+
+    async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>> {
+        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| get_subscriber_tx(tx, &tenant, &id)).await
+    }
+
+    async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>> {
+        let tenant = tenant.to_owned();
+        let sql = format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id > ?2 ORDER BY s.id LIMIT ?3");
+        self.tx(move |tx| paged(tx, &sql, &tenant, None, &page, subscriber_from_row, |s| &s.id)).await
+    }
+
+    async fn list_members(&self, tenant: &str, list_id: &str, active_only: bool, page: PageRequest) -> Result<Page<Subscriber>> {
+        let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
+        let status_filter = if active_only { "AND s.status = 1" } else { "" };
+        let sql = format!(
+            "SELECT {SUBSCRIBER_COLUMNS} FROM memberships m JOIN subscribers s ON s.tenant = m.tenant AND s.id = m.subscriber_id \
+             WHERE m.tenant = ?1 AND m.list_id = ?2 AND m.subscriber_id > ?3 {status_filter} ORDER BY m.subscriber_id LIMIT ?4"
+        );
+        self.tx(move |tx| paged(tx, &sql, &tenant, Some(&list_id), &page, subscriber_from_row, |s| &s.id)).await
+    }
+}
+
+#[async_trait]
+impl CampaignStore for SqliteStore {
+    async fn create_template(&self, template: Template, request_id: Option<String>) -> Result<Template> {
+        self.tx(move |tx| {
+            if let Some(id) = remembered(tx, &template.tenant, &request_id, "template")? {
+                return get_template_tx(tx, &template.tenant, &id)?.ok_or_else(|| StoreError::NotFound(format!("templates/{id}")));
+            }
+            tx.execute(
+                "INSERT INTO templates (tenant, id, version, display_name, subject, html_body, text_body, create_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![template.tenant, template.id, template.version, template.display_name, template.subject, template.html_body, template.text_body, template.create_time],
+            )?;
+            remember(tx, &template.tenant, &request_id, "template", &template.id)?;
+            Ok(template)
+        })
+        .await
+    }
+
+    async fn get_template(&self, tenant: &str, template_id: &str) -> Result<Option<Template>> {
+        let (tenant, id) = (tenant.to_owned(), template_id.to_owned());
+        self.tx(move |tx| get_template_tx(tx, &tenant, &id)).await
+    }
+
+    async fn list_templates(&self, tenant: &str, page: PageRequest) -> Result<Page<Template>> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            paged(tx, "SELECT * FROM templates WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant, None, &page, template_from_row, |t| &t.id)
+        })
+        .await
+    }
+
+    async fn create_campaign(&self, campaign: Campaign, request_id: Option<String>) -> Result<Campaign> {
+        self.tx(move |tx| {
+            if let Some(id) = remembered(tx, &campaign.tenant, &request_id, "campaign")? {
+                return must_get_campaign(tx, &campaign.tenant, &id);
+            }
+            tx.execute(
+                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![campaign.tenant, campaign.id, campaign.display_name, campaign.template_id, campaign.template_version, campaign.list_id,
+                    campaign.from_address, campaign.from_name, campaign.reply_to, campaign.state as i64, campaign.create_time],
+            )?;
+            remember(tx, &campaign.tenant, &request_id, "campaign", &campaign.id)?;
+            must_get_campaign(tx, &campaign.tenant, &campaign.id)
+        })
+        .await
+    }
+
+    async fn get_campaign(&self, tenant: &str, campaign_id: &str) -> Result<Option<Campaign>> {
+        let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
+        self.tx(move |tx| get_campaign_tx(tx, &tenant, &id)).await
+    }
+
+    async fn list_campaigns(&self, tenant: &str, page: PageRequest) -> Result<Page<Campaign>> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            paged(tx, "SELECT * FROM campaigns WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant, None, &page, campaign_from_row, |c| &c.id)
+        })
+        .await
+    }
+
+    async fn transition_campaign(&self, tenant: &str, campaign_id: &str, from: &[CampaignState], to: CampaignState) -> Result<Option<Campaign>> {
+        let (tenant, id, from) = (tenant.to_owned(), campaign_id.to_owned(), from.to_vec());
+        self.tx(move |tx| {
+            let campaign = must_get_campaign(tx, &tenant, &id)?;
+            if !from.contains(&campaign.state) {
+                return Ok(None);
+            }
+            let now = now_millis();
+            tx.execute(
+                "UPDATE campaigns SET state = ?3, \
+                 start_time = CASE WHEN ?3 = 2 AND start_time = 0 THEN ?4 ELSE start_time END, \
+                 complete_time = CASE WHEN ?3 IN (4, 5) THEN ?4 ELSE complete_time END \
+                 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, to as i64, now],
+            )?;
+            get_campaign_tx(tx, &tenant, &id)
+        })
+        .await
+    }
+
+    async fn save_fanout(&self, tenant: &str, campaign_id: &str, cursor: &str, added: i64, done: bool) -> Result<Campaign> {
+        let (tenant, id, cursor) = (tenant.to_owned(), campaign_id.to_owned(), cursor.to_owned());
+        self.tx(move |tx| {
+            tx.execute(
+                "UPDATE campaigns SET fanout_cursor = ?3, recipients = recipients + ?4, fanout_done = ?5 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, cursor, added, done as i64],
+            )?;
+            complete_if_finished(tx, &tenant, &id)?;
+            must_get_campaign(tx, &tenant, &id)
+        })
+        .await
+    }
+
+    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<bool> {
+        let (tenant, id, subscriber) = (tenant.to_owned(), campaign_id.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| {
+            let (name, column) = match outcome {
+                Outcome::Delivered => ("delivered", "delivered"),
+                Outcome::Failed => ("failed", "failed"),
+            };
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO campaign_outcomes (campaign_id, subscriber_id, outcome) VALUES (?1, ?2, ?3)",
+                params![id, subscriber, name],
+            )? > 0;
+            if inserted {
+                tx.execute(
+                    &format!("UPDATE campaigns SET {column} = {column} + 1 WHERE tenant = ?1 AND id = ?2"),
+                    params![tenant, id],
+                )?;
+                complete_if_finished(tx, &tenant, &id)?;
+            }
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()> {
+        let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
+        self.tx(move |tx| {
+            tx.execute("UPDATE campaigns SET deferred = deferred + 1 WHERE tenant = ?1 AND id = ?2", params![tenant, id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn campaigns_in_state(&self, state: CampaignState, limit: usize) -> Result<Vec<Campaign>> {
+        self.tx(move |tx| {
+            let mut statement = tx.prepare_cached("SELECT * FROM campaigns WHERE state = ?1 ORDER BY id LIMIT ?2")?;
+            let rows = statement.query_map(params![state as i64, limit as i64], campaign_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+/// Moves a sending campaign to COMPLETED once fan-out is done and every
+/// recipient has a final outcome.
+fn complete_if_finished(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE campaigns SET state = 4, complete_time = ?3 WHERE tenant = ?1 AND id = ?2 \
+         AND state = 2 AND fanout_done = 1 AND delivered + failed >= recipients",
+        params![tenant, id, now_millis()],
+    )?;
+    Ok(())
+}
+
+#[async_trait]
+impl SendLedger for SqliteStore {
+    async fn claim(&self, campaign_id: &str, subscriber_id: &str, owner: &str, lease: Duration) -> Result<Claim> {
+        let (campaign, subscriber, owner) = (campaign_id.to_owned(), subscriber_id.to_owned(), owner.to_owned());
+        self.tx(move |tx| {
+            let now = now_millis();
+            let lease_until = now + lease.as_millis() as i64;
+            let current: Option<(String, String, i64, String)> = tx
+                .query_row(
+                    "SELECT state, owner, lease_until, message_id FROM send_ledger WHERE campaign_id = ?1 AND subscriber_id = ?2",
+                    params![campaign, subscriber],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .optional()?;
+            let takeover = match current {
+                None => false,
+                Some((state, _, _, message_id)) if state != "claimed" => {
+                    let state = if state == "sent" { LedgerState::Sent } else { LedgerState::Failed };
+                    return Ok(Claim::Finished { state, message_id });
+                }
+                Some((_, holder, until, _)) if holder != owner && until > now => {
+                    return Ok(Claim::Held { owner: holder, lease_until: until });
+                }
+                Some(_) => true,
+            };
+            tx.execute(
+                "INSERT INTO send_ledger (campaign_id, subscriber_id, state, owner, lease_until, message_id, update_time) \
+                 VALUES (?1, ?2, 'claimed', ?3, ?4, '', ?5) \
+                 ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET owner = ?3, lease_until = ?4, update_time = ?5",
+                params![campaign, subscriber, owner, lease_until, now],
+            )?;
+            Ok(Claim::Acquired { takeover })
+        })
+        .await
+    }
+
+    async fn finish(&self, campaign_id: &str, subscriber_id: &str, owner: &str, state: LedgerState, message_id: &str) -> Result<()> {
+        let (campaign, subscriber, owner, message_id) =
+            (campaign_id.to_owned(), subscriber_id.to_owned(), owner.to_owned(), message_id.to_owned());
+        self.tx(move |tx| {
+            let updated = tx.execute(
+                "UPDATE send_ledger SET state = ?3, message_id = ?4, update_time = ?5 \
+                 WHERE campaign_id = ?1 AND subscriber_id = ?2 AND owner = ?6 AND state = 'claimed'",
+                params![campaign, subscriber, state.as_str(), message_id, now_millis(), owner],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::Conflict(format!("claim on {campaign}/{subscriber} is no longer held by {owner}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release(&self, campaign_id: &str, subscriber_id: &str, owner: &str) -> Result<()> {
+        let (campaign, subscriber, owner) = (campaign_id.to_owned(), subscriber_id.to_owned(), owner.to_owned());
+        self.tx(move |tx| {
+            tx.execute(
+                "DELETE FROM send_ledger WHERE campaign_id = ?1 AND subscriber_id = ?2 AND owner = ?3 AND state = 'claimed'",
+                params![campaign, subscriber, owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
