@@ -130,3 +130,24 @@ pub fn partition_for(key: &str, partitions: u32) -> u32 {
     }
     (hash % u64::from(partitions.max(1))) as u32
 }
+
+impl Record {
+    /// An event record with the standard headers: payload type, tenant and,
+    /// when tracing, the W3C traceparent.
+    pub fn event(key: &str, tenant: &str, type_name: &str, payload: Vec<u8>, traceparent: Option<String>) -> Self {
+        let mut headers = vec![(headers::TYPE.to_owned(), type_name.to_owned()), (headers::TENANT.to_owned(), tenant.to_owned())];
+        if let Some(traceparent) = traceparent {
+            headers.push((headers::TRACEPARENT.to_owned(), traceparent));
+        }
+        Self { key: key.to_owned(), payload, headers }
+    }
+}
+
+impl From<BusError> for broadside_proto::ServiceError {
+    fn from(error: BusError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+/// Shared handle to the configured bus backend.
+pub type DynBus = std::sync::Arc<dyn Bus>;

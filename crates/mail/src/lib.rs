@@ -27,6 +27,23 @@ impl MailError {
         Self::Invalid { field: field.into(), message: message.into() }
     }
 
+    /// The message without the field name.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid { message, .. } | Self::Template { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Converts to the API error, keeping the field name (prefixed with `parent`).
+    pub fn into_service_error(self, parent: &str) -> broadside_proto::ServiceError {
+        match self.field() {
+            Some(field) if parent.is_empty() => broadside_proto::ServiceError::invalid(field, self.message()),
+            Some(field) => broadside_proto::ServiceError::invalid(format!("{parent}.{field}"), self.message()),
+            None => broadside_proto::ServiceError::invalid(parent, self.to_string()),
+        }
+    }
+
     /// The request field at fault, if the error is about input.
     pub fn field(&self) -> Option<&str> {
         match self {

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod names;
 
 /// Generated code for `proto/broadside/v1`.
 #[allow(unreachable_pub, clippy::all, missing_docs)]

@@ -79,8 +79,7 @@ pub trait CampaignStore: Send + Sync {
     async fn save_fanout(&self, tenant: &str, campaign_id: &str, cursor: &str, added: i64, done: bool) -> Result<Campaign>;
     /// Records a final outcome once per (campaign, subscriber) and bumps the
     /// counters; completes the campaign when every recipient has one.
-    /// Returns false when this recipient already had an outcome.
-    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<bool>;
+    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<OutcomeRecorded>;
     /// Counts one 4xx deferral.
     async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()>;
     /// Campaigns in `state` across tenants, for resuming work after a restart.
@@ -106,3 +105,16 @@ impl<T: ListStore + SubscriberStore + CampaignStore + SendLedger> Store for T {}
 
 /// Shared handle to the configured store backend.
 pub type DynStore = Arc<dyn Store>;
+
+/// Tenant used until API keys arrive; every key already includes the tenant.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl From<StoreError> for broadside_proto::ServiceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Conflict(what) => Self::FailedPrecondition(what),
+            StoreError::Backend(what) => Self::Unavailable(format!("store: {what}")),
+        }
+    }
+}

@@ -144,6 +144,15 @@ pub enum Outcome {
     Failed,
 }
 
+/// Result of [`crate::CampaignStore::record_outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutcomeRecorded {
+    /// False when this recipient already had an outcome (a redelivered event).
+    pub recorded: bool,
+    /// True when this outcome was the last one and completed the campaign.
+    pub completed_campaign: bool,
+}
+
 /// State of a send-ledger row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerState {

@@ -487,7 +487,7 @@ impl CampaignStore for SqliteStore {
         .await
     }
 
-    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<bool> {
+    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<OutcomeRecorded> {
         let (tenant, id, subscriber) = (tenant.to_owned(), campaign_id.to_owned(), subscriber_id.to_owned());
         self.tx(move |tx| {
             let (name, column) = match outcome {
@@ -498,14 +498,15 @@ impl CampaignStore for SqliteStore {
                 "INSERT OR IGNORE INTO campaign_outcomes (campaign_id, subscriber_id, outcome) VALUES (?1, ?2, ?3)",
                 params![id, subscriber, name],
             )? > 0;
+            let mut completed_campaign = false;
             if inserted {
                 tx.execute(
                     &format!("UPDATE campaigns SET {column} = {column} + 1 WHERE tenant = ?1 AND id = ?2"),
                     params![tenant, id],
                 )?;
-                complete_if_finished(tx, &tenant, &id)?;
+                completed_campaign = complete_if_finished(tx, &tenant, &id)?;
             }
-            Ok(inserted)
+            Ok(OutcomeRecorded { recorded: inserted, completed_campaign })
         })
         .await
     }
@@ -531,13 +532,13 @@ impl CampaignStore for SqliteStore {
 
 /// Moves a sending campaign to COMPLETED once fan-out is done and every
 /// recipient has a final outcome.
-fn complete_if_finished(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<()> {
-    tx.execute(
+fn complete_if_finished(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<bool> {
+    let changed = tx.execute(
         "UPDATE campaigns SET state = 4, complete_time = ?3 WHERE tenant = ?1 AND id = ?2 \
          AND state = 2 AND fanout_done = 1 AND delivered + failed >= recipients",
         params![tenant, id, now_millis()],
     )?;
-    Ok(())
+    Ok(changed > 0)
 }
 
 #[async_trait]

@@ -1,1 +1,9 @@
-//! placeholder
+//! The `broadside` binary as a library: wiring roles into a node, the demo,
+//! and the gRPC client commands. `main.rs` only parses flags.
+
+pub mod backends;
+pub mod client;
+pub mod demo;
+pub mod node;
+
+pub use node::{Node, Role};

@@ -1,1 +1,128 @@
-fn main() {}
+//! `broadside`: one binary for every role, the demo, and the client commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use broadside::client::{self, CampaignsCommand, ClientArgs, ListsCommand, SubscribersCommand, TemplatesCommand};
+use broadside::{Node, Role, demo};
+use broadside_config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "broadside", version, about = "Email lists and bulk sending at scale")]
+struct Cli {
+    /// TOML config file; `BROADSIDE__SECTION__KEY` variables override it.
+    #[arg(long, global = true, env = "BROADSIDE_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC address of a running node, for the client commands.
+    #[arg(long, global = true, env = "BROADSIDE_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run roles until SIGTERM or SIGINT, then drain and exit.
+    Serve {
+        /// `all`, or a comma-separated list of subscribers, segmentation, dispatch, sender, feedback.
+        #[arg(long, default_value = "all")]
+        roles: String,
+    },
+    /// Run the whole pipeline in-process on embedded defaults with a sample list.
+    Demo {
+        /// Keep the data here instead of a temporary folder (must hold no earlier outbox).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Sample subscribers to load.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+    },
+    /// Create or upgrade the store schema and bus log, then exit.
+    Migrate,
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Mailing lists (client of a running node).
+    #[command(subcommand)]
+    Lists(ListsCommand),
+    /// Subscribers (client of a running node).
+    #[command(subcommand)]
+    Subscribers(SubscribersCommand),
+    /// Templates (client of a running node).
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+    /// Campaigns (client of a running node).
+    #[command(subcommand)]
+    Campaigns(CampaignsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration with secrets redacted.
+    Print,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo and client commands talk to a person: only warnings unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.command, Command::Serve { .. } | Command::Migrate) { "info" } else { "warn" };
+    let _telemetry = match broadside_telemetry::init("broadside", default_level) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let load = || Config::load(cli.config.as_deref());
+    let client_args = ClientArgs { server: cli.server.clone() };
+    match cli.command {
+        Command::Serve { roles } => {
+            let roles = Role::parse_list(&roles)?;
+            let config = load()?;
+            let node = Node::start(&config, &roles).await?;
+            node.run_until(shutdown_signal()).await?;
+        }
+        Command::Demo { data_dir, subscribers } => {
+            let ok = demo::run(demo::DemoOptions { data_dir, subscribers }).await?;
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Migrate => {
+            let config = load()?;
+            broadside::backends::open(&config)?;
+            println!("store and bus are at the current schema ({:?})", config.store_url()?);
+        }
+        Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
+        Command::Lists(command) => client::lists(&client_args, command).await?,
+        Command::Subscribers(command) => client::subscribers(&client_args, command).await?,
+        Command::Templates(command) => client::templates(&client_args, command).await?,
+        Command::Campaigns(command) => client::campaigns(&client_args, command).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

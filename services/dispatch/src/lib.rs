@@ -1,1 +1,71 @@
-//! placeholder
+//! The dispatch role: templates and campaigns over gRPC, the fan-out of a
+//! started campaign into one send job per recipient, and the campaign
+//! counters fed by delivery events.
+
+mod campaigns;
+mod convert;
+mod fanout;
+mod outcomes;
+mod templates;
+
+use std::sync::Arc;
+
+use broadside_bus::{DynBus, Topic};
+use broadside_store::DynStore;
+use broadside_telemetry::Metrics;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use campaigns::CampaignApi;
+pub use convert::campaign_to_proto;
+pub use templates::{TemplateApi, sample_context};
+
+/// What the dispatch role shares between its API and its workers.
+#[derive(Clone)]
+pub struct Dispatch {
+    store: DynStore,
+    bus: DynBus,
+    topic_prefix: String,
+    metrics: Metrics,
+    /// Expiry of a send job, from the start of its campaign.
+    max_age_ms: i64,
+    /// Wakes the fan-out worker when a campaign starts.
+    fanout_wake: Arc<Notify>,
+}
+
+impl Dispatch {
+    pub fn new(store: DynStore, bus: DynBus, topic_prefix: &str, metrics: Metrics, max_age_secs: u64) -> Self {
+        Self {
+            store,
+            bus,
+            topic_prefix: topic_prefix.to_owned(),
+            metrics,
+            max_age_ms: (max_age_secs * 1000) as i64,
+            fanout_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    fn topic(&self, topic: Topic) -> String {
+        topic.name(&self.topic_prefix)
+    }
+
+    pub fn template_api(&self) -> TemplateApi {
+        TemplateApi::new(self.clone())
+    }
+
+    pub fn campaign_api(&self) -> CampaignApi {
+        CampaignApi::new(self.clone())
+    }
+
+    /// Runs the fan-out worker and the delivery-event consumer until `shutdown`.
+    /// Both resume where they stopped: fan-out from its stored cursor,
+    /// the consumer from its committed offsets.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let fanout = tokio::spawn(fanout::run(self.clone(), shutdown.clone()));
+        let outcomes = tokio::spawn(outcomes::run(self.clone(), shutdown.clone()));
+        let (fanout, outcomes) = tokio::join!(fanout, outcomes);
+        fanout??;
+        outcomes??;
+        Ok(())
+    }
+}

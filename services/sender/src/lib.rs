@@ -1,1 +1,194 @@
-//! placeholder
+//! The sender role: a stateless replica that consumes send jobs, claims each
+//! (campaign, subscriber) in the send ledger, renders and builds the message,
+//! hands it to the relay, records the result, emits a delivery event, and only
+//! then commits the bus offset. A job redelivered after a crash finds its
+//! ledger entry and is not sent again.
+
+mod deliver;
+mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broadside_bus::{Consumer, Delivered, DynBus, Record, Topic};
+use broadside_mail::template::TemplateEngine;
+use broadside_mail::token::TokenSigner;
+use broadside_mail::transport::Transport;
+use broadside_store::{DynStore, Template};
+use broadside_telemetry::{Metrics, Readiness};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of one sender replica.
+#[derive(Clone, Debug)]
+pub struct SenderSettings {
+    /// Identity in the send ledger; stable across restarts of the same replica.
+    pub id: String,
+    pub concurrency: usize,
+    pub drain_timeout: Duration,
+    pub lease: Duration,
+    pub topic_prefix: String,
+    /// Base URL for one-click unsubscribe links.
+    pub public_url: String,
+    /// Domain for Message-ID, List-Id and the mailto unsubscribe address.
+    pub domain: String,
+}
+
+/// Everything a sender replica shares between its in-flight jobs.
+#[derive(Clone)]
+pub struct Sender {
+    settings: Arc<SenderSettings>,
+    store: DynStore,
+    bus: DynBus,
+    transport: Transport,
+    signer: TokenSigner,
+    metrics: Metrics,
+    engine: Arc<TemplateEngine>,
+    templates: Arc<Mutex<HashMap<(String, String), Arc<Template>>>>,
+}
+
+/// What handling one job produced: events to publish before committing.
+#[derive(Default)]
+struct Effects {
+    delivery_events: Vec<Record>,
+    retries: Vec<Record>,
+}
+
+impl Sender {
+    pub fn new(settings: SenderSettings, store: DynStore, bus: DynBus, transport: Transport, signer: TokenSigner, metrics: Metrics) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            store,
+            bus,
+            transport,
+            signer,
+            metrics,
+            engine: Arc::new(TemplateEngine::new()),
+            templates: Arc::default(),
+        }
+    }
+
+    fn topic(&self, topic: Topic) -> String {
+        topic.name(&self.settings.topic_prefix)
+    }
+
+    /// Consumes `send-jobs` and `send-retries` until `shutdown`, then drains:
+    /// turns not-ready, stops fetching, finishes in-flight sends within
+    /// `drain_timeout`, commits, and returns.
+    pub async fn run(self, readiness: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let jobs = self.bus.consumer("sender", &[self.topic(Topic::SendJobs)]).await?;
+        let retries = self.bus.consumer("sender-retries", &[self.topic(Topic::SendRetries)]).await?;
+        tracing::info!(sender = %self.settings.id, relay = %self.transport.destination(), concurrency = self.settings.concurrency, "sender started");
+        readiness.set(true);
+        let main = tokio::spawn(self.clone().consume(jobs, false, shutdown.clone()));
+        let retry = tokio::spawn(self.clone().consume(retries, true, shutdown.clone()));
+        let (main, retry) = tokio::join!(main, retry);
+        readiness.set(false);
+        main??;
+        retry??;
+        tracing::info!(sender = %self.settings.id, "sender stopped");
+        Ok(())
+    }
+
+    async fn consume(self, mut consumer: Box<dyn Consumer>, retries: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let batch_size = if retries { self.settings.concurrency } else { self.settings.concurrency * 4 };
+        while !shutdown.is_cancelled() {
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                polled = consumer.poll(batch_size, Duration::from_millis(500)) => polled,
+            };
+            let batch = match polled {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "polling send jobs failed, retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if retries && !retry::wait_until_due(&batch, &shutdown).await {
+                // Stopping before these retries were due: leave them uncommitted for the next run.
+                break;
+            }
+            self.process_batch(consumer.as_mut(), batch, &shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles a batch with bounded concurrency, publishes its effects, then
+    /// commits. On shutdown the batch gets `drain_timeout` to finish; if it
+    /// does not, nothing is committed and the jobs are redelivered later.
+    async fn process_batch(&self, consumer: &mut dyn Consumer, batch: Vec<Delivered>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let jobs: Vec<_> = batch
+            .iter()
+            .cloned()
+            .map(|delivered| {
+                let sender = self.clone();
+                async move { sender.handle(&delivered).await }
+            })
+            .collect();
+        let work = futures::stream::iter(jobs).buffer_unordered(self.settings.concurrency).collect::<Vec<_>>();
+        let drain_timeout = self.settings.drain_timeout;
+        tokio::pin!(work);
+        let results = tokio::select! {
+            results = &mut work => results,
+            _ = shutdown.cancelled() => {
+                tracing::info!(in_flight = batch.len(), timeout_secs = drain_timeout.as_secs(), "draining in-flight sends");
+                match tokio::time::timeout(drain_timeout, &mut work).await {
+                    Ok(results) => results,
+                    Err(_) => {
+                        tracing::warn!(pending = batch.len(), "drain timeout: leaving the batch uncommitted, it will be redelivered");
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let mut effects = Effects::default();
+        for result in results {
+            match result {
+                Ok(job_effects) => {
+                    effects.delivery_events.extend(job_effects.delivery_events);
+                    effects.retries.extend(job_effects.retries);
+                }
+                Err(error) => {
+                    // A store or bus outage: retry the whole batch; the ledger keeps it idempotent.
+                    tracing::warn!(%error, "send batch failed, it will be retried");
+                    consumer.rewind().await?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return Ok(());
+                }
+            }
+        }
+        self.publish_effects(effects).await?;
+        consumer.commit(&batch).await?;
+        if let Some(first) = batch.first() {
+            self.metrics.count_consumed(&first.topic, batch.len() as u64);
+        }
+        Ok(())
+    }
+
+    async fn publish_effects(&self, effects: Effects) -> anyhow::Result<()> {
+        let retries_topic = self.topic(Topic::SendRetries);
+        let events_topic = self.topic(Topic::DeliveryEvents);
+        let (retries, events) = (effects.retries.len() as u64, effects.delivery_events.len() as u64);
+        // Retries first: once the delivery event says "deferred", the retry must exist.
+        self.bus.publish(&retries_topic, effects.retries).await?;
+        self.bus.publish(&events_topic, effects.delivery_events).await?;
+        self.metrics.count_published(&retries_topic, retries);
+        self.metrics.count_published(&events_topic, events);
+        Ok(())
+    }
+
+    /// The template version a job names, cached: versions are immutable.
+    async fn template(&self, tenant: &str, id: &str) -> anyhow::Result<Option<Arc<Template>>> {
+        let key = (tenant.to_owned(), id.to_owned());
+        if let Some(template) = self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(Some(template.clone()));
+        }
+        let Some(template) = self.store.get_template(tenant, id).await? else { return Ok(None) };
+        let template = Arc::new(template);
+        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(key, template.clone());
+        Ok(Some(template))
+    }
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics shared by the roles of one process.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+/// Every metric Broadside exports. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Send attempts by outcome: delivered, deferred, failed, skipped_duplicate.
+    pub sends: Family<OutcomeLabels, Counter>,
+    /// Seconds from claim to the relay's reply.
+    pub send_seconds: Histogram,
+    /// Sends whose result is unknown (crash or lost reply after DATA): counted, never hidden.
+    pub sends_ambiguous: Counter,
+    /// SMTP transactions in flight in this process.
+    pub sends_in_flight: Gauge,
+    /// Records published, by topic.
+    pub published: Family<TopicLabels, Counter>,
+    /// Records consumed and committed, by topic.
+    pub consumed: Family<TopicLabels, Counter>,
+    /// Recipients fanned out into send jobs.
+    pub fanned_out: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("broadside");
+        let sends = Family::<OutcomeLabels, Counter>::default();
+        registry.register("sends", "Send attempts by outcome", sends.clone());
+        let send_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("send_seconds", "Seconds from claim to the relay's reply", send_seconds.clone());
+        let sends_ambiguous = Counter::default();
+        registry.register("sends_ambiguous", "Sends whose outcome is unknown (RFC 1047 window or crash)", sends_ambiguous.clone());
+        let sends_in_flight = Gauge::default();
+        registry.register("sends_in_flight", "SMTP transactions in flight", sends_in_flight.clone());
+        let published = Family::<TopicLabels, Counter>::default();
+        registry.register("bus_published", "Records published by topic", published.clone());
+        let consumed = Family::<TopicLabels, Counter>::default();
+        registry.register("bus_consumed", "Records consumed and committed by topic", consumed.clone());
+        let fanned_out = Counter::default();
+        registry.register("campaign_recipients_fanned_out", "Recipients fanned out into send jobs", fanned_out.clone());
+        Self { registry: Arc::new(registry), sends, send_seconds, sends_ambiguous, sends_in_flight, published, consumed, fanned_out }
+    }
+
+    pub fn count_send(&self, outcome: &str) {
+        self.sends.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+
+    pub fn count_published(&self, topic: &str, n: u64) {
+        self.published.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc_by(n);
+    }
+
+    pub fn count_consumed(&self, topic: &str, n: u64) {
+        self.consumed.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc_by(n);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,264 @@
+//! Client subcommands: talk gRPC to a running `broadside serve`.
+//! Errors print the server's message (which names the field) and exit non-zero.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use broadside_proto::v1::campaign_service_client::CampaignServiceClient;
+use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
+use broadside_proto::v1::template_service_client::TemplateServiceClient;
+use broadside_proto::v1::*;
+use clap::Subcommand;
+use tonic::transport::Channel;
+
+/// Where the client commands connect.
+#[derive(Debug, Clone)]
+pub struct ClientArgs {
+    /// gRPC URL of a node serving the role, e.g. `http://127.0.0.1:50051`.
+    pub server: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListsCommand {
+    /// Create a list; prints its resource name.
+    Create {
+        display_name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show every list.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscribersCommand {
+    /// Add (or update) a subscriber and put it on lists.
+    Add {
+        email: String,
+        /// `lists/ID`; repeat for several lists.
+        #[arg(long = "list")]
+        lists: Vec<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// `key=value` attribute; numbers and true/false are typed. Repeatable.
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+    },
+    /// List subscribers, of one list with --list.
+    List {
+        #[arg(long)]
+        list: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Create a template from inline text or files.
+    Create {
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long, conflicts_with = "html_file")]
+        html: Option<String>,
+        #[arg(long)]
+        html_file: Option<std::path::PathBuf>,
+        #[arg(long, conflicts_with = "text_file")]
+        text: Option<String>,
+        #[arg(long)]
+        text_file: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignsCommand {
+    /// Create a draft campaign.
+    Create {
+        #[arg(long, default_value = "")]
+        name: String,
+        /// `templates/ID`.
+        #[arg(long)]
+        template: String,
+        /// `lists/ID`.
+        #[arg(long)]
+        list: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value = "")]
+        from_name: String,
+    },
+    /// Start sending a draft.
+    Start { campaign: String },
+    /// Show state and counters; --wait polls until the campaign completes.
+    Get {
+        campaign: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+async fn channel(server: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a URL like http://127.0.0.1:50051"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {server}: is `broadside serve` running?"))
+}
+
+/// Turns a gRPC status into a plain message: `INVALID_ARGUMENT: subscriber.email: ...`.
+fn plain(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn parse_attribute(text: &str) -> anyhow::Result<(String, serde_json::Value)> {
+    let (key, value) = text.split_once('=').with_context(|| format!("--attr {text:?}: expected key=value"))?;
+    let value = serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .filter(|v| v.is_number() || v.is_boolean())
+        .unwrap_or_else(|| serde_json::Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<()> {
+    let mut client = SubscriberServiceClient::new(channel(&args.server).await?);
+    match command {
+        ListsCommand::Create { display_name, description } => {
+            let list = client
+                .create_list(CreateListRequest { list: Some(MailingList { display_name, description, ..Default::default() }), request_id: String::new() })
+                .await
+                .map_err(plain)?
+                .into_inner();
+            println!("{}\t{}", list.name, list.display_name);
+        }
+        ListsCommand::List => {
+            let mut token = String::new();
+            loop {
+                let page = client.list_lists(ListListsRequest { page_size: 1000, page_token: token }).await.map_err(plain)?.into_inner();
+                for list in page.lists {
+                    println!("{}\t{}", list.name, list.display_name);
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyhow::Result<()> {
+    let mut client = SubscriberServiceClient::new(channel(&args.server).await?);
+    match command {
+        SubscribersCommand::Add { email, lists, name, attributes } => {
+            let mut map = serde_json::Map::new();
+            for attribute in &attributes {
+                let (key, value) = parse_attribute(attribute)?;
+                map.insert(key, value);
+            }
+            let subscriber = Subscriber {
+                email,
+                display_name: name,
+                lists,
+                attributes: Some(broadside_proto::convert::json_to_struct(&map)),
+                ..Default::default()
+            };
+            let stored = client
+                .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: String::new() })
+                .await
+                .map_err(plain)?
+                .into_inner();
+            println!("{}\t{}", stored.name, stored.email);
+        }
+        SubscribersCommand::List { list } => {
+            let mut token = String::new();
+            loop {
+                let request = ListSubscribersRequest { parent: list.clone().unwrap_or_default(), page_size: 1000, page_token: token };
+                let page = client.list_subscribers(request).await.map_err(plain)?.into_inner();
+                for subscriber in page.subscribers {
+                    println!("{}\t{}\t{}", subscriber.name, subscriber.email, subscriber.display_name);
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inline_or_file(inline: Option<String>, file: Option<std::path::PathBuf>, flag: &str) -> anyhow::Result<String> {
+    match (inline, file) {
+        (Some(text), _) => Ok(text),
+        (None, Some(path)) => std::fs::read_to_string(&path).with_context(|| format!("--{flag}-file {}", path.display())),
+        (None, None) => Ok(String::new()),
+    }
+}
+
+pub async fn templates(args: &ClientArgs, command: TemplatesCommand) -> anyhow::Result<()> {
+    let mut client = TemplateServiceClient::new(channel(&args.server).await?);
+    let TemplatesCommand::Create { name, subject, html, html_file, text, text_file } = command;
+    let template = Template {
+        display_name: name,
+        subject,
+        html_body: inline_or_file(html, html_file, "html")?,
+        text_body: inline_or_file(text, text_file, "text")?,
+        ..Default::default()
+    };
+    let stored = client
+        .create_template(CreateTemplateRequest { template: Some(template), request_id: String::new() })
+        .await
+        .map_err(plain)?
+        .into_inner();
+    println!("{}\tversion {}", stored.name, stored.version);
+    Ok(())
+}
+
+fn state_name(state: i32) -> String {
+    CampaignState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("CAMPAIGN_STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn print_campaign(campaign: &Campaign) {
+    let stats = campaign.stats.clone().unwrap_or_default();
+    println!(
+        "{}\tstate={} recipients={} delivered={} failed={} deferred={}",
+        campaign.name,
+        state_name(campaign.state),
+        stats.recipients,
+        stats.delivered,
+        stats.failed,
+        stats.deferred
+    );
+}
+
+pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::Result<()> {
+    let mut client = CampaignServiceClient::new(channel(&args.server).await?);
+    match command {
+        CampaignsCommand::Create { name, template, list, from, from_name } => {
+            let campaign = Campaign { display_name: name, template, list, from_address: from, from_name, ..Default::default() };
+            let stored = client
+                .create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() })
+                .await
+                .map_err(plain)?
+                .into_inner();
+            print_campaign(&stored);
+        }
+        CampaignsCommand::Start { campaign } => {
+            let started = client.start_campaign(StartCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner();
+            print_campaign(&started);
+        }
+        CampaignsCommand::Get { campaign, wait } => loop {
+            let current = client.get_campaign(GetCampaignRequest { name: campaign.clone() }).await.map_err(plain)?.into_inner();
+            print_campaign(&current);
+            let finished = matches!(CampaignState::try_from(current.state), Ok(CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft));
+            if !wait || finished {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        },
+    }
+    Ok(())
+}

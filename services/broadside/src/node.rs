@@ -1,0 +1,233 @@
+//! A node: the roles chosen by `--roles`, their gRPC services on one
+//! listener (with health and reflection), their workers, and the admin port.
+//! Shutdown is ordered so nothing is lost: not-ready, stop workers (the
+//! sender drains), then stop the servers.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use broadside_config::Config;
+use broadside_dispatch::Dispatch;
+use broadside_proto::v1::campaign_service_server::CampaignServiceServer;
+use broadside_proto::v1::feedback_service_server::FeedbackServiceServer;
+use broadside_proto::v1::segment_service_server::SegmentServiceServer;
+use broadside_proto::v1::subscriber_service_server::SubscriberServiceServer;
+use broadside_proto::v1::template_service_server::TemplateServiceServer;
+use broadside_sender::{Sender, SenderSettings};
+use broadside_telemetry::{Metrics, Readiness};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+
+use crate::backends;
+
+/// A role of design.md. `all` expands to every role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Subscribers,
+    Segmentation,
+    Dispatch,
+    Sender,
+    Feedback,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Subscribers, Role::Segmentation, Role::Dispatch, Role::Sender, Role::Feedback];
+
+    /// Parses `all` or a comma-separated list such as `dispatch,sender`.
+    pub fn parse_list(text: &str) -> anyhow::Result<Vec<Role>> {
+        let mut roles = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "all" {
+                return Ok(Role::ALL.to_vec());
+            }
+            let role = Role::from_str(part)?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        if roles.is_empty() {
+            bail!("--roles: name at least one role (all, subscribers, segmentation, dispatch, sender, feedback)");
+        }
+        Ok(roles)
+    }
+}
+
+impl FromStr for Role {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "subscribers" => Role::Subscribers,
+            "segmentation" => Role::Segmentation,
+            "dispatch" => Role::Dispatch,
+            "sender" => Role::Sender,
+            "feedback" => Role::Feedback,
+            other => bail!("--roles: unknown role {other:?} (use all, subscribers, segmentation, dispatch, sender, feedback)"),
+        })
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    readiness: Readiness,
+    health: tonic_health::server::HealthReporter,
+    workers_stop: CancellationToken,
+    servers_stop: CancellationToken,
+    workers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the backends, binds the listeners and starts every role in `roles`.
+    pub async fn start(config: &Config, roles: &[Role]) -> anyhow::Result<Node> {
+        let backends = backends::open(config)?;
+        let metrics = Metrics::new();
+        let readiness = Readiness::default();
+        let workers_stop = CancellationToken::new();
+        let servers_stop = CancellationToken::new();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        let mut workers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+        let prefix = &config.bus.topic_prefix;
+
+        if roles.contains(&Role::Subscribers) {
+            let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), prefix);
+            routes.add_service(api.into_service());
+            health.set_serving::<SubscriberServiceServer<broadside_subscribers::SubscriberApi>>().await;
+        }
+        if roles.contains(&Role::Segmentation) {
+            routes.add_service(broadside_segmentation::SegmentApi.into_service());
+            health.set_serving::<SegmentServiceServer<broadside_segmentation::SegmentApi>>().await;
+        }
+        if roles.contains(&Role::Dispatch) {
+            let dispatch = Dispatch::new(backends.store.clone(), backends.bus.clone(), prefix, metrics.clone(), config.sender.max_age_secs);
+            routes.add_service(dispatch.template_api().into_service());
+            routes.add_service(dispatch.campaign_api().into_service());
+            health.set_serving::<TemplateServiceServer<broadside_dispatch::TemplateApi>>().await;
+            health.set_serving::<CampaignServiceServer<broadside_dispatch::CampaignApi>>().await;
+            workers.push(("dispatch", tokio::spawn(dispatch.run(workers_stop.clone()))));
+        }
+        if roles.contains(&Role::Feedback) {
+            routes.add_service(broadside_feedback::FeedbackApi.into_service());
+            health.set_serving::<FeedbackServiceServer<broadside_feedback::FeedbackApi>>().await;
+        }
+        if roles.contains(&Role::Sender) {
+            let settings = SenderSettings {
+                id: backends::sender_id(config),
+                concurrency: config.sender.concurrency,
+                drain_timeout: Duration::from_secs(config.sender.drain_timeout_secs),
+                lease: Duration::from_secs(config.sender.lease_secs),
+                topic_prefix: prefix.clone(),
+                public_url: config.mail.public_url.clone(),
+                domain: config.mail.domain.clone(),
+            };
+            let sender = Sender::new(
+                settings,
+                backends.store.clone(),
+                backends.bus.clone(),
+                backends::transport(config)?,
+                backends::token_signer(config)?,
+                metrics.clone(),
+            );
+            workers.push(("sender", tokio::spawn(sender.run(readiness.clone(), workers_stop.clone()))));
+        }
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(broadside_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        routes.add_service(health_service);
+        routes.add_service(reflection);
+
+        let listener = tokio::net::TcpListener::bind(config.server.grpc_addr)
+            .await
+            .with_context(|| format!("server.grpc_addr {}: cannot listen", config.server.grpc_addr))?;
+        let grpc_addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let stop = servers_stop.clone();
+        let grpc = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "gRPC server failed");
+            }
+        });
+        let (admin_addr, admin) =
+            broadside_telemetry::serve_admin(config.server.admin_addr, metrics.clone(), readiness.clone(), servers_stop.clone()).await?;
+        readiness.set(true);
+        let names: Vec<String> = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
+        tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, "broadside node started");
+        Ok(Node { grpc_addr, admin_addr, metrics, readiness, health, workers_stop, servers_stop, workers, servers: vec![grpc, admin] })
+    }
+
+    /// `http://ADDR` of the gRPC listener, for clients.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Waits for `signal` or for a worker to fail, then shuts down gracefully.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let failed = async {
+            loop {
+                if let Some(index) = self.workers.iter().position(|(_, handle)| handle.is_finished()) {
+                    return index;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            _ = signal => {
+                tracing::info!("shutdown requested");
+                self.shutdown().await
+            }
+            index = failed => {
+                let (name, handle) = self.workers.remove(index);
+                let result = handle.await;
+                tracing::error!(role = name, ?result, "a role stopped unexpectedly, shutting down");
+                self.shutdown().await?;
+                match result {
+                    Ok(Ok(())) => bail!("role {name} stopped unexpectedly"),
+                    Ok(Err(error)) => Err(error.context(format!("role {name} failed"))),
+                    Err(error) => bail!("role {name} panicked: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Graceful shutdown: not-ready, stop workers (the sender drains and
+    /// commits), then stop the gRPC and admin servers.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.readiness.set(false);
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.workers_stop.cancel();
+        let mut first_error = None;
+        for (name, handle) in self.workers {
+            match handle.await {
+                Ok(Ok(())) => tracing::info!(role = name, "role stopped"),
+                Ok(Err(error)) => {
+                    tracing::error!(role = name, error = format!("{error:#}"), "role stopped with an error");
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => {
+                    tracing::error!(role = name, %error, "role panicked");
+                    first_error.get_or_insert(anyhow::anyhow!("role {name} panicked"));
+                }
+            }
+        }
+        self.servers_stop.cancel();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        tracing::info!("broadside node stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}

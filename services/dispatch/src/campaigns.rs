@@ -1,0 +1,157 @@
+//! CampaignService: create, inspect and start campaigns.
+
+use broadside_mail::address::{check_header_value, validate_address};
+use broadside_proto::v1::campaign_service_server::{CampaignService, CampaignServiceServer};
+use broadside_proto::v1::*;
+use broadside_proto::{ServiceError, names};
+use broadside_store::{CampaignState as State, DEFAULT_TENANT, PageRequest, new_id, now_millis};
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::Dispatch;
+use crate::convert::campaign_to_proto;
+
+#[derive(Clone)]
+pub struct CampaignApi {
+    dispatch: Dispatch,
+}
+
+impl CampaignApi {
+    pub(crate) fn new(dispatch: Dispatch) -> Self {
+        Self { dispatch }
+    }
+
+    pub fn into_service(self) -> CampaignServiceServer<Self> {
+        CampaignServiceServer::new(self)
+    }
+
+    pub async fn create_campaign(&self, request: CreateCampaignRequest) -> Result<Campaign, ServiceError> {
+        let campaign = request.campaign.unwrap_or_default();
+        let store = &self.dispatch.store;
+        let template_id = names::parse("campaign.template", &campaign.template, "templates")?;
+        let list_id = names::parse("campaign.list", &campaign.list, "lists")?;
+        validate_address("campaign.from_address", campaign.from_address.trim()).map_err(|e| e.into_service_error(""))?;
+        check_header_value("campaign.from_name", &campaign.from_name).map_err(|e| e.into_service_error(""))?;
+        if !campaign.reply_to.is_empty() {
+            validate_address("campaign.reply_to", &campaign.reply_to).map_err(|e| e.into_service_error(""))?;
+        }
+        let template = store
+            .get_template(DEFAULT_TENANT, template_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("campaign.template: {}", campaign.template)))?;
+        if store.get_list(DEFAULT_TENANT, list_id).await?.is_none() {
+            return Err(ServiceError::NotFound(format!("campaign.list: {}", campaign.list)));
+        }
+        let stored = store
+            .create_campaign(
+                broadside_store::Campaign {
+                    tenant: DEFAULT_TENANT.into(),
+                    id: new_id(),
+                    display_name: campaign.display_name,
+                    template_id: template.id,
+                    template_version: template.version,
+                    list_id: list_id.to_owned(),
+                    from_address: campaign.from_address.trim().to_owned(),
+                    from_name: campaign.from_name,
+                    reply_to: campaign.reply_to,
+                    state: State::Draft,
+                    stats: Default::default(),
+                    fanout_cursor: String::new(),
+                    fanout_done: false,
+                    create_time: now_millis(),
+                    start_time: 0,
+                    complete_time: 0,
+                },
+                (!request.request_id.is_empty()).then_some(request.request_id),
+            )
+            .await?;
+        tracing::info!(campaign = %stored.id, list = %stored.list_id, "campaign created");
+        Ok(campaign_to_proto(&stored))
+    }
+
+    pub async fn get_campaign(&self, request: GetCampaignRequest) -> Result<Campaign, ServiceError> {
+        let id = names::parse("name", &request.name, "campaigns")?;
+        let campaign = self.dispatch.store.get_campaign(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
+        Ok(campaign_to_proto(&campaign))
+    }
+
+    pub async fn list_campaigns(&self, request: ListCampaignsRequest) -> Result<ListCampaignsResponse, ServiceError> {
+        let page = self.dispatch.store.list_campaigns(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token)).await?;
+        Ok(ListCampaignsResponse { campaigns: page.items.iter().map(campaign_to_proto).collect(), next_page_token: page.next_token.unwrap_or_default() })
+    }
+
+    /// Moves a draft to SENDING and wakes the fan-out worker. Starting a
+    /// campaign that is already sending or done is FAILED_PRECONDITION.
+    pub async fn start_campaign(&self, request: StartCampaignRequest) -> Result<Campaign, ServiceError> {
+        let id = names::parse("name", &request.name, "campaigns")?;
+        let store = &self.dispatch.store;
+        let campaign = store.get_campaign(DEFAULT_TENANT, id).await?.ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
+        if campaign.state != State::Draft {
+            return Err(ServiceError::FailedPrecondition(format!("{} is {:?}, only a draft can be started", request.name, campaign.state)));
+        }
+        let first = store.list_members(DEFAULT_TENANT, &campaign.list_id, true, PageRequest { size: 1, token: None }).await?;
+        if first.items.is_empty() {
+            return Err(ServiceError::invalid("list", format!("lists/{} has no active subscribers: the campaign would have no recipients", campaign.list_id)));
+        }
+        let started = store
+            .transition_campaign(DEFAULT_TENANT, id, &[State::Draft], State::Sending)
+            .await?
+            .ok_or_else(|| ServiceError::FailedPrecondition(format!("{} was started concurrently", request.name)))?;
+        publish_campaign_event(&self.dispatch, &started, "started").await;
+        self.dispatch.fanout_wake.notify_one();
+        tracing::info!(campaign = %started.id, "campaign started");
+        Ok(campaign_to_proto(&started))
+    }
+}
+
+/// Logs and publishes that a campaign finished.
+pub(crate) async fn announce_completion(dispatch: &Dispatch, campaign: &broadside_store::Campaign) {
+    tracing::info!(
+        campaign = %campaign.id,
+        recipients = campaign.stats.recipients,
+        delivered = campaign.stats.delivered,
+        failed = campaign.stats.failed,
+        "campaign completed"
+    );
+    publish_campaign_event(dispatch, campaign, "completed").await;
+}
+
+/// Campaign events are informational; a failure to publish one is logged, not fatal.
+async fn publish_campaign_event(dispatch: &Dispatch, campaign: &broadside_store::Campaign, kind: &str) {
+    let event = CampaignEvent {
+        tenant: campaign.tenant.clone(),
+        campaign_id: campaign.id.clone(),
+        time: broadside_proto::convert::millis_to_timestamp(now_millis()),
+        kind: kind.to_owned(),
+    };
+    let record = broadside_bus::Record::event(&campaign.id, &campaign.tenant, "broadside.v1.CampaignEvent", event.encode_to_vec(), broadside_telemetry::current_traceparent());
+    let topic = dispatch.topic(broadside_bus::Topic::CampaignEvents);
+    if let Err(error) = dispatch.bus.publish(&topic, vec![record]).await {
+        tracing::warn!(%error, campaign = %campaign.id, kind, "could not publish campaign event");
+    }
+}
+
+#[tonic::async_trait]
+impl CampaignService for CampaignApi {
+    async fn create_campaign(&self, request: Request<CreateCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        Ok(Response::new(CampaignApi::create_campaign(self, request.into_inner()).await?))
+    }
+    async fn get_campaign(&self, request: Request<GetCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        Ok(Response::new(CampaignApi::get_campaign(self, request.into_inner()).await?))
+    }
+    async fn list_campaigns(&self, request: Request<ListCampaignsRequest>) -> Result<Response<ListCampaignsResponse>, Status> {
+        Ok(Response::new(CampaignApi::list_campaigns(self, request.into_inner()).await?))
+    }
+    async fn start_campaign(&self, request: Request<StartCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        Ok(Response::new(CampaignApi::start_campaign(self, request.into_inner()).await?))
+    }
+    async fn pause_campaign(&self, _: Request<PauseCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        Err(ServiceError::Unimplemented("PauseCampaign").into())
+    }
+    async fn resume_campaign(&self, _: Request<ResumeCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        Err(ServiceError::Unimplemented("ResumeCampaign").into())
+    }
+    async fn cancel_campaign(&self, _: Request<CancelCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        Err(ServiceError::Unimplemented("CancelCampaign").into())
+    }
+}

@@ -1,0 +1,234 @@
+//! One job, end to end: claim, render, build, send, record, report.
+
+use std::time::Instant;
+
+use broadside_bus::{Delivered, Record, headers};
+use broadside_mail::message::{self, Envelope};
+use broadside_mail::template::TemplateSource;
+use broadside_mail::token::UnsubscribeClaims;
+use broadside_mail::transport::SendError;
+use broadside_proto::convert::{millis_to_timestamp, struct_to_json, timestamp_to_millis};
+use broadside_proto::v1::{DeliveryEvent, DeliveryOutcome, SendJob};
+use broadside_store::{Claim, LedgerState, StoreError, now_millis};
+use prost::Message as _;
+use tracing::Instrument;
+
+use crate::{Effects, Sender, retry};
+
+/// The result of trying one job, before it is recorded.
+struct Attempt {
+    outcome: DeliveryOutcome,
+    code: i32,
+    detail: String,
+    destination: String,
+}
+
+impl Attempt {
+    fn failed(detail: impl Into<String>) -> Self {
+        Self { outcome: DeliveryOutcome::Failed, code: 0, detail: detail.into(), destination: String::new() }
+    }
+}
+
+impl Sender {
+    pub(crate) async fn handle(&self, delivered: &Delivered) -> anyhow::Result<Effects> {
+        let job = match SendJob::decode(delivered.record.payload.as_slice()) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(%error, topic = %delivered.topic, partition = delivered.partition, offset = delivered.offset, "skipping undecodable send job");
+                return Ok(Effects::default());
+            }
+        };
+        let span = tracing::info_span!("send", campaign = %job.campaign_id, subscriber = %job.subscriber_id, attempt = job.attempt);
+        broadside_telemetry::follow_traceparent(&span, delivered.record.header(headers::TRACEPARENT));
+        self.handle_job(job).instrument(span).await
+    }
+
+    async fn handle_job(&self, job: SendJob) -> anyhow::Result<Effects> {
+        let settings = &self.settings;
+        let message_id = message::message_id(&job.campaign_id, &job.subscriber_id, &settings.domain);
+        let mut effects = Effects::default();
+        match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
+            Claim::Finished { state, message_id } => {
+                // Sent before (a redelivered job): report again, never send again.
+                self.metrics.count_send("skipped_duplicate");
+                let outcome = if state == LedgerState::Sent { DeliveryOutcome::Delivered } else { DeliveryOutcome::Failed };
+                let attempt = Attempt { outcome, code: 0, detail: "already recorded in the send ledger".into(), destination: String::new() };
+                effects.delivery_events.push(self.event(&job, &attempt, &message_id, 0, false));
+                return Ok(effects);
+            }
+            Claim::Held { owner, lease_until } => {
+                tracing::info!(%owner, lease_until, "recipient claimed by another sender, retrying after its lease");
+                effects.retries.push(self.retry_record(&job, job.attempt, lease_until + 1000));
+                return Ok(effects);
+            }
+            Claim::Acquired { takeover: true } => {
+                // The previous claimant stopped between claiming and recording: it may have sent.
+                self.metrics.sends_ambiguous.inc();
+                tracing::warn!("taking over an unfinished claim; a duplicate is possible (counted in sends_ambiguous)");
+            }
+            Claim::Acquired { takeover: false } => {}
+        }
+
+        let started = Instant::now();
+        let attempt = if job.expires_at.as_ref().is_some_and(|t| timestamp_to_millis(t) < now_millis()) {
+            Attempt::failed("expired before it could be delivered")
+        } else {
+            self.metrics.sends_in_flight.inc();
+            let attempt = self.attempt(&job).await;
+            self.metrics.sends_in_flight.dec();
+            attempt?
+        };
+        let latency_ms = started.elapsed().as_millis() as i64;
+        self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+
+        let ledger_state = match attempt.outcome {
+            DeliveryOutcome::Delivered => Some(LedgerState::Sent),
+            DeliveryOutcome::Failed => Some(LedgerState::Failed),
+            _ => None,
+        };
+        match ledger_state {
+            Some(state) => match self.store.finish(&job.campaign_id, &job.subscriber_id, &settings.id, state, &message_id).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(detail)) => {
+                    self.metrics.sends_ambiguous.inc();
+                    tracing::warn!(%detail, "our claim was taken over while sending; a duplicate is possible");
+                }
+                Err(error) => return Err(error.into()),
+            },
+            None => {
+                self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
+                let not_before = now_millis() + retry::backoff(job.attempt).as_millis() as i64;
+                effects.retries.push(self.retry_record(&job, job.attempt + 1, not_before));
+            }
+        }
+        let outcome_name = match attempt.outcome {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Deferred => "deferred",
+            _ => "failed",
+        };
+        self.metrics.count_send(outcome_name);
+        if attempt.outcome != DeliveryOutcome::Delivered {
+            tracing::info!(outcome = outcome_name, code = attempt.code, detail = %attempt.detail, "not delivered");
+        }
+        effects.delivery_events.push(self.event(&job, &attempt, &message_id, latency_ms, false));
+        Ok(effects)
+    }
+
+    /// Renders, builds and sends. Bad data is a permanent failure of this
+    /// recipient; a store outage is an error (the batch is retried).
+    async fn attempt(&self, job: &SendJob) -> anyhow::Result<Attempt> {
+        let Some(template) = self.template(&job.tenant, &job.template_id).await? else {
+            return Ok(Attempt::failed(format!("template {} no longer exists", job.template_id)));
+        };
+        let token = self.signer.sign(&UnsubscribeClaims {
+            tenant: job.tenant.clone(),
+            subscriber_id: job.subscriber_id.clone(),
+            list_id: job.list_id.clone(),
+            campaign_id: job.campaign_id.clone(),
+        });
+        let settings = &self.settings;
+        let unsubscribe_url = format!("{}/u/{token}", settings.public_url.trim_end_matches('/'));
+        let unsubscribe_mailto = format!("mailto:unsubscribe@{}?subject=unsubscribe%3A{token}", settings.domain);
+        let attributes = job.attributes.as_ref().map(struct_to_json).unwrap_or_default();
+        let context = minijinja::Value::from_serialize(serde_json::json!({
+            "subscriber": {
+                "id": job.subscriber_id,
+                "email": job.email,
+                "display_name": job.display_name,
+                "attributes": attributes,
+            },
+            "unsubscribe_url": unsubscribe_url,
+            "campaign": {"id": job.campaign_id},
+        }));
+        let source = TemplateSource { subject: &template.subject, html_body: &template.html_body, text_body: &template.text_body };
+        let key = format!("{}/{}@{}", template.tenant, template.id, template.version);
+        let rendered = match self.engine.render(&key, &source, &context) {
+            Ok(rendered) => rendered,
+            Err(error) => return Ok(Attempt::failed(format!("render: {error}"))),
+        };
+        let envelope = Envelope {
+            tenant: &job.tenant,
+            campaign_id: &job.campaign_id,
+            subscriber_id: &job.subscriber_id,
+            list_id: &job.list_id,
+            from_address: &job.from_address,
+            from_name: &job.from_name,
+            reply_to: &job.reply_to,
+            to_address: &job.email,
+            to_name: &job.display_name,
+            unsubscribe_url: &unsubscribe_url,
+            unsubscribe_mailto: &unsubscribe_mailto,
+            domain: &settings.domain,
+        };
+        let message = match message::build(&envelope, &rendered) {
+            Ok(message) => message,
+            Err(error) => return Ok(Attempt::failed(format!("build: {error}"))),
+        };
+        Ok(match self.transport.send(&message).await {
+            Ok(accepted) => Attempt {
+                outcome: DeliveryOutcome::Delivered,
+                code: i32::from(accepted.code),
+                detail: accepted.detail,
+                destination: accepted.destination,
+            },
+            Err(SendError::Transient { code, detail }) => Attempt {
+                outcome: DeliveryOutcome::Deferred,
+                code: code.map(i32::from).unwrap_or(0),
+                detail,
+                destination: self.transport.destination().to_owned(),
+            },
+            Err(SendError::Permanent { code, detail }) => Attempt {
+                outcome: DeliveryOutcome::Failed,
+                code: i32::from(code),
+                detail,
+                destination: self.transport.destination().to_owned(),
+            },
+        })
+    }
+
+    fn event(&self, job: &SendJob, attempt: &Attempt, message_id: &str, latency_ms: i64, ambiguous: bool) -> Record {
+        let event = DeliveryEvent {
+            tenant: job.tenant.clone(),
+            campaign_id: job.campaign_id.clone(),
+            subscriber_id: job.subscriber_id.clone(),
+            outcome: attempt.outcome as i32,
+            smtp_code: attempt.code,
+            enhanced_code: enhanced_code(&attempt.detail),
+            detail: attempt.detail.clone(),
+            mx: attempt.destination.clone(),
+            latency_ms,
+            message_id: message_id.to_owned(),
+            attempt: job.attempt,
+            time: millis_to_timestamp(now_millis()),
+            ambiguous,
+        };
+        Record::event(&job.subscriber_id, &job.tenant, "broadside.v1.DeliveryEvent", event.encode_to_vec(), broadside_telemetry::current_traceparent())
+    }
+
+    fn retry_record(&self, job: &SendJob, attempt: i32, not_before: i64) -> Record {
+        let retry = SendJob { attempt, not_before: millis_to_timestamp(not_before), ..job.clone() };
+        Record::event(&job.subscriber_id, &job.tenant, "broadside.v1.SendJob", retry.encode_to_vec(), broadside_telemetry::current_traceparent())
+    }
+}
+
+/// The RFC 3463 status at the start of a reply text (`5.1.1 User unknown`), if any.
+fn enhanced_code(detail: &str) -> String {
+    detail
+        .split_whitespace()
+        .find(|word| {
+            let parts: Vec<&str> = word.split('.').collect();
+            parts.len() == 3 && matches!(parts[0], "2" | "4" | "5") && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+        })
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_enhanced_status_codes() {
+        assert_eq!(super::enhanced_code("5.1.1 <x@y>: Recipient address rejected"), "5.1.1");
+        assert_eq!(super::enhanced_code("permanent error (550): 5.7.1 blocked"), "5.7.1");
+        assert_eq!(super::enhanced_code("Ok: queued as 12.3"), "");
+    }
+}
