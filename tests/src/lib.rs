@@ -1,1 +1,193 @@
-//! placeholder
+//! The test sandbox: every role's `serve` in-process on port 0 over a
+//! temporary data dir, gRPC clients, and `wait_for_*` helpers. Also helpers
+//! to run the real `broadside` binary and real SMTP receivers.
+
+pub mod smtp_sink;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use broadside::{Node, Role};
+use broadside_config::Config;
+use broadside_proto::v1::campaign_service_client::CampaignServiceClient;
+use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
+use broadside_proto::v1::template_service_client::TemplateServiceClient;
+use broadside_proto::v1::*;
+use tonic::transport::Channel;
+
+/// A node over a data dir, with clients. The data dir outlives restarts.
+pub struct Sandbox {
+    pub node: Option<Node>,
+    pub data_dir: PathBuf,
+    pub config: Config,
+    pub subscribers: SubscriberServiceClient<Channel>,
+    pub templates: TemplateServiceClient<Channel>,
+    pub campaigns: CampaignServiceClient<Channel>,
+}
+
+/// A configuration for tests: embedded defaults in `data_dir`, ports 0.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = data_dir.to_owned();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
+    config.sender.id = Some("test-sender".into());
+    config.sender.drain_timeout_secs = 10;
+    config
+}
+
+impl Sandbox {
+    /// Starts every role over `config`.
+    pub async fn start(config: Config) -> anyhow::Result<Sandbox> {
+        broadside_telemetry::init_for_tests();
+        config.validate()?;
+        let node = Node::start(&config, &Role::ALL).await?;
+        let channel = Channel::from_shared(node.grpc_url())?.connect().await?;
+        Ok(Sandbox {
+            data_dir: config.data_dir.clone(),
+            config,
+            subscribers: SubscriberServiceClient::new(channel.clone()),
+            templates: TemplateServiceClient::new(channel.clone()),
+            campaigns: CampaignServiceClient::new(channel),
+            node: Some(node),
+        })
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops and starts again on the same data dir.
+    pub async fn restart(mut self) -> anyhow::Result<Sandbox> {
+        self.stop().await?;
+        Sandbox::start(self.config.clone()).await
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+
+    pub async fn create_list(&mut self, name: &str) -> anyhow::Result<String> {
+        let list = MailingList { display_name: name.into(), ..Default::default() };
+        Ok(self.subscribers.create_list(CreateListRequest { list: Some(list), request_id: String::new() }).await?.into_inner().name)
+    }
+
+    pub async fn add_subscriber(&mut self, list: &str, email: &str, name: &str, attributes: serde_json::Value) -> anyhow::Result<Subscriber> {
+        let subscriber = Subscriber {
+            email: email.into(),
+            display_name: name.into(),
+            lists: vec![list.into()],
+            attributes: Some(broadside_proto::convert::json_to_struct(attributes.as_object().expect("attributes object"))),
+            ..Default::default()
+        };
+        Ok(self.subscribers.create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: String::new() }).await?.into_inner())
+    }
+
+    /// Creates a template and a draft campaign for `list`; returns the campaign name.
+    pub async fn create_campaign(&mut self, list: &str, template: Template) -> anyhow::Result<String> {
+        let template = self.templates.create_template(CreateTemplateRequest { template: Some(template), request_id: String::new() }).await?.into_inner();
+        let campaign = Campaign {
+            display_name: "Test campaign".into(),
+            template: template.name,
+            list: list.into(),
+            from_address: "news@sender.example".into(),
+            from_name: "Sender".into(),
+            ..Default::default()
+        };
+        Ok(self.campaigns.create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() }).await?.into_inner().name)
+    }
+
+    pub async fn get_campaign(&mut self, name: &str) -> anyhow::Result<Campaign> {
+        Ok(self.campaigns.get_campaign(GetCampaignRequest { name: name.into() }).await?.into_inner())
+    }
+
+    /// Waits until the campaign is COMPLETED.
+    pub async fn wait_for_completion(&mut self, name: &str, timeout: Duration) -> anyhow::Result<Campaign> {
+        self.wait_for_campaign(name, timeout, |c| c.state == CampaignState::Completed as i32).await
+    }
+
+    /// Polls the campaign until `done` holds, or fails with its last state.
+    pub async fn wait_for_campaign(&mut self, name: &str, timeout: Duration, done: impl Fn(&Campaign) -> bool) -> anyhow::Result<Campaign> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let campaign = self.get_campaign(name).await?;
+            if done(&campaign) {
+                return Ok(campaign);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("timed out waiting for {name}: {campaign:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Bulk-loads `count` subscribers into a new list straight through the store
+/// (fast setup for large campaigns). Returns the list's resource name.
+pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> {
+    use broadside_store::*;
+    let store = SqliteStore::open(&data_dir.join("broadside.db"))?;
+    let list_id = new_id();
+    store
+        .create_list(MailingList { tenant: DEFAULT_TENANT.into(), id: list_id.clone(), display_name: "bulk".into(), description: String::new(), create_time: now_millis() }, None)
+        .await?;
+    for index in 0..count {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("n".into(), serde_json::json!(index));
+        store
+            .upsert_subscriber(
+                Subscriber {
+                    tenant: DEFAULT_TENANT.into(),
+                    id: new_id(),
+                    email: format!("user{index}@example.com"),
+                    display_name: format!("User {index}"),
+                    attributes,
+                    status: SubscriberStatus::Active,
+                    lists: vec![list_id.clone()],
+                    create_time: 0,
+                    update_time: 0,
+                },
+                None,
+            )
+            .await?;
+    }
+    Ok(format!("lists/{list_id}"))
+}
+
+/// A simple template using subscriber fields.
+pub fn simple_template() -> Template {
+    Template {
+        display_name: "t".into(),
+        subject: "Hello {{ subscriber.display_name }}".into(),
+        html_body: "<p>Hi {{ subscriber.display_name }} from {{ subscriber.attributes.city | default('nowhere') }}</p><a href=\"{{ unsubscribe_url }}\">unsubscribe</a>".into(),
+        text_body: "Hi {{ subscriber.display_name }} from {{ subscriber.attributes.city | default('nowhere') }}\nUnsubscribe: {{ unsubscribe_url }}".into(),
+        ..Default::default()
+    }
+}
+
+/// Every captured message, as text.
+pub fn read_messages(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut messages = Vec::new();
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_file() {
+                messages.push(String::from_utf8_lossy(&std::fs::read(&path)?).into_owned());
+            }
+        }
+    }
+    Ok(messages)
+}
+
+/// Path of the `broadside` binary built for this test run (same target dir).
+pub fn broadside_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let binary = dir.join("broadside");
+    assert!(binary.exists(), "{} is missing: build it first (cargo build -p broadside)", binary.display());
+    binary
+}

@@ -7,6 +7,8 @@
 
 mod model;
 mod sqlite;
+#[doc(hidden)]
+pub mod suite;
 
 use std::sync::Arc;
 use std::time::Duration;
