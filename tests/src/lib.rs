@@ -169,13 +169,14 @@ pub fn simple_template() -> Template {
     }
 }
 
-/// Every captured message, as text.
+/// Every finished message in `dir` (capture or smtp-sink dumps), as text; skips partial files.
 pub fn read_messages(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut messages = Vec::new();
     if dir.exists() {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            if path.is_file() {
+            let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if path.is_file() && !hidden {
                 messages.push(String::from_utf8_lossy(&std::fs::read(&path)?).into_owned());
             }
         }

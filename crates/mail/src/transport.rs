@@ -8,7 +8,8 @@ use std::time::Duration;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::path::PathBuf;
 
 /// How to reach a relay.
 #[derive(Debug, Clone)]
@@ -49,14 +50,16 @@ pub enum SendError {
 #[derive(Clone)]
 pub enum Transport {
     Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, destination: String },
-    Capture { transport: AsyncFileTransport<Tokio1Executor>, destination: String },
+    Capture { dir: PathBuf, destination: String },
 }
 
 impl Transport {
-    /// Writes each message as `<uuid>.eml` into `dir`, creating it.
+    /// Writes each message as `<uuid>.eml` into `dir`, creating it. Files
+    /// appear whole (written aside, then renamed), so a crash never leaves a
+    /// torn message; each send is its own file, so duplicates stay visible.
     pub fn capture(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self::Capture { transport: AsyncFileTransport::new(dir), destination: dir.display().to_string() })
+        Ok(Self::Capture { dir: dir.to_owned(), destination: dir.display().to_string() })
     }
 
     /// A pooled connection to a relay.
@@ -96,9 +99,9 @@ impl Transport {
     /// Sends one message and classifies the outcome.
     pub async fn send(&self, message: &Message) -> Result<Accepted, SendError> {
         match self {
-            Self::Capture { transport, destination } => match transport.send(message.clone()).await {
-                Ok(_) => Ok(Accepted { code: 250, detail: "captured".into(), destination: destination.clone() }),
-                Err(error) => Err(SendError::Transient { code: None, detail: format!("capture write failed: {error}") }),
+            Self::Capture { dir, destination } => match write_capture(dir, &message.formatted()).await {
+                Ok(()) => Ok(Accepted { code: 250, detail: "captured".into(), destination: destination.clone() }),
+                Err(error) => Err(SendError::Transient { code: None, detail: format!("capture write to {destination} failed: {error}") }),
             },
             Self::Smtp { transport, destination } => match transport.send(message.clone()).await {
                 Ok(response) => Ok(Accepted {
@@ -110,6 +113,13 @@ impl Transport {
             },
         }
     }
+}
+
+async fn write_capture(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let partial = dir.join(format!(".{name}.partial"));
+    tokio::fs::write(&partial, bytes).await?;
+    tokio::fs::rename(&partial, dir.join(format!("{name}.eml"))).await
 }
 
 fn classify(error: &lettre::transport::smtp::Error) -> SendError {

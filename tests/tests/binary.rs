@@ -1,0 +1,107 @@
+//! Black-box runs of the real `broadside` binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use broadside_tests::broadside_binary;
+use broadside_tests::smtp_sink::free_port;
+
+/// Kills the child process on drop, so a failing test leaves nothing running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_sends_to_every_sample_subscriber_exactly_once() {
+    let output = Command::new(broadside_binary()).args(["demo", "--subscribers", "1000"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("demo: recipients=1000 delivered=1000 duplicates=0 failed=0 seconds="), "last line: {last}");
+}
+
+/// Runs a client subcommand and returns its stdout; panics with stderr on failure.
+fn cli(server: &str, args: &[&str]) -> String {
+    let output = Command::new(broadside_binary()).arg("--server").arg(server).args(args).output().unwrap();
+    assert!(output.status.success(), "broadside {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broadside serve did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let admin = free_port().unwrap();
+    let mut child = Command::new(broadside_binary())
+        .args(["serve", "--roles", "all"])
+        .env("BROADSIDE__DATA_DIR", dir.path())
+        .env("BROADSIDE__SERVER__GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("BROADSIDE__SERVER__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let serve = KillOnDrop(child);
+    wait_for_port(port);
+    let server = format!("http://127.0.0.1:{port}");
+
+    let list = cli(&server, &["lists", "create", "Friends"]);
+    let list = list.split('\t').next().unwrap().trim().to_owned();
+    for (email, name) in [("ada@example.com", "Ada"), ("alan@example.org", "Alan"), ("grace@example.net", "Grace")] {
+        cli(&server, &["subscribers", "add", email, "--list", &list, "--name", name, "--attr", "city=Lyon", "--attr", "visits=3"]);
+    }
+    let listed = cli(&server, &["subscribers", "list", "--list", &list]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let template = cli(&server, &["templates", "create", "--subject", "Hi {{ subscriber.display_name }}", "--text", "Hello {{ subscriber.display_name }} ({{ subscriber.attributes.visits }} visits)"]);
+    let template = template.split('\t').next().unwrap().trim().to_owned();
+    let campaign = cli(&server, &["campaigns", "create", "--template", &template, "--list", &list, "--from", "news@example.com"]);
+    let campaign = campaign.split('\t').next().unwrap().trim().to_owned();
+    cli(&server, &["campaigns", "start", &campaign]);
+    let waited = cli(&server, &["campaigns", "get", &campaign, "--wait"]);
+    assert!(waited.trim_end().ends_with("state=completed recipients=3 delivered=3 failed=0 deferred=0"), "{waited}");
+
+    let messages = broadside_tests::read_messages(&dir.path().join("outbox")).unwrap();
+    assert_eq!(messages.len(), 3);
+    assert!(messages.iter().any(|m| m.contains("Hello Ada (3 visits)")));
+
+    // Bad input through the CLI: plain message naming the field, non-zero exit.
+    let refused = Command::new(broadside_binary()).args(["--server", &server, "subscribers", "add", "not-an-address", "--list", &list]).output().unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("InvalidArgument") && message.contains("subscriber.email"), "{message}");
+
+    // SIGTERM: drains and exits 0, logging the shutdown.
+    let pid = serve.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut serve = serve;
+    let status = serve.0.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+    let logs: Vec<String> = BufReader::new(stderr).lines().map_while(Result::ok).collect();
+    assert!(logs.iter().any(|l| l.contains("broadside node stopped")), "{logs:#?}");
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let output = Command::new(broadside_binary()).args(["config", "print"]).env("BROADSIDE__SMTP__URL", "ftp://relay").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("smtp.url"), "{stderr}");
+    let output = Command::new(broadside_binary()).args(["config", "print"]).env("BROADSIDE__SMTP__PASSWORD", "hunter2").env("BROADSIDE__SMTP__USERNAME", "u").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("[redacted]") && !stdout.contains("hunter2"), "{stdout}");
+}
