@@ -27,8 +27,7 @@ pub struct Sandbox {
 
 /// A configuration for tests: embedded defaults in `data_dir`, ports 0.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_owned();
+    let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
     config.sender.id = Some("test-sender".into());
@@ -73,23 +72,44 @@ impl Sandbox {
 
     pub async fn create_list(&mut self, name: &str) -> anyhow::Result<String> {
         let list = MailingList { display_name: name.into(), ..Default::default() };
-        Ok(self.subscribers.create_list(CreateListRequest { list: Some(list), request_id: String::new() }).await?.into_inner().name)
+        Ok(self
+            .subscribers
+            .create_list(CreateListRequest { list: Some(list), request_id: String::new() })
+            .await?
+            .into_inner()
+            .name)
     }
 
-    pub async fn add_subscriber(&mut self, list: &str, email: &str, name: &str, attributes: serde_json::Value) -> anyhow::Result<Subscriber> {
+    pub async fn add_subscriber(
+        &mut self,
+        list: &str,
+        email: &str,
+        name: &str,
+        attributes: serde_json::Value,
+    ) -> anyhow::Result<Subscriber> {
         let subscriber = Subscriber {
             email: email.into(),
             display_name: name.into(),
             lists: vec![list.into()],
-            attributes: Some(broadside_proto::convert::json_to_struct(attributes.as_object().expect("attributes object"))),
+            attributes: Some(broadside_proto::convert::json_to_struct(
+                attributes.as_object().expect("attributes object"),
+            )),
             ..Default::default()
         };
-        Ok(self.subscribers.create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: String::new() }).await?.into_inner())
+        Ok(self
+            .subscribers
+            .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: String::new() })
+            .await?
+            .into_inner())
     }
 
     /// Creates a template and a draft campaign for `list`; returns the campaign name.
     pub async fn create_campaign(&mut self, list: &str, template: Template) -> anyhow::Result<String> {
-        let template = self.templates.create_template(CreateTemplateRequest { template: Some(template), request_id: String::new() }).await?.into_inner();
+        let template = self
+            .templates
+            .create_template(CreateTemplateRequest { template: Some(template), request_id: String::new() })
+            .await?
+            .into_inner();
         let campaign = Campaign {
             display_name: "Test campaign".into(),
             template: template.name,
@@ -98,7 +118,12 @@ impl Sandbox {
             from_name: "Sender".into(),
             ..Default::default()
         };
-        Ok(self.campaigns.create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() }).await?.into_inner().name)
+        Ok(self
+            .campaigns
+            .create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() })
+            .await?
+            .into_inner()
+            .name)
     }
 
     pub async fn get_campaign(&mut self, name: &str) -> anyhow::Result<Campaign> {
@@ -111,7 +136,12 @@ impl Sandbox {
     }
 
     /// Polls the campaign until `done` holds, or fails with its last state.
-    pub async fn wait_for_campaign(&mut self, name: &str, timeout: Duration, done: impl Fn(&Campaign) -> bool) -> anyhow::Result<Campaign> {
+    pub async fn wait_for_campaign(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&Campaign) -> bool,
+    ) -> anyhow::Result<Campaign> {
         let deadline = Instant::now() + timeout;
         loop {
             let campaign = self.get_campaign(name).await?;
@@ -133,7 +163,16 @@ pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> 
     let store = SqliteStore::open(&data_dir.join("broadside.db"))?;
     let list_id = new_id();
     store
-        .create_list(MailingList { tenant: DEFAULT_TENANT.into(), id: list_id.clone(), display_name: "bulk".into(), description: String::new(), create_time: now_millis() }, None)
+        .create_list(
+            MailingList {
+                tenant: DEFAULT_TENANT.into(),
+                id: list_id.clone(),
+                display_name: "bulk".into(),
+                description: String::new(),
+                create_time: now_millis(),
+            },
+            None,
+        )
         .await?;
     for index in 0..count {
         let mut attributes = serde_json::Map::new();

@@ -18,7 +18,10 @@ impl SmtpSink {
     /// Starts `smtp-sink` on a free loopback port, dumping each message into
     /// `dump_dir`. `extra` passes options such as `-r RCPT` (soft-reject).
     pub fn start(dump_dir: &Path, extra: &[&str]) -> anyhow::Result<SmtpSink> {
-        anyhow::ensure!(Path::new(SMTP_SINK).exists(), "{SMTP_SINK} is missing: install Debian's postfix package (the test command does)");
+        anyhow::ensure!(
+            Path::new(SMTP_SINK).exists(),
+            "{SMTP_SINK} is missing: install Debian's postfix package (the test command does)"
+        );
         std::fs::create_dir_all(dump_dir)?;
         let port = free_port()?;
         let template = format!("{}/%Y%m%d%H%M%S.", dump_dir.display());

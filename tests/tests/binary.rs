@@ -23,7 +23,10 @@ fn demo_sends_to_every_sample_subscriber_exactly_once() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let last = stdout.lines().last().unwrap_or_default();
-    assert!(last.starts_with("demo: recipients=1000 delivered=1000 duplicates=0 failed=0 seconds="), "last line: {last}");
+    assert!(
+        last.starts_with("demo: recipients=1000 delivered=1000 duplicates=0 failed=0 seconds="),
+        "last line: {last}"
+    );
 }
 
 /// Runs a client subcommand and returns its stdout; panics with stderr on failure.
@@ -63,13 +66,39 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
     let list = cli(&server, &["lists", "create", "Friends"]);
     let list = list.split('\t').next().unwrap().trim().to_owned();
     for (email, name) in [("ada@example.com", "Ada"), ("alan@example.org", "Alan"), ("grace@example.net", "Grace")] {
-        cli(&server, &["subscribers", "add", email, "--list", &list, "--name", name, "--attr", "city=Lyon", "--attr", "visits=3"]);
+        cli(
+            &server,
+            &[
+                "subscribers",
+                "add",
+                email,
+                "--list",
+                &list,
+                "--name",
+                name,
+                "--attr",
+                "city=Lyon",
+                "--attr",
+                "visits=3",
+            ],
+        );
     }
     let listed = cli(&server, &["subscribers", "list", "--list", &list]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
-    let template = cli(&server, &["templates", "create", "--subject", "Hi {{ subscriber.display_name }}", "--text", "Hello {{ subscriber.display_name }} ({{ subscriber.attributes.visits }} visits)"]);
+    let template = cli(
+        &server,
+        &[
+            "templates",
+            "create",
+            "--subject",
+            "Hi {{ subscriber.display_name }}",
+            "--text",
+            "Hello {{ subscriber.display_name }} ({{ subscriber.attributes.visits }} visits)",
+        ],
+    );
     let template = template.split('\t').next().unwrap().trim().to_owned();
-    let campaign = cli(&server, &["campaigns", "create", "--template", &template, "--list", &list, "--from", "news@example.com"]);
+    let campaign =
+        cli(&server, &["campaigns", "create", "--template", &template, "--list", &list, "--from", "news@example.com"]);
     let campaign = campaign.split('\t').next().unwrap().trim().to_owned();
     cli(&server, &["campaigns", "start", &campaign]);
     let waited = cli(&server, &["campaigns", "get", &campaign, "--wait"]);
@@ -80,7 +109,10 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
     assert!(messages.iter().any(|m| m.contains("Hello Ada (3 visits)")));
 
     // Bad input through the CLI: plain message naming the field, non-zero exit.
-    let refused = Command::new(broadside_binary()).args(["--server", &server, "subscribers", "add", "not-an-address", "--list", &list]).output().unwrap();
+    let refused = Command::new(broadside_binary())
+        .args(["--server", &server, "subscribers", "add", "not-an-address", "--list", &list])
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("InvalidArgument") && message.contains("subscriber.email"), "{message}");
@@ -97,11 +129,20 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
 
 #[test]
 fn bad_config_names_the_key() {
-    let output = Command::new(broadside_binary()).args(["config", "print"]).env("BROADSIDE__SMTP__URL", "ftp://relay").output().unwrap();
+    let output = Command::new(broadside_binary())
+        .args(["config", "print"])
+        .env("BROADSIDE__SMTP__URL", "ftp://relay")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("smtp.url"), "{stderr}");
-    let output = Command::new(broadside_binary()).args(["config", "print"]).env("BROADSIDE__SMTP__PASSWORD", "hunter2").env("BROADSIDE__SMTP__USERNAME", "u").output().unwrap();
+    let output = Command::new(broadside_binary())
+        .args(["config", "print"])
+        .env("BROADSIDE__SMTP__PASSWORD", "hunter2")
+        .env("BROADSIDE__SMTP__USERNAME", "u")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && stdout.contains("[redacted]") && !stdout.contains("hunter2"), "{stdout}");
 }

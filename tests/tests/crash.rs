@@ -56,7 +56,11 @@ fn metric(admin: u16, name: &str) -> f64 {
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).unwrap();
-    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,13 +70,26 @@ async fn sigkill_mid_campaign_loses_nobody_and_counts_possible_duplicates() {
     let first = serve(dir.path());
     let mut sandbox_template = simple_template();
     sandbox_template.display_name = "crash".into();
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", first.grpc)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", first.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut templates = broadside_proto::v1::template_service_client::TemplateServiceClient::new(channel.clone());
-    let template = templates.create_template(CreateTemplateRequest { template: Some(sandbox_template), request_id: String::new() }).await.unwrap().into_inner();
+    let template = templates
+        .create_template(CreateTemplateRequest { template: Some(sandbox_template), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut campaigns = client(&first).await;
     let campaign = campaigns
         .create_campaign(CreateCampaignRequest {
-            campaign: Some(Campaign { template: template.name, list, from_address: "news@example.com".into(), ..Default::default() }),
+            campaign: Some(Campaign {
+                template: template.name,
+                list,
+                from_address: "news@example.com".into(),
+                ..Default::default()
+            }),
             request_id: String::new(),
         })
         .await
@@ -82,7 +99,13 @@ async fn sigkill_mid_campaign_loses_nobody_and_counts_possible_duplicates() {
     campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let stats = campaigns.get_campaign(GetCampaignRequest { name: campaign.clone() }).await.unwrap().into_inner().stats.unwrap_or_default();
+        let stats = campaigns
+            .get_campaign(GetCampaignRequest { name: campaign.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap_or_default();
         if stats.delivered >= 300 {
             break;
         }
@@ -109,7 +132,11 @@ async fn sigkill_mid_campaign_loses_nobody_and_counts_possible_duplicates() {
     assert_eq!((stats.recipients, stats.delivered), (RECIPIENTS as i64, RECIPIENTS as i64));
     let capture = broadside::demo::count_capture(&outbox).unwrap();
     let ambiguous = metric(second.admin, "broadside_sends_ambiguous_total");
-    eprintln!("killed at {at_kill} captured; after restart unique={} duplicates={} ambiguous={ambiguous}", capture.unique(), capture.duplicates());
+    eprintln!(
+        "killed at {at_kill} captured; after restart unique={} duplicates={} ambiguous={ambiguous}",
+        capture.unique(),
+        capture.duplicates()
+    );
     assert_eq!(capture.unique(), RECIPIENTS, "nobody lost");
     assert!(capture.duplicates() as f64 <= ambiguous, "every duplicate must be counted as ambiguous");
 }

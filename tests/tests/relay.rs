@@ -29,7 +29,8 @@ async fn campaign_is_delivered_over_smtp_with_pooled_connections() {
     }
     let dumps = read_messages(&sink.dump_dir).unwrap();
     assert_eq!(dumps.len(), 200, "one SMTP transaction per recipient");
-    let ids: std::collections::HashSet<_> = dumps.iter().filter_map(|m| broadside::demo::header_value(&m.replace('\n', "\r\n"), "message-id")).collect();
+    let ids: std::collections::HashSet<_> =
+        dumps.iter().filter_map(|m| broadside::demo::header_value(&m.replace('\n', "\r\n"), "message-id")).collect();
     assert_eq!(ids.len(), 200, "each with its own Message-ID");
     assert!(dumps.iter().all(|m| m.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click")));
     sandbox.stop().await.unwrap();

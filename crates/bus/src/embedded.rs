@@ -56,7 +56,11 @@ impl EmbeddedBus {
 }
 
 fn encode_headers(headers: &[(String, String)]) -> String {
-    headers.iter().map(|(k, v)| format!("{}\t{}", k.replace(['\t', '\n'], " "), v.replace(['\t', '\n'], " "))).collect::<Vec<_>>().join("\n")
+    headers
+        .iter()
+        .map(|(k, v)| format!("{}\t{}", k.replace(['\t', '\n'], " "), v.replace(['\t', '\n'], " ")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn decode_headers(text: &str) -> Vec<(String, String)> {
@@ -286,7 +290,8 @@ mod tests {
         }
         let mut a = bus.consumer("a", std::slice::from_ref(&topic)).await.unwrap();
         let mut b = bus.consumer("b", std::slice::from_ref(&topic)).await.unwrap();
-        let from_a: Vec<Vec<u8>> = a.poll(10, Duration::ZERO).await.unwrap().into_iter().map(|d| d.record.payload).collect();
+        let from_a: Vec<Vec<u8>> =
+            a.poll(10, Duration::ZERO).await.unwrap().into_iter().map(|d| d.record.payload).collect();
         let from_b = b.poll(10, Duration::ZERO).await.unwrap();
         assert_eq!(from_a, (0..5).map(|i| i.to_string().into_bytes()).collect::<Vec<_>>());
         assert_eq!(from_b.len(), 5);

@@ -135,7 +135,8 @@ impl Record {
     /// An event record with the standard headers: payload type, tenant and,
     /// when tracing, the W3C traceparent.
     pub fn event(key: &str, tenant: &str, type_name: &str, payload: Vec<u8>, traceparent: Option<String>) -> Self {
-        let mut headers = vec![(headers::TYPE.to_owned(), type_name.to_owned()), (headers::TENANT.to_owned(), tenant.to_owned())];
+        let mut headers =
+            vec![(headers::TYPE.to_owned(), type_name.to_owned()), (headers::TENANT.to_owned(), tenant.to_owned())];
         if let Some(traceparent) = traceparent {
             headers.push((headers::TRACEPARENT.to_owned(), traceparent));
         }

@@ -144,13 +144,7 @@ pub struct SenderConfig {
 
 impl Default for SenderConfig {
     fn default() -> Self {
-        Self {
-            id: None,
-            concurrency: 32,
-            drain_timeout_secs: 30,
-            lease_secs: 120,
-            max_age_secs: 72 * 3600,
-        }
+        Self { id: None, concurrency: 32, drain_timeout_secs: 30, lease_secs: 120, max_age_secs: 72 * 3600 }
     }
 }
 
@@ -218,7 +212,10 @@ impl Config {
         self.store_url()?;
         self.smtp_url()?;
         if !(self.bus.url == "embedded://" || self.bus.url.starts_with("kafka://")) {
-            return Err(invalid("bus.url", format!("unsupported {:?} (use embedded:// or kafka://HOST:PORT)", self.bus.url)));
+            return Err(invalid(
+                "bus.url",
+                format!("unsupported {:?} (use embedded:// or kafka://HOST:PORT)", self.bus.url),
+            ));
         }
         if self.bus.url.starts_with("kafka://") {
             return Err(invalid("bus.url", "kafka:// is not available in this build yet; use embedded://"));
@@ -238,8 +235,7 @@ impl Config {
         if self.smtp.username.is_some() != self.smtp.password.is_some() {
             return Err(invalid("smtp.password", "smtp.username and smtp.password go together"));
         }
-        url::Url::parse(&self.mail.public_url)
-            .map_err(|error| invalid("mail.public_url", format!("{error}")))?;
+        url::Url::parse(&self.mail.public_url).map_err(|error| invalid("mail.public_url", format!("{error}")))?;
         if self.mail.domain.is_empty() || self.mail.domain.contains(['@', ' ', '\r', '\n']) {
             return Err(invalid("mail.domain", "must be a bare domain name"));
         }
@@ -258,9 +254,9 @@ impl Config {
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
         if let Some(rest) = raw.strip_prefix("scylla://") {
-            let (hosts, keyspace) = rest.split_once('/').ok_or_else(|| {
-                invalid("store.url", "scylla:// needs a keyspace: scylla://HOST:9042/KEYSPACE")
-            })?;
+            let (hosts, keyspace) = rest
+                .split_once('/')
+                .ok_or_else(|| invalid("store.url", "scylla:// needs a keyspace: scylla://HOST:9042/KEYSPACE"))?;
             let keyspace = keyspace.split('?').next().unwrap_or_default().to_owned();
             if hosts.is_empty() || keyspace.is_empty() {
                 return Err(invalid("store.url", "scylla:// needs hosts and a keyspace"));
@@ -285,7 +281,9 @@ impl Config {
         let implicit_tls = match url.scheme() {
             "smtp" => false,
             "smtps" => true,
-            other => return Err(invalid("smtp.url", format!("unsupported scheme {other:?} (use smtp, smtps or capture)"))),
+            other => {
+                return Err(invalid("smtp.url", format!("unsupported scheme {other:?} (use smtp, smtps or capture)")));
+            }
         };
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("smtp.url", "missing host"))?;
         let port = url.port().unwrap_or(if implicit_tls { 465 } else { 25 });
@@ -386,8 +384,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("broadside-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
-        std::fs::write(&path, "[smtp]
-urll = \"smtp://x\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[smtp]
+urll = \"smtp://x\"\n",
+        )
+        .unwrap();
         let error = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(error.contains("urll"), "{error}");
         let missing = Config::load(Some(&dir.join("missing.toml"))).unwrap_err().to_string();

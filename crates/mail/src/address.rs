@@ -16,7 +16,10 @@ pub fn validate_address(field: &str, email: &str) -> Result<lettre::Address, Mai
         return Err(MailError::invalid(field, "is required"));
     }
     if email.len() > MAX_PATH {
-        return Err(MailError::invalid(field, format!("address is {} characters, the limit is {MAX_PATH}", email.len())));
+        return Err(MailError::invalid(
+            field,
+            format!("address is {} characters, the limit is {MAX_PATH}", email.len()),
+        ));
     }
     let Some((local, domain)) = email.rsplit_once('@') else {
         return Err(MailError::invalid(field, format!("{email:?} has no '@'")));
@@ -27,7 +30,8 @@ pub fn validate_address(field: &str, email: &str) -> Result<lettre::Address, Mai
     if domain.is_empty() || domain.len() > MAX_DOMAIN || domain.split('.').any(|label| label.len() > 63) {
         return Err(MailError::invalid(field, "domain is empty or too long (labels at most 63 characters)"));
     }
-    lettre::Address::from_str(email).map_err(|error| MailError::invalid(field, format!("{email:?} is not a valid address: {error}")))
+    lettre::Address::from_str(email)
+        .map_err(|error| MailError::invalid(field, format!("{email:?} is not a valid address: {error}")))
 }
 
 /// Rejects CR, LF and NUL in any value that becomes part of a header, so no

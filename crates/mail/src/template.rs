@@ -87,9 +87,14 @@ impl TemplateEngine {
             return Err(MailError::invalid("html_body", "html_body or text_body is required"));
         }
         let mut env = sandboxed_environment();
-        for ((field, name), text) in part_names("check").into_iter().zip([source.subject, source.html_body, source.text_body]) {
+        for ((field, name), text) in
+            part_names("check").into_iter().zip([source.subject, source.html_body, source.text_body])
+        {
             if text.len() > MAX_SOURCE_BYTES {
-                return Err(MailError::invalid(field, format!("template is {} bytes, the limit is {MAX_SOURCE_BYTES}", text.len())));
+                return Err(MailError::invalid(
+                    field,
+                    format!("template is {} bytes, the limit is {MAX_SOURCE_BYTES}", text.len()),
+                ));
             }
             env.add_template_owned(name, text.to_owned()).map_err(|e| template_error(field, &e))?;
         }
@@ -105,7 +110,9 @@ impl TemplateEngine {
             }
         }
         let mut env = self.env.write().unwrap_or_else(|p| p.into_inner());
-        for ((field, name), text) in part_names(key).into_iter().zip([source.subject, source.html_body, source.text_body]) {
+        for ((field, name), text) in
+            part_names(key).into_iter().zip([source.subject, source.html_body, source.text_body])
+        {
             env.add_template_owned(name, text.to_owned()).map_err(|e| template_error(field, &e))?;
         }
         render_parts(&env, key, context)
@@ -117,7 +124,10 @@ fn render_parts(env: &Environment<'static>, key: &str, context: &Value) -> Resul
         let template = env.get_template(&name).map_err(|e| template_error(field, &e))?;
         let output = template.render(context).map_err(|e| template_error(field, &e))?;
         if output.len() > MAX_OUTPUT_BYTES {
-            return Err(MailError::Template { field: field.into(), message: format!("output is over {MAX_OUTPUT_BYTES} bytes") });
+            return Err(MailError::Template {
+                field: field.into(),
+                message: format!("output is over {MAX_OUTPUT_BYTES} bytes"),
+            });
         }
         Ok(output)
     });
@@ -149,7 +159,15 @@ mod tests {
             "subscriber": {"display_name": "<Ada>", "attributes": {"city": "London"}}, "unsubscribe_url": "u"
         }));
         let out = engine
-            .render("t1@1", &source("Hi {{ subscriber.display_name }}", "<p>{{ subscriber.display_name }} in {{ subscriber.attributes.city }}</p>", "{{ subscriber.attributes.missing | default('friend') }}"), &ctx)
+            .render(
+                "t1@1",
+                &source(
+                    "Hi {{ subscriber.display_name }}",
+                    "<p>{{ subscriber.display_name }} in {{ subscriber.attributes.city }}</p>",
+                    "{{ subscriber.attributes.missing | default('friend') }}",
+                ),
+                &ctx,
+            )
             .unwrap();
         assert_eq!(out.subject, "Hi <Ada>");
         assert_eq!(out.html_body.as_deref(), Some("<p>&lt;Ada&gt; in London</p>"));

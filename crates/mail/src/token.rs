@@ -65,7 +65,8 @@ impl TokenSigner {
             .iter()
             .find(|(id, _)| id == key_id)
             .ok_or_else(|| MailError::Token(format!("unknown key id {key_id:?}")))?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| MailError::Token("bad signature encoding".into()))?;
+        let signature =
+            URL_SAFE_NO_PAD.decode(signature).map_err(|_| MailError::Token("bad signature encoding".into()))?;
         Self::mac(&key.1, &format!("{key_id}.{payload}"))
             .verify_slice(&signature)
             .map_err(|_| MailError::Token("bad signature".into()))?;
@@ -79,7 +80,12 @@ mod tests {
     use super::*;
 
     fn claims() -> UnsubscribeClaims {
-        UnsubscribeClaims { tenant: "t".into(), subscriber_id: "s".into(), list_id: "l".into(), campaign_id: "c".into() }
+        UnsubscribeClaims {
+            tenant: "t".into(),
+            subscriber_id: "s".into(),
+            list_id: "l".into(),
+            campaign_id: "c".into(),
+        }
     }
 
     #[test]

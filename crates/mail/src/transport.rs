@@ -101,7 +101,10 @@ impl Transport {
         match self {
             Self::Capture { dir, destination } => match write_capture(dir, &message.formatted()).await {
                 Ok(()) => Ok(Accepted { code: 250, detail: "captured".into(), destination: destination.clone() }),
-                Err(error) => Err(SendError::Transient { code: None, detail: format!("capture write to {destination} failed: {error}") }),
+                Err(error) => Err(SendError::Transient {
+                    code: None,
+                    detail: format!("capture write to {destination} failed: {error}"),
+                }),
             },
             Self::Smtp { transport, destination } => match transport.send(message.clone()).await {
                 Ok(response) => Ok(Accepted {

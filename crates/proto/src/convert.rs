@@ -39,9 +39,7 @@ fn json_to_value(value: &Json) -> Value {
         Json::Bool(b) => Kind::BoolValue(*b),
         Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         Json::String(s) => Kind::StringValue(s.clone()),
-        Json::Array(items) => {
-            Kind::ListValue(ListValue { values: items.iter().map(json_to_value).collect() })
-        }
+        Json::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(json_to_value).collect() }),
         Json::Object(map) => Kind::StructValue(json_to_struct(map)),
     };
     Value { kind: Some(kind) }
@@ -49,10 +47,8 @@ fn json_to_value(value: &Json) -> Value {
 
 /// Milliseconds since the Unix epoch to a protobuf `Timestamp`; 0 means unset.
 pub fn millis_to_timestamp(millis: i64) -> Option<Timestamp> {
-    (millis != 0).then(|| Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    })
+    (millis != 0)
+        .then(|| Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 })
 }
 
 /// A protobuf `Timestamp` to milliseconds since the Unix epoch.

@@ -13,7 +13,6 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every Broadside proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/broadside_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/broadside_descriptor.bin"));
 
 pub use error::ServiceError;

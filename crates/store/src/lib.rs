@@ -57,11 +57,18 @@ pub trait SubscriberStore: Send + Sync {
     /// email, and adds it to `subscriber.lists`. Every list must exist
     /// (`NotFound` otherwise, and nothing is written). Returns the stored
     /// subscriber and whether it was created.
-    async fn upsert_subscriber(&self, subscriber: Subscriber, request_id: Option<String>) -> Result<(Subscriber, bool)>;
+    async fn upsert_subscriber(&self, subscriber: Subscriber, request_id: Option<String>)
+    -> Result<(Subscriber, bool)>;
     async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>>;
     async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>>;
     /// Members of one list in id order; `active_only` skips unsubscribed and suppressed.
-    async fn list_members(&self, tenant: &str, list_id: &str, active_only: bool, page: PageRequest) -> Result<Page<Subscriber>>;
+    async fn list_members(
+        &self,
+        tenant: &str,
+        list_id: &str,
+        active_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<Subscriber>>;
 }
 
 /// Templates and campaigns by (tenant, id); outcomes by (campaign, subscriber).
@@ -75,13 +82,32 @@ pub trait CampaignStore: Send + Sync {
     async fn list_campaigns(&self, tenant: &str, page: PageRequest) -> Result<Page<Campaign>>;
     /// Compare-and-set of the campaign state: moves to `to` only from one of
     /// `from`. Returns the updated campaign, or `None` when it was in another state.
-    async fn transition_campaign(&self, tenant: &str, campaign_id: &str, from: &[CampaignState], to: CampaignState) -> Result<Option<Campaign>>;
+    async fn transition_campaign(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        from: &[CampaignState],
+        to: CampaignState,
+    ) -> Result<Option<Campaign>>;
     /// Records fan-out progress: `added` recipients up to `cursor` (a
     /// subscriber id), and whether fan-out is finished. Atomic per campaign.
-    async fn save_fanout(&self, tenant: &str, campaign_id: &str, cursor: &str, added: i64, done: bool) -> Result<Campaign>;
+    async fn save_fanout(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        cursor: &str,
+        added: i64,
+        done: bool,
+    ) -> Result<Campaign>;
     /// Records a final outcome once per (campaign, subscriber) and bumps the
     /// counters; completes the campaign when every recipient has one.
-    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<OutcomeRecorded>;
+    async fn record_outcome(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        subscriber_id: &str,
+        outcome: Outcome,
+    ) -> Result<OutcomeRecorded>;
     /// Counts one 4xx deferral.
     async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()>;
     /// Campaigns in `state` across tenants, for resuming work after a restart.
@@ -96,7 +122,14 @@ pub trait SendLedger: Send + Sync {
     /// or whose lease expired, is taken over.
     async fn claim(&self, campaign_id: &str, subscriber_id: &str, owner: &str, lease: Duration) -> Result<Claim>;
     /// Marks the claim finished (sent or failed) with the Message-ID.
-    async fn finish(&self, campaign_id: &str, subscriber_id: &str, owner: &str, state: LedgerState, message_id: &str) -> Result<()>;
+    async fn finish(
+        &self,
+        campaign_id: &str,
+        subscriber_id: &str,
+        owner: &str,
+        state: LedgerState,
+        message_id: &str,
+    ) -> Result<()>;
     /// Gives a claim back (the send was deferred and will be retried).
     async fn release(&self, campaign_id: &str, subscriber_id: &str, owner: &str) -> Result<()>;
 }

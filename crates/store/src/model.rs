@@ -185,10 +185,7 @@ pub enum Claim {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 /// A new time-ordered id (UUIDv7, simple form), so keyset paging follows creation order.

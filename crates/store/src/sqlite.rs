@@ -83,8 +83,8 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", parent.display())))?;
         }
-        let mut conn = open_connection(path)
-            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        let mut conn =
+            open_connection(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
         migrate(&mut conn)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
     }
@@ -164,7 +164,8 @@ fn list_from_row(row: &Row<'_>) -> rusqlite::Result<MailingList> {
     })
 }
 
-const SUBSCRIBER_COLUMNS: &str = "s.tenant, s.id, s.email, s.display_name, s.attributes, s.status, s.create_time, s.update_time";
+const SUBSCRIBER_COLUMNS: &str =
+    "s.tenant, s.id, s.email, s.display_name, s.attributes, s.status, s.create_time, s.update_time";
 
 fn subscriber_from_row(row: &Row<'_>) -> rusqlite::Result<Subscriber> {
     let attributes: String = row.get("attributes")?;
@@ -231,12 +232,9 @@ fn get_subscriber_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Opt
     let Some(mut subscriber) = tx.query_row(&sql, params![tenant, id], subscriber_from_row).optional()? else {
         return Ok(None);
     };
-    let mut statement = tx.prepare_cached(
-        "SELECT list_id FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id",
-    )?;
-    subscriber.lists = statement
-        .query_map(params![tenant, id], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut statement =
+        tx.prepare_cached("SELECT list_id FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id")?;
+    subscriber.lists = statement.query_map(params![tenant, id], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(Some(subscriber))
 }
 
@@ -301,8 +299,15 @@ impl ListStore for SqliteStore {
     async fn list_lists(&self, tenant: &str, page: PageRequest) -> Result<Page<MailingList>> {
         let tenant = tenant.to_owned();
         self.tx(move |tx| {
-            paged(tx, "SELECT * FROM lists WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                &tenant, None, &page, list_from_row, |l| &l.id)
+            paged(
+                tx,
+                "SELECT * FROM lists WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant,
+                None,
+                &page,
+                list_from_row,
+                |l| &l.id,
+            )
         })
         .await
     }
@@ -319,7 +324,11 @@ impl ListStore for SqliteStore {
 
 #[async_trait]
 impl SubscriberStore for SqliteStore {
-    async fn upsert_subscriber(&self, subscriber: Subscriber, request_id: Option<String>) -> Result<(Subscriber, bool)> {
+    async fn upsert_subscriber(
+        &self,
+        subscriber: Subscriber,
+        request_id: Option<String>,
+    ) -> Result<(Subscriber, bool)> {
         self.tx(move |tx| {
             let tenant = subscriber.tenant.clone();
             if let Some(id) = remembered(tx, &tenant, &request_id, "subscriber")? {
@@ -377,11 +386,19 @@ impl SubscriberStore for SqliteStore {
 
     async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>> {
         let tenant = tenant.to_owned();
-        let sql = format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id > ?2 ORDER BY s.id LIMIT ?3");
+        let sql = format!(
+            "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id > ?2 ORDER BY s.id LIMIT ?3"
+        );
         self.tx(move |tx| paged(tx, &sql, &tenant, None, &page, subscriber_from_row, |s| &s.id)).await
     }
 
-    async fn list_members(&self, tenant: &str, list_id: &str, active_only: bool, page: PageRequest) -> Result<Page<Subscriber>> {
+    async fn list_members(
+        &self,
+        tenant: &str,
+        list_id: &str,
+        active_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<Subscriber>> {
         let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
         let status_filter = if active_only { "AND s.status = 1" } else { "" };
         let sql = format!(
@@ -417,8 +434,15 @@ impl CampaignStore for SqliteStore {
     async fn list_templates(&self, tenant: &str, page: PageRequest) -> Result<Page<Template>> {
         let tenant = tenant.to_owned();
         self.tx(move |tx| {
-            paged(tx, "SELECT * FROM templates WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                &tenant, None, &page, template_from_row, |t| &t.id)
+            paged(
+                tx,
+                "SELECT * FROM templates WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant,
+                None,
+                &page,
+                template_from_row,
+                |t| &t.id,
+            )
         })
         .await
     }
@@ -448,13 +472,26 @@ impl CampaignStore for SqliteStore {
     async fn list_campaigns(&self, tenant: &str, page: PageRequest) -> Result<Page<Campaign>> {
         let tenant = tenant.to_owned();
         self.tx(move |tx| {
-            paged(tx, "SELECT * FROM campaigns WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                &tenant, None, &page, campaign_from_row, |c| &c.id)
+            paged(
+                tx,
+                "SELECT * FROM campaigns WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant,
+                None,
+                &page,
+                campaign_from_row,
+                |c| &c.id,
+            )
         })
         .await
     }
 
-    async fn transition_campaign(&self, tenant: &str, campaign_id: &str, from: &[CampaignState], to: CampaignState) -> Result<Option<Campaign>> {
+    async fn transition_campaign(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        from: &[CampaignState],
+        to: CampaignState,
+    ) -> Result<Option<Campaign>> {
         let (tenant, id, from) = (tenant.to_owned(), campaign_id.to_owned(), from.to_vec());
         self.tx(move |tx| {
             let campaign = must_get_campaign(tx, &tenant, &id)?;
@@ -474,7 +511,14 @@ impl CampaignStore for SqliteStore {
         .await
     }
 
-    async fn save_fanout(&self, tenant: &str, campaign_id: &str, cursor: &str, added: i64, done: bool) -> Result<Campaign> {
+    async fn save_fanout(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        cursor: &str,
+        added: i64,
+        done: bool,
+    ) -> Result<Campaign> {
         let (tenant, id, cursor) = (tenant.to_owned(), campaign_id.to_owned(), cursor.to_owned());
         self.tx(move |tx| {
             tx.execute(
@@ -487,7 +531,13 @@ impl CampaignStore for SqliteStore {
         .await
     }
 
-    async fn record_outcome(&self, tenant: &str, campaign_id: &str, subscriber_id: &str, outcome: Outcome) -> Result<OutcomeRecorded> {
+    async fn record_outcome(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        subscriber_id: &str,
+        outcome: Outcome,
+    ) -> Result<OutcomeRecorded> {
         let (tenant, id, subscriber) = (tenant.to_owned(), campaign_id.to_owned(), subscriber_id.to_owned());
         self.tx(move |tx| {
             let (name, column) = match outcome {
@@ -514,7 +564,10 @@ impl CampaignStore for SqliteStore {
     async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()> {
         let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
         self.tx(move |tx| {
-            tx.execute("UPDATE campaigns SET deferred = deferred + 1 WHERE tenant = ?1 AND id = ?2", params![tenant, id])?;
+            tx.execute(
+                "UPDATE campaigns SET deferred = deferred + 1 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id],
+            )?;
             Ok(())
         })
         .await
@@ -577,7 +630,14 @@ impl SendLedger for SqliteStore {
         .await
     }
 
-    async fn finish(&self, campaign_id: &str, subscriber_id: &str, owner: &str, state: LedgerState, message_id: &str) -> Result<()> {
+    async fn finish(
+        &self,
+        campaign_id: &str,
+        subscriber_id: &str,
+        owner: &str,
+        state: LedgerState,
+        message_id: &str,
+    ) -> Result<()> {
         let (campaign, subscriber, owner, message_id) =
             (campaign_id.to_owned(), subscriber_id.to_owned(), owner.to_owned(), message_id.to_owned());
         self.tx(move |tx| {
@@ -587,7 +647,9 @@ impl SendLedger for SqliteStore {
                 params![campaign, subscriber, state.as_str(), message_id, now_millis(), owner],
             )?;
             if updated == 0 {
-                return Err(StoreError::Conflict(format!("claim on {campaign}/{subscriber} is no longer held by {owner}")));
+                return Err(StoreError::Conflict(format!(
+                    "claim on {campaign}/{subscriber} is no longer held by {owner}"
+                )));
             }
             Ok(())
         })

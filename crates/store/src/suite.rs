@@ -6,7 +6,13 @@ use std::time::Duration;
 use crate::*;
 
 fn list(tenant: &str, id: &str) -> MailingList {
-    MailingList { tenant: tenant.into(), id: id.into(), display_name: format!("List {id}"), description: String::new(), create_time: now_millis() }
+    MailingList {
+        tenant: tenant.into(),
+        id: id.into(),
+        display_name: format!("List {id}"),
+        description: String::new(),
+        create_time: now_millis(),
+    }
 }
 
 fn subscriber(tenant: &str, email: &str, lists: &[&str]) -> Subscriber {
@@ -61,7 +67,8 @@ pub async fn upsert_by_email_and_no_partial_write(store: &dyn Store) {
     assert!(!created);
     assert_eq!(a.id, b.id);
     assert_eq!(b.lists, vec!["l1".to_string()]);
-    let error = store.upsert_subscriber(subscriber("t2", "new@example.com", &["l1", "missing"]), None).await.unwrap_err();
+    let error =
+        store.upsert_subscriber(subscriber("t2", "new@example.com", &["l1", "missing"]), None).await.unwrap_err();
     assert!(matches!(error, StoreError::NotFound(ref what) if what.contains("missing")), "{error}");
     let all = store.list_subscribers("t2", PageRequest::new(100, "")).await.unwrap();
     assert_eq!(all.items.len(), 1, "the failed upsert must leave nothing behind");
@@ -93,7 +100,9 @@ pub async fn paging_visits_each_member_once(store: &dyn Store) {
 pub async fn send_ledger_claims(store: &dyn Store) {
     let lease = Duration::from_secs(60);
     assert_eq!(store.claim("c1", "s1", "a", lease).await.unwrap(), Claim::Acquired { takeover: false });
-    assert!(matches!(store.claim("c1", "s1", "b", lease).await.unwrap(), Claim::Held { ref owner, .. } if owner == "a"));
+    assert!(
+        matches!(store.claim("c1", "s1", "b", lease).await.unwrap(), Claim::Held { ref owner, .. } if owner == "a")
+    );
     // The same owner (restarted) may take its own claim over.
     assert_eq!(store.claim("c1", "s1", "a", lease).await.unwrap(), Claim::Acquired { takeover: true });
     assert!(matches!(store.finish("c1", "s1", "b", LedgerState::Sent, "<m>").await, Err(StoreError::Conflict(_))));
@@ -116,7 +125,13 @@ pub async fn outcomes_count_once_and_complete(store: &dyn Store) {
     store.create_list(list("t4", "l1"), None).await.unwrap();
     let created = store.create_campaign(campaign("t4", "l1"), None).await.unwrap();
     let id = created.id.clone();
-    assert!(store.transition_campaign("t4", &id, &[CampaignState::Sending], CampaignState::Completed).await.unwrap().is_none());
+    assert!(
+        store
+            .transition_campaign("t4", &id, &[CampaignState::Sending], CampaignState::Completed)
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.transition_campaign("t4", &id, &[CampaignState::Draft], CampaignState::Sending).await.unwrap().unwrap();
     store.save_fanout("t4", &id, "s1", 1, false).await.unwrap();
     let first = store.record_outcome("t4", &id, "s1", Outcome::Delivered).await.unwrap();

@@ -26,10 +26,10 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(error) = provider.shutdown() {
-                eprintln!("telemetry: flushing traces failed: {error}");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing traces failed: {error}");
         }
     }
 }
@@ -63,14 +63,21 @@ pub fn init(service_name: &str, default_level: &str) -> anyhow::Result<Telemetry
         }
         None => (None, None),
     };
-    tracing_subscriber::registry().with(fmt).with(otel).try_init().context("a tracing subscriber is already installed")?;
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("a tracing subscriber is already installed")?;
     Ok(TelemetryGuard { provider })
 }
 
 /// Installs a quiet subscriber for tests: silent unless `TEST_LOG` is set.
 pub fn init_for_tests() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(EnvFilter::new("debug,h2=info,hyper=info,tower=info")).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("debug,h2=info,hyper=info,tower=info"))
+            .with_test_writer()
+            .try_init();
     }
 }
 

@@ -53,7 +53,11 @@ impl Metrics {
         let send_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register("send_seconds", "Seconds from claim to the relay's reply", send_seconds.clone());
         let sends_ambiguous = Counter::default();
-        registry.register("sends_ambiguous", "Sends whose outcome is unknown (RFC 1047 window or crash)", sends_ambiguous.clone());
+        registry.register(
+            "sends_ambiguous",
+            "Sends whose outcome is unknown (RFC 1047 window or crash)",
+            sends_ambiguous.clone(),
+        );
         let sends_in_flight = Gauge::default();
         registry.register("sends_in_flight", "SMTP transactions in flight", sends_in_flight.clone());
         let published = Family::<TopicLabels, Counter>::default();
@@ -62,7 +66,16 @@ impl Metrics {
         registry.register("bus_consumed", "Records consumed and committed by topic", consumed.clone());
         let fanned_out = Counter::default();
         registry.register("campaign_recipients_fanned_out", "Recipients fanned out into send jobs", fanned_out.clone());
-        Self { registry: Arc::new(registry), sends, send_seconds, sends_ambiguous, sends_in_flight, published, consumed, fanned_out }
+        Self {
+            registry: Arc::new(registry),
+            sends,
+            send_seconds,
+            sends_ambiguous,
+            sends_in_flight,
+            published,
+            consumed,
+            fanned_out,
+        }
     }
 
     pub fn count_send(&self, outcome: &str) {

@@ -22,9 +22,12 @@ pub struct Backends {
 pub fn open(config: &Config) -> anyhow::Result<Backends> {
     let path = match config.store_url()? {
         StoreUrl::Sqlite(path) => path,
-        StoreUrl::Scylla { .. } => bail!("store.url: the scylla:// backend is not available in this build yet; use sqlite://PATH"),
+        StoreUrl::Scylla { .. } => {
+            bail!("store.url: the scylla:// backend is not available in this build yet; use sqlite://PATH")
+        }
     };
-    let store = SqliteStore::open(&path).with_context(|| format!("store.url: cannot open sqlite://{}", path.display()))?;
+    let store =
+        SqliteStore::open(&path).with_context(|| format!("store.url: cannot open sqlite://{}", path.display()))?;
     let bus = EmbeddedBus::open(&path, config.bus.partitions)
         .with_context(|| format!("bus.url: cannot open the embedded log in {}", path.display()))?;
     Ok(Backends { store: Arc::new(store), bus: Arc::new(bus) })
@@ -33,7 +36,8 @@ pub fn open(config: &Config) -> anyhow::Result<Backends> {
 /// The transport named by `smtp.url`.
 pub fn transport(config: &Config) -> anyhow::Result<Transport> {
     Ok(match config.smtp_url()? {
-        SmtpUrl::Capture(dir) => Transport::capture(&dir).with_context(|| format!("smtp.url: cannot create capture folder {}", dir.display()))?,
+        SmtpUrl::Capture(dir) => Transport::capture(&dir)
+            .with_context(|| format!("smtp.url: cannot create capture folder {}", dir.display()))?,
         SmtpUrl::Smtp { host, port, implicit_tls } => Transport::relay(&RelayOptions {
             host,
             port,
@@ -55,7 +59,8 @@ pub fn token_signer(config: &Config) -> anyhow::Result<TokenSigner> {
         return Ok(TokenSigner::new(&config.mail.token_key_id, key.expose().as_bytes()));
     }
     let path = config.data_dir.join("token.key");
-    let key = read_or_create_key(&path).with_context(|| format!("mail.token_key is unset and {} cannot be used", path.display()))?;
+    let key = read_or_create_key(&path)
+        .with_context(|| format!("mail.token_key is unset and {} cannot be used", path.display()))?;
     Ok(TokenSigner::new(&config.mail.token_key_id, key.as_bytes()))
 }
 

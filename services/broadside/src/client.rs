@@ -124,7 +124,10 @@ pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<(
     match command {
         ListsCommand::Create { display_name, description } => {
             let list = client
-                .create_list(CreateListRequest { list: Some(MailingList { display_name, description, ..Default::default() }), request_id: String::new() })
+                .create_list(CreateListRequest {
+                    list: Some(MailingList { display_name, description, ..Default::default() }),
+                    request_id: String::new(),
+                })
                 .await
                 .map_err(plain)?
                 .into_inner();
@@ -133,7 +136,11 @@ pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<(
         ListsCommand::List => {
             let mut token = String::new();
             loop {
-                let page = client.list_lists(ListListsRequest { page_size: 1000, page_token: token }).await.map_err(plain)?.into_inner();
+                let page = client
+                    .list_lists(ListListsRequest { page_size: 1000, page_token: token })
+                    .await
+                    .map_err(plain)?
+                    .into_inner();
                 for list in page.lists {
                     println!("{}\t{}", list.name, list.display_name);
                 }
@@ -173,7 +180,11 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
         SubscribersCommand::List { list } => {
             let mut token = String::new();
             loop {
-                let request = ListSubscribersRequest { parent: list.clone().unwrap_or_default(), page_size: 1000, page_token: token };
+                let request = ListSubscribersRequest {
+                    parent: list.clone().unwrap_or_default(),
+                    page_size: 1000,
+                    page_token: token,
+                };
                 let page = client.list_subscribers(request).await.map_err(plain)?.into_inner();
                 for subscriber in page.subscribers {
                     println!("{}\t{}\t{}", subscriber.name, subscriber.email, subscriber.display_name);
@@ -191,7 +202,9 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
 fn inline_or_file(inline: Option<String>, file: Option<std::path::PathBuf>, flag: &str) -> anyhow::Result<String> {
     match (inline, file) {
         (Some(text), _) => Ok(text),
-        (None, Some(path)) => std::fs::read_to_string(&path).with_context(|| format!("--{flag}-file {}", path.display())),
+        (None, Some(path)) => {
+            std::fs::read_to_string(&path).with_context(|| format!("--{flag}-file {}", path.display()))
+        }
         (None, None) => Ok(String::new()),
     }
 }
@@ -222,7 +235,7 @@ fn state_name(state: i32) -> String {
 }
 
 fn print_campaign(campaign: &Campaign) {
-    let stats = campaign.stats.clone().unwrap_or_default();
+    let stats = campaign.stats.unwrap_or_default();
     println!(
         "{}\tstate={} recipients={} delivered={} failed={} deferred={}",
         campaign.name,
@@ -238,7 +251,8 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
     let mut client = CampaignServiceClient::new(channel(&args.server).await?);
     match command {
         CampaignsCommand::Create { name, template, list, from, from_name } => {
-            let campaign = Campaign { display_name: name, template, list, from_address: from, from_name, ..Default::default() };
+            let campaign =
+                Campaign { display_name: name, template, list, from_address: from, from_name, ..Default::default() };
             let stored = client
                 .create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() })
                 .await
@@ -247,13 +261,18 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
             print_campaign(&stored);
         }
         CampaignsCommand::Start { campaign } => {
-            let started = client.start_campaign(StartCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner();
+            let started =
+                client.start_campaign(StartCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner();
             print_campaign(&started);
         }
         CampaignsCommand::Get { campaign, wait } => loop {
-            let current = client.get_campaign(GetCampaignRequest { name: campaign.clone() }).await.map_err(plain)?.into_inner();
+            let current =
+                client.get_campaign(GetCampaignRequest { name: campaign.clone() }).await.map_err(plain)?.into_inner();
             print_campaign(&current);
-            let finished = matches!(CampaignState::try_from(current.state), Ok(CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft));
+            let finished = matches!(
+                CampaignState::try_from(current.state),
+                Ok(CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft)
+            );
             if !wait || finished {
                 break;
             }

@@ -17,15 +17,73 @@ use futures::StreamExt;
 use crate::node::{Node, Role};
 
 const FIRST_NAMES: [&str; 40] = [
-    "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Donald", "Radia", "Edsger",
-    "Hedy", "John", "Katherine", "Tim", "Sophie", "Guido", "Anita", "Bjarne", "Shafi", "Niklaus", "Lynn", "Leslie",
-    "Mary", "Vint", "Jean", "Robert", "Adele", "Claude", "Annie", "Larry", "Ida", "Yukihiro", "Joan", "James",
-    "Evelyn", "Rob", "Carol", "Brian",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Donald",
+    "Radia",
+    "Edsger",
+    "Hedy",
+    "John",
+    "Katherine",
+    "Tim",
+    "Sophie",
+    "Guido",
+    "Anita",
+    "Bjarne",
+    "Shafi",
+    "Niklaus",
+    "Lynn",
+    "Leslie",
+    "Mary",
+    "Vint",
+    "Jean",
+    "Robert",
+    "Adele",
+    "Claude",
+    "Annie",
+    "Larry",
+    "Ida",
+    "Yukihiro",
+    "Joan",
+    "James",
+    "Evelyn",
+    "Rob",
+    "Carol",
+    "Brian",
 ];
 const LAST_NAMES: [&str; 25] = [
-    "Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson", "Allen", "Knuth",
-    "Perlman", "Dijkstra", "Lamarr", "Backus", "Johnson", "Berners-Lee", "Wilson", "Rossum", "Borg", "Stroustrup",
-    "Goldwasser", "Wirth", "Conway", "Lamport", "Keller",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Knuth",
+    "Perlman",
+    "Dijkstra",
+    "Lamarr",
+    "Backus",
+    "Johnson",
+    "Berners-Lee",
+    "Wilson",
+    "Rossum",
+    "Borg",
+    "Stroustrup",
+    "Goldwasser",
+    "Wirth",
+    "Conway",
+    "Lamport",
+    "Keller",
 ];
 const CITIES: [&str; 8] = ["Lyon", "Berlin", "Osaka", "Austin", "Lagos", "Lima", "Oslo", "Pune"];
 const PLANS: [&str; 3] = ["free", "pro", "team"];
@@ -153,7 +211,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         && capture.unique() == summary.recipients
         && capture.duplicates() == 0
         && summary.failed == 0;
-    println!("data dir: {}", data_dir.display());
+    match options.data_dir {
+        Some(_) => println!("data kept in {}", data_dir.display()),
+        None => println!("data was in a temporary folder (pass --data-dir DIR to keep it)"),
+    }
     println!(
         "demo: recipients={} delivered={} duplicates={} failed={} seconds={:.2}",
         summary.recipients,
@@ -179,7 +240,11 @@ async fn drive(node: &Node, outbox: &Path, subscribers: usize) -> anyhow::Result
 
     let list = lists
         .create_list(CreateListRequest {
-            list: Some(MailingList { display_name: "Demo subscribers".into(), description: "Built-in sample".into(), ..Default::default() }),
+            list: Some(MailingList {
+                display_name: "Demo subscribers".into(),
+                description: "Built-in sample".into(),
+                ..Default::default()
+            }),
             request_id: String::new(),
         })
         .await?
@@ -188,7 +253,14 @@ async fn drive(node: &Node, outbox: &Path, subscribers: usize) -> anyhow::Result
         .map(|index| {
             let mut client = lists.clone();
             let subscriber = sample_subscriber(index, &list.name);
-            async move { client.create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: format!("demo-{index}") }).await }
+            async move {
+                client
+                    .create_subscriber(CreateSubscriberRequest {
+                        subscriber: Some(subscriber),
+                        request_id: format!("demo-{index}"),
+                    })
+                    .await
+            }
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
@@ -198,7 +270,10 @@ async fn drive(node: &Node, outbox: &Path, subscribers: usize) -> anyhow::Result
     }
     println!("loaded {subscribers} sample subscribers into {} ({})", list.name, list.display_name);
 
-    let template = templates.create_template(CreateTemplateRequest { template: Some(sample_template()), request_id: String::new() }).await?.into_inner();
+    let template = templates
+        .create_template(CreateTemplateRequest { template: Some(sample_template()), request_id: String::new() })
+        .await?
+        .into_inner();
     let campaign = campaigns
         .create_campaign(CreateCampaignRequest {
             campaign: Some(Campaign {
@@ -221,7 +296,7 @@ async fn drive(node: &Node, outbox: &Path, subscribers: usize) -> anyhow::Result
     let mut last_print = Instant::now();
     let finished = loop {
         let current = campaigns.get_campaign(GetCampaignRequest { name: campaign.name.clone() }).await?.into_inner();
-        let stats = current.stats.clone().unwrap_or_default();
+        let stats = current.stats.unwrap_or_default();
         if current.state == CampaignState::Completed as i32 {
             break current;
         }

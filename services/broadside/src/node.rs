@@ -65,7 +65,9 @@ impl FromStr for Role {
             "dispatch" => Role::Dispatch,
             "sender" => Role::Sender,
             "feedback" => Role::Feedback,
-            other => bail!("--roles: unknown role {other:?} (use all, subscribers, segmentation, dispatch, sender, feedback)"),
+            other => bail!(
+                "--roles: unknown role {other:?} (use all, subscribers, segmentation, dispatch, sender, feedback)"
+            ),
         })
     }
 }
@@ -106,7 +108,13 @@ impl Node {
             health.set_serving::<SegmentServiceServer<broadside_segmentation::SegmentApi>>().await;
         }
         if roles.contains(&Role::Dispatch) {
-            let dispatch = Dispatch::new(backends.store.clone(), backends.bus.clone(), prefix, metrics.clone(), config.sender.max_age_secs);
+            let dispatch = Dispatch::new(
+                backends.store.clone(),
+                backends.bus.clone(),
+                prefix,
+                metrics.clone(),
+                config.sender.max_age_secs,
+            );
             routes.add_service(dispatch.template_api().into_service());
             routes.add_service(dispatch.campaign_api().into_service());
             health.set_serving::<TemplateServiceServer<broadside_dispatch::TemplateApi>>().await;
@@ -161,12 +169,27 @@ impl Node {
                 tracing::error!(%error, "gRPC server failed");
             }
         });
-        let (admin_addr, admin) =
-            broadside_telemetry::serve_admin(config.server.admin_addr, metrics.clone(), readiness.clone(), servers_stop.clone()).await?;
+        let (admin_addr, admin) = broadside_telemetry::serve_admin(
+            config.server.admin_addr,
+            metrics.clone(),
+            readiness.clone(),
+            servers_stop.clone(),
+        )
+        .await?;
         readiness.set(true);
         let names: Vec<String> = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
         tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, "broadside node started");
-        Ok(Node { grpc_addr, admin_addr, metrics, readiness, health, workers_stop, servers_stop, workers, servers: vec![grpc, admin] })
+        Ok(Node {
+            grpc_addr,
+            admin_addr,
+            metrics,
+            readiness,
+            health,
+            workers_stop,
+            servers_stop,
+            workers,
+            servers: vec![grpc, admin],
+        })
     }
 
     /// `http://ADDR` of the gRPC listener, for clients.

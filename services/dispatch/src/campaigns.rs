@@ -30,7 +30,8 @@ impl CampaignApi {
         let store = &self.dispatch.store;
         let template_id = names::parse("campaign.template", &campaign.template, "templates")?;
         let list_id = names::parse("campaign.list", &campaign.list, "lists")?;
-        validate_address("campaign.from_address", campaign.from_address.trim()).map_err(|e| e.into_service_error(""))?;
+        validate_address("campaign.from_address", campaign.from_address.trim())
+            .map_err(|e| e.into_service_error(""))?;
         check_header_value("campaign.from_name", &campaign.from_name).map_err(|e| e.into_service_error(""))?;
         if !campaign.reply_to.is_empty() {
             validate_address("campaign.reply_to", &campaign.reply_to).map_err(|e| e.into_service_error(""))?;
@@ -71,13 +72,21 @@ impl CampaignApi {
 
     pub async fn get_campaign(&self, request: GetCampaignRequest) -> Result<Campaign, ServiceError> {
         let id = names::parse("name", &request.name, "campaigns")?;
-        let campaign = self.dispatch.store.get_campaign(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
+        let campaign =
+            self.dispatch.store.get_campaign(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
         Ok(campaign_to_proto(&campaign))
     }
 
     pub async fn list_campaigns(&self, request: ListCampaignsRequest) -> Result<ListCampaignsResponse, ServiceError> {
-        let page = self.dispatch.store.list_campaigns(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token)).await?;
-        Ok(ListCampaignsResponse { campaigns: page.items.iter().map(campaign_to_proto).collect(), next_page_token: page.next_token.unwrap_or_default() })
+        let page = self
+            .dispatch
+            .store
+            .list_campaigns(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token))
+            .await?;
+        Ok(ListCampaignsResponse {
+            campaigns: page.items.iter().map(campaign_to_proto).collect(),
+            next_page_token: page.next_token.unwrap_or_default(),
+        })
     }
 
     /// Moves a draft to SENDING and wakes the fan-out worker. Starting a
@@ -85,13 +94,23 @@ impl CampaignApi {
     pub async fn start_campaign(&self, request: StartCampaignRequest) -> Result<Campaign, ServiceError> {
         let id = names::parse("name", &request.name, "campaigns")?;
         let store = &self.dispatch.store;
-        let campaign = store.get_campaign(DEFAULT_TENANT, id).await?.ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
+        let campaign = store
+            .get_campaign(DEFAULT_TENANT, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
         if campaign.state != State::Draft {
-            return Err(ServiceError::FailedPrecondition(format!("{} is {:?}, only a draft can be started", request.name, campaign.state)));
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{} is {:?}, only a draft can be started",
+                request.name, campaign.state
+            )));
         }
-        let first = store.list_members(DEFAULT_TENANT, &campaign.list_id, true, PageRequest { size: 1, token: None }).await?;
+        let first =
+            store.list_members(DEFAULT_TENANT, &campaign.list_id, true, PageRequest { size: 1, token: None }).await?;
         if first.items.is_empty() {
-            return Err(ServiceError::invalid("list", format!("lists/{} has no active subscribers: the campaign would have no recipients", campaign.list_id)));
+            return Err(ServiceError::invalid(
+                "list",
+                format!("lists/{} has no active subscribers: the campaign would have no recipients", campaign.list_id),
+            ));
         }
         let started = store
             .transition_campaign(DEFAULT_TENANT, id, &[State::Draft], State::Sending)
@@ -124,7 +143,13 @@ async fn publish_campaign_event(dispatch: &Dispatch, campaign: &broadside_store:
         time: broadside_proto::convert::millis_to_timestamp(now_millis()),
         kind: kind.to_owned(),
     };
-    let record = broadside_bus::Record::event(&campaign.id, &campaign.tenant, "broadside.v1.CampaignEvent", event.encode_to_vec(), broadside_telemetry::current_traceparent());
+    let record = broadside_bus::Record::event(
+        &campaign.id,
+        &campaign.tenant,
+        "broadside.v1.CampaignEvent",
+        event.encode_to_vec(),
+        broadside_telemetry::current_traceparent(),
+    );
     let topic = dispatch.topic(broadside_bus::Topic::CampaignEvents);
     if let Err(error) = dispatch.bus.publish(&topic, vec![record]).await {
         tracing::warn!(%error, campaign = %campaign.id, kind, "could not publish campaign event");
@@ -139,7 +164,10 @@ impl CampaignService for CampaignApi {
     async fn get_campaign(&self, request: Request<GetCampaignRequest>) -> Result<Response<Campaign>, Status> {
         Ok(Response::new(CampaignApi::get_campaign(self, request.into_inner()).await?))
     }
-    async fn list_campaigns(&self, request: Request<ListCampaignsRequest>) -> Result<Response<ListCampaignsResponse>, Status> {
+    async fn list_campaigns(
+        &self,
+        request: Request<ListCampaignsRequest>,
+    ) -> Result<Response<ListCampaignsResponse>, Status> {
         Ok(Response::new(CampaignApi::list_campaigns(self, request.into_inner()).await?))
     }
     async fn start_campaign(&self, request: Request<StartCampaignRequest>) -> Result<Response<Campaign>, Status> {

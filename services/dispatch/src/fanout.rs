@@ -73,7 +73,13 @@ async fn fan_out(dispatch: &Dispatch, mut campaign: Campaign, shutdown: &Cancell
                     not_before: None,
                     expires_at: millis_to_timestamp(expires_at),
                 };
-                Record::event(&subscriber.id, &campaign.tenant, "broadside.v1.SendJob", job.encode_to_vec(), traceparent.clone())
+                Record::event(
+                    &subscriber.id,
+                    &campaign.tenant,
+                    "broadside.v1.SendJob",
+                    job.encode_to_vec(),
+                    traceparent.clone(),
+                )
             })
             .collect();
         let added = records.len() as i64;

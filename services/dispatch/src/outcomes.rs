@@ -37,7 +37,11 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
         let mut failed = false;
         for delivered in &batch {
             let Ok(event) = DeliveryEvent::decode(delivered.record.payload.as_slice()) else {
-                tracing::error!(partition = delivered.partition, offset = delivered.offset, "skipping undecodable delivery event");
+                tracing::error!(
+                    partition = delivered.partition,
+                    offset = delivered.offset,
+                    "skipping undecodable delivery event"
+                );
                 continue;
             };
             if let Err(error) = apply(&dispatch, &event).await {
@@ -69,10 +73,10 @@ async fn apply(dispatch: &Dispatch, event: &DeliveryEvent) -> Result<(), broadsi
         }
     };
     let recorded = store.record_outcome(&event.tenant, &event.campaign_id, &event.subscriber_id, outcome).await?;
-    if recorded.completed_campaign {
-        if let Some(campaign) = store.get_campaign(&event.tenant, &event.campaign_id).await? {
-            crate::campaigns::announce_completion(dispatch, &campaign).await;
-        }
+    if recorded.completed_campaign
+        && let Some(campaign) = store.get_campaign(&event.tenant, &event.campaign_id).await?
+    {
+        crate::campaigns::announce_completion(dispatch, &campaign).await;
     }
     Ok(())
 }

@@ -42,7 +42,11 @@ impl TemplateApi {
 
     pub async fn create_template(&self, request: CreateTemplateRequest) -> Result<Template, ServiceError> {
         let template = request.template.unwrap_or_default();
-        let source = TemplateSource { subject: &template.subject, html_body: &template.html_body, text_body: &template.text_body };
+        let source = TemplateSource {
+            subject: &template.subject,
+            html_body: &template.html_body,
+            text_body: &template.text_body,
+        };
         TemplateEngine::validate(&source, &sample_context()).map_err(|e| e.into_service_error("template"))?;
         let stored = self
             .dispatch
@@ -67,13 +71,21 @@ impl TemplateApi {
 
     pub async fn get_template(&self, request: GetTemplateRequest) -> Result<Template, ServiceError> {
         let id = names::parse("name", &request.name, "templates")?;
-        let template = self.dispatch.store.get_template(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
+        let template =
+            self.dispatch.store.get_template(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
         Ok(template_to_proto(&template))
     }
 
     pub async fn list_templates(&self, request: ListTemplatesRequest) -> Result<ListTemplatesResponse, ServiceError> {
-        let page = self.dispatch.store.list_templates(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token)).await?;
-        Ok(ListTemplatesResponse { templates: page.items.iter().map(template_to_proto).collect(), next_page_token: page.next_token.unwrap_or_default() })
+        let page = self
+            .dispatch
+            .store
+            .list_templates(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token))
+            .await?;
+        Ok(ListTemplatesResponse {
+            templates: page.items.iter().map(template_to_proto).collect(),
+            next_page_token: page.next_token.unwrap_or_default(),
+        })
     }
 }
 
@@ -85,7 +97,10 @@ impl TemplateService for TemplateApi {
     async fn get_template(&self, request: Request<GetTemplateRequest>) -> Result<Response<Template>, Status> {
         Ok(Response::new(TemplateApi::get_template(self, request.into_inner()).await?))
     }
-    async fn list_templates(&self, request: Request<ListTemplatesRequest>) -> Result<Response<ListTemplatesResponse>, Status> {
+    async fn list_templates(
+        &self,
+        request: Request<ListTemplatesRequest>,
+    ) -> Result<Response<ListTemplatesResponse>, Status> {
         Ok(Response::new(TemplateApi::list_templates(self, request.into_inner()).await?))
     }
 }

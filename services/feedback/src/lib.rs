@@ -18,7 +18,10 @@ impl FeedbackApi {
 
 #[tonic::async_trait]
 impl FeedbackService for FeedbackApi {
-    async fn list_feedback_records(&self, _: Request<ListFeedbackRecordsRequest>) -> Result<Response<ListFeedbackRecordsResponse>, Status> {
+    async fn list_feedback_records(
+        &self,
+        _: Request<ListFeedbackRecordsRequest>,
+    ) -> Result<Response<ListFeedbackRecordsResponse>, Status> {
         Err(ServiceError::Unimplemented("ListFeedbackRecords").into())
     }
     async fn ingest_report(&self, _: Request<IngestReportRequest>) -> Result<Response<FeedbackRecord>, Status> {

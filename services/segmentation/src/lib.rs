@@ -27,7 +27,10 @@ impl SegmentService for SegmentApi {
     async fn list_segments(&self, _: Request<ListSegmentsRequest>) -> Result<Response<ListSegmentsResponse>, Status> {
         Err(ServiceError::Unimplemented("ListSegments").into())
     }
-    async fn preview_segment(&self, _: Request<PreviewSegmentRequest>) -> Result<Response<PreviewSegmentResponse>, Status> {
+    async fn preview_segment(
+        &self,
+        _: Request<PreviewSegmentRequest>,
+    ) -> Result<Response<PreviewSegmentResponse>, Status> {
         Err(ServiceError::Unimplemented("PreviewSegment").into())
     }
 }

@@ -51,8 +51,14 @@ impl Sender {
             Claim::Finished { state, message_id } => {
                 // Sent before (a redelivered job): report again, never send again.
                 self.metrics.count_send("skipped_duplicate");
-                let outcome = if state == LedgerState::Sent { DeliveryOutcome::Delivered } else { DeliveryOutcome::Failed };
-                let attempt = Attempt { outcome, code: 0, detail: "already recorded in the send ledger".into(), destination: String::new() };
+                let outcome =
+                    if state == LedgerState::Sent { DeliveryOutcome::Delivered } else { DeliveryOutcome::Failed };
+                let attempt = Attempt {
+                    outcome,
+                    code: 0,
+                    detail: "already recorded in the send ledger".into(),
+                    destination: String::new(),
+                };
                 effects.delivery_events.push(self.event(&job, &attempt, &message_id, 0, false));
                 return Ok(effects);
             }
@@ -87,14 +93,16 @@ impl Sender {
             _ => None,
         };
         match ledger_state {
-            Some(state) => match self.store.finish(&job.campaign_id, &job.subscriber_id, &settings.id, state, &message_id).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict(detail)) => {
-                    self.metrics.sends_ambiguous.inc();
-                    tracing::warn!(%detail, "our claim was taken over while sending; a duplicate is possible");
+            Some(state) => {
+                match self.store.finish(&job.campaign_id, &job.subscriber_id, &settings.id, state, &message_id).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(detail)) => {
+                        self.metrics.sends_ambiguous.inc();
+                        tracing::warn!(%detail, "our claim was taken over while sending; a duplicate is possible");
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) => return Err(error.into()),
-            },
+            }
             None => {
                 self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
                 let not_before = now_millis() + retry::backoff(job.attempt).as_millis() as i64;
@@ -140,7 +148,11 @@ impl Sender {
             "unsubscribe_url": unsubscribe_url,
             "campaign": {"id": job.campaign_id},
         }));
-        let source = TemplateSource { subject: &template.subject, html_body: &template.html_body, text_body: &template.text_body };
+        let source = TemplateSource {
+            subject: &template.subject,
+            html_body: &template.html_body,
+            text_body: &template.text_body,
+        };
         let key = format!("{}/{}@{}", template.tenant, template.id, template.version);
         let rendered = match self.engine.render(&key, &source, &context) {
             Ok(rendered) => rendered,
@@ -202,12 +214,24 @@ impl Sender {
             time: millis_to_timestamp(now_millis()),
             ambiguous,
         };
-        Record::event(&job.subscriber_id, &job.tenant, "broadside.v1.DeliveryEvent", event.encode_to_vec(), broadside_telemetry::current_traceparent())
+        Record::event(
+            &job.subscriber_id,
+            &job.tenant,
+            "broadside.v1.DeliveryEvent",
+            event.encode_to_vec(),
+            broadside_telemetry::current_traceparent(),
+        )
     }
 
     fn retry_record(&self, job: &SendJob, attempt: i32, not_before: i64) -> Record {
         let retry = SendJob { attempt, not_before: millis_to_timestamp(not_before), ..job.clone() };
-        Record::event(&job.subscriber_id, &job.tenant, "broadside.v1.SendJob", retry.encode_to_vec(), broadside_telemetry::current_traceparent())
+        Record::event(
+            &job.subscriber_id,
+            &job.tenant,
+            "broadside.v1.SendJob",
+            retry.encode_to_vec(),
+            broadside_telemetry::current_traceparent(),
+        )
     }
 }
 
@@ -217,7 +241,9 @@ fn enhanced_code(detail: &str) -> String {
         .split_whitespace()
         .find(|word| {
             let parts: Vec<&str> = word.split('.').collect();
-            parts.len() == 3 && matches!(parts[0], "2" | "4" | "5") && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
         })
         .unwrap_or_default()
         .to_owned()

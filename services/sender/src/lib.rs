@@ -20,6 +20,9 @@ use broadside_telemetry::{Metrics, Readiness};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+/// Template versions by (tenant, id); versions are immutable, so entries never go stale.
+type TemplateCache = HashMap<(String, String), Arc<Template>>;
+
 /// Settings of one sender replica.
 #[derive(Clone, Debug)]
 pub struct SenderSettings {
@@ -45,7 +48,7 @@ pub struct Sender {
     signer: TokenSigner,
     metrics: Metrics,
     engine: Arc<TemplateEngine>,
-    templates: Arc<Mutex<HashMap<(String, String), Arc<Template>>>>,
+    templates: Arc<Mutex<TemplateCache>>,
 }
 
 /// What handling one job produced: events to publish before committing.
@@ -56,7 +59,14 @@ struct Effects {
 }
 
 impl Sender {
-    pub fn new(settings: SenderSettings, store: DynStore, bus: DynBus, transport: Transport, signer: TokenSigner, metrics: Metrics) -> Self {
+    pub fn new(
+        settings: SenderSettings,
+        store: DynStore,
+        bus: DynBus,
+        transport: Transport,
+        signer: TokenSigner,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             settings: Arc::new(settings),
             store,
@@ -91,7 +101,12 @@ impl Sender {
         Ok(())
     }
 
-    async fn consume(self, mut consumer: Box<dyn Consumer>, retries: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn consume(
+        self,
+        mut consumer: Box<dyn Consumer>,
+        retries: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let batch_size = if retries { self.settings.concurrency } else { self.settings.concurrency * 4 };
         while !shutdown.is_cancelled() {
             let polled = tokio::select! {
@@ -119,7 +134,12 @@ impl Sender {
     /// Handles a batch with bounded concurrency, publishes its effects, then
     /// commits. On shutdown the batch gets `drain_timeout` to finish; if it
     /// does not, nothing is committed and the jobs are redelivered later.
-    async fn process_batch(&self, consumer: &mut dyn Consumer, batch: Vec<Delivered>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn process_batch(
+        &self,
+        consumer: &mut dyn Consumer,
+        batch: Vec<Delivered>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let jobs: Vec<_> = batch
             .iter()
             .cloned()

@@ -42,7 +42,10 @@ impl SubscriberApi {
             return Err(ServiceError::invalid("list.display_name", "is required"));
         }
         if display_name.chars().count() > MAX_DISPLAY_NAME {
-            return Err(ServiceError::invalid("list.display_name", format!("is longer than {MAX_DISPLAY_NAME} characters")));
+            return Err(ServiceError::invalid(
+                "list.display_name",
+                format!("is longer than {MAX_DISPLAY_NAME} characters"),
+            ));
         }
         check_header_value("list.display_name", display_name).map_err(mail_error)?;
         let stored = self
@@ -64,13 +67,23 @@ impl SubscriberApi {
 
     pub async fn get_list(&self, request: GetListRequest) -> Result<MailingList, ServiceError> {
         let id = names::parse("name", &request.name, "lists")?;
-        let list = self.store.get_list(DEFAULT_TENANT, id).await?.ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
+        let list = self
+            .store
+            .get_list(DEFAULT_TENANT, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
         Ok(list_to_proto(&list))
     }
 
     pub async fn list_lists(&self, request: ListListsRequest) -> Result<ListListsResponse, ServiceError> {
-        let page = self.store.list_lists(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token)).await?;
-        Ok(ListListsResponse { lists: page.items.iter().map(list_to_proto).collect(), next_page_token: page.next_token.unwrap_or_default() })
+        let page = self
+            .store
+            .list_lists(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token))
+            .await?;
+        Ok(ListListsResponse {
+            lists: page.items.iter().map(list_to_proto).collect(),
+            next_page_token: page.next_token.unwrap_or_default(),
+        })
     }
 
     pub async fn delete_list(&self, request: DeleteListRequest) -> Result<(), ServiceError> {
@@ -87,13 +100,17 @@ impl SubscriberApi {
         validate_address("subscriber.email", &email).map_err(mail_error)?;
         check_header_value("subscriber.display_name", &subscriber.display_name).map_err(mail_error)?;
         if subscriber.display_name.chars().count() > MAX_DISPLAY_NAME {
-            return Err(ServiceError::invalid("subscriber.display_name", format!("is longer than {MAX_DISPLAY_NAME} characters")));
+            return Err(ServiceError::invalid(
+                "subscriber.display_name",
+                format!("is longer than {MAX_DISPLAY_NAME} characters"),
+            ));
         }
         let mut lists = Vec::with_capacity(subscriber.lists.len());
         for (index, name) in subscriber.lists.iter().enumerate() {
             lists.push(names::parse(&format!("subscriber.lists[{index}]"), name, "lists")?.to_owned());
         }
-        let attributes = subscriber.attributes.as_ref().map(broadside_proto::convert::struct_to_json).unwrap_or_default();
+        let attributes =
+            subscriber.attributes.as_ref().map(broadside_proto::convert::struct_to_json).unwrap_or_default();
         let (stored, created) = self
             .store
             .upsert_subscriber(
@@ -112,7 +129,9 @@ impl SubscriberApi {
             )
             .await
             .map_err(|error| match error {
-                broadside_store::StoreError::NotFound(what) => ServiceError::NotFound(format!("subscriber.lists: {what}")),
+                broadside_store::StoreError::NotFound(what) => {
+                    ServiceError::NotFound(format!("subscriber.lists: {what}"))
+                }
                 other => other.into(),
             })?;
         self.publish_upsert(&stored, &lists).await?;
@@ -152,11 +171,18 @@ impl SubscriberApi {
 
     pub async fn get_subscriber(&self, request: GetSubscriberRequest) -> Result<Subscriber, ServiceError> {
         let id = names::parse("name", &request.name, "subscribers")?;
-        let subscriber = self.store.get_subscriber(DEFAULT_TENANT, id).await?.ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
+        let subscriber = self
+            .store
+            .get_subscriber(DEFAULT_TENANT, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
         Ok(subscriber_to_proto(&subscriber))
     }
 
-    pub async fn list_subscribers(&self, request: ListSubscribersRequest) -> Result<ListSubscribersResponse, ServiceError> {
+    pub async fn list_subscribers(
+        &self,
+        request: ListSubscribersRequest,
+    ) -> Result<ListSubscribersResponse, ServiceError> {
         let page = PageRequest::new(request.page_size.into(), &request.page_token);
         let page = if request.parent.is_empty() {
             self.store.list_subscribers(DEFAULT_TENANT, page).await?
@@ -197,13 +223,19 @@ impl SubscriberService for SubscriberApi {
         SubscriberApi::delete_list(self, request.into_inner()).await?;
         Ok(Response::new(()))
     }
-    async fn create_subscriber(&self, request: Request<CreateSubscriberRequest>) -> Result<Response<Subscriber>, Status> {
+    async fn create_subscriber(
+        &self,
+        request: Request<CreateSubscriberRequest>,
+    ) -> Result<Response<Subscriber>, Status> {
         Ok(Response::new(SubscriberApi::create_subscriber(self, request.into_inner()).await?))
     }
     async fn get_subscriber(&self, request: Request<GetSubscriberRequest>) -> Result<Response<Subscriber>, Status> {
         Ok(Response::new(SubscriberApi::get_subscriber(self, request.into_inner()).await?))
     }
-    async fn list_subscribers(&self, request: Request<ListSubscribersRequest>) -> Result<Response<ListSubscribersResponse>, Status> {
+    async fn list_subscribers(
+        &self,
+        request: Request<ListSubscribersRequest>,
+    ) -> Result<Response<ListSubscribersResponse>, Status> {
         Ok(Response::new(SubscriberApi::list_subscribers(self, request.into_inner()).await?))
     }
     async fn update_subscriber(&self, _: Request<UpdateSubscriberRequest>) -> Result<Response<Subscriber>, Status> {
@@ -212,7 +244,10 @@ impl SubscriberService for SubscriberApi {
     async fn delete_subscriber(&self, _: Request<DeleteSubscriberRequest>) -> Result<Response<()>, Status> {
         Err(ServiceError::Unimplemented("DeleteSubscriber").into())
     }
-    async fn import_subscribers(&self, _: Request<tonic::Streaming<ImportSubscribersRequest>>) -> Result<Response<ImportSubscribersResponse>, Status> {
+    async fn import_subscribers(
+        &self,
+        _: Request<tonic::Streaming<ImportSubscribersRequest>>,
+    ) -> Result<Response<ImportSubscribersResponse>, Status> {
         Err(ServiceError::Unimplemented("ImportSubscribers").into())
     }
     async fn add_suppression(&self, _: Request<AddSuppressionRequest>) -> Result<Response<Suppression>, Status> {

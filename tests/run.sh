@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs Broadside's whole test suite. Installs what the tests need when it is
+# missing (Postfix for smtp-sink, cargo-nextest), builds the binary the
+# black-box tests run, then runs every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -x /usr/sbin/smtp-sink ]; then
+  echo "tests/run.sh: installing postfix (for smtp-sink)"
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "tests/run.sh: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast "$@"
