@@ -219,6 +219,10 @@ impl Consumer for EmbeddedConsumer {
             .await
     }
 
+    fn assigned_share(&self) -> (u32, u32) {
+        (self.bus.partitions, self.bus.partitions)
+    }
+
     async fn rewind(&mut self) -> Result<()> {
         let (group, topics, partitions) = (self.group.clone(), self.topics.clone(), self.bus.partitions);
         let positions = self

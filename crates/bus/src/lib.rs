@@ -5,12 +5,14 @@
 //! restart loses and repeats nothing. `kafka://` arrives with the Kafka issue.
 
 mod embedded;
+mod kafka;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedBus;
+pub use kafka::{KafkaBus, KafkaSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -119,6 +121,9 @@ pub trait Consumer: Send {
     async fn commit(&mut self, done: &[Delivered]) -> Result<()>;
     /// Forgets uncommitted progress: the next poll starts at the committed offsets.
     async fn rewind(&mut self) -> Result<()>;
+    /// (partitions this member owns, partitions of its topics): the share of
+    /// a group-wide limit this member enforces.
+    fn assigned_share(&self) -> (u32, u32);
 }
 
 /// Stable partition of `key` among `partitions` (FNV-1a).

@@ -86,12 +86,31 @@ pub struct BusConfig {
     pub topic_prefix: String,
     /// Partitions per topic; sender parallelism and throttle shares follow it.
     pub partitions: u32,
+    /// Kafka only: replicas of each topic `broadside migrate` creates.
+    pub replication_factor: i32,
+    /// Kafka only: consumer session timeout. A dead member's partitions move
+    /// after this; a group join takes about half of it.
+    pub session_timeout_ms: u32,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { url: "embedded://".into(), topic_prefix: "broadside.".into(), partitions: 8 }
+        Self {
+            url: "embedded://".into(),
+            topic_prefix: "broadside.".into(),
+            partitions: 8,
+            replication_factor: 1,
+            session_timeout_ms: 10_000,
+        }
     }
+}
+
+/// The bus backend chosen by `bus.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusUrl {
+    Embedded,
+    /// `host:port,host:port` bootstrap servers.
+    Kafka(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,11 +159,20 @@ pub struct SenderConfig {
     pub lease_secs: u64,
     /// A recipient not delivered within this time fails as expired.
     pub max_age_secs: u64,
+    /// First retry delay after a 4xx reply; doubles per attempt up to an hour.
+    pub retry_base_secs: f64,
 }
 
 impl Default for SenderConfig {
     fn default() -> Self {
-        Self { id: None, concurrency: 32, drain_timeout_secs: 30, lease_secs: 120, max_age_secs: 72 * 3600 }
+        Self {
+            id: None,
+            concurrency: 32,
+            drain_timeout_secs: 30,
+            lease_secs: 120,
+            max_age_secs: 72 * 3600,
+            retry_base_secs: 30.0,
+        }
     }
 }
 
@@ -226,6 +254,9 @@ impl Config {
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             return Err(invalid("bus.partitions", "must be between 1 and 1024"));
         }
+        if !(self.sender.retry_base_secs.is_finite() && self.sender.retry_base_secs > 0.0) {
+            return Err(invalid("sender.retry_base_secs", "must be a positive number of seconds"));
+        }
         if self.sender.concurrency == 0 {
             return Err(invalid("sender.concurrency", "must be at least 1"));
         }
@@ -264,6 +295,29 @@ impl Config {
             return Ok(StoreUrl::Scylla { hosts: hosts.split(',').map(str::to_owned).collect(), keyspace });
         }
         Err(invalid("store.url", format!("unsupported {raw:?} (use sqlite://PATH or scylla://HOSTS/KEYSPACE)")))
+    }
+
+    /// The parsed `bus.url`.
+    pub fn bus_url(&self) -> Result<BusUrl, ConfigError> {
+        let raw = self.bus.url.trim();
+        if raw == "embedded://" {
+            return Ok(BusUrl::Embedded);
+        }
+        let Some(brokers) = raw.strip_prefix("kafka://") else {
+            return Err(invalid(
+                "bus.url",
+                format!("unsupported {raw:?} (use embedded:// or kafka://HOST:PORT,HOST:PORT)"),
+            ));
+        };
+        let brokers: Vec<&str> = brokers.trim_end_matches('/').split(',').map(str::trim).collect();
+        for broker in &brokers {
+            let valid =
+                broker.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(invalid("bus.url", format!("kafka broker {broker:?} must be HOST:PORT")));
+            }
+        }
+        Ok(BusUrl::Kafka(brokers.join(",")))
     }
 
     /// The parsed `smtp.url`, defaulting to a capture folder in `data_dir`.
@@ -357,6 +411,17 @@ mod tests {
         let mut config = Config::default();
         config.smtp.url = Some("http://relay".into());
         assert!(config.validate().unwrap_err().to_string().starts_with("smtp.url:"));
+    }
+
+    #[test]
+    fn bus_url_parses_kafka_brokers() {
+        let mut config = Config::default();
+        config.bus.url = "kafka://b1:9092, b2:9093".into();
+        assert_eq!(config.bus_url().unwrap(), BusUrl::Kafka("b1:9092,b2:9093".into()));
+        config.bus.url = "kafka://b1".into();
+        assert!(config.validate().unwrap_err().to_string().starts_with("bus.url:"));
+        config.bus.url = "amqp://x".into();
+        assert!(config.validate().unwrap_err().to_string().starts_with("bus.url:"));
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct Campaign {
     pub from_address: String,
     pub from_name: String,
     pub reply_to: String,
+    /// Messages per second across all senders; 0 for no limit.
+    pub max_messages_per_second: f64,
     pub state: CampaignState,
     pub stats: CampaignStats,
     /// Last subscriber id fanned out; empty before fan-out starts.

@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use crate::*;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE lists (
     tenant TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT NOT NULL,
     description TEXT NOT NULL, create_time INTEGER NOT NULL,
@@ -55,7 +56,11 @@ CREATE TABLE idempotency (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, kind TEXT NOT NULL, resource_id TEXT NOT NULL,
     create_time INTEGER NOT NULL,
     PRIMARY KEY (tenant, request_id, kind));
-"#];
+"#,
+    r#"
+ALTER TABLE campaigns ADD COLUMN max_messages_per_second REAL NOT NULL DEFAULT 0;
+"#,
+];
 
 /// Opens a SQLite connection with the pragmas every Broadside connection uses.
 /// `synchronous=NORMAL` in WAL mode survives a process crash (the restart
@@ -206,6 +211,7 @@ fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
         from_address: row.get("from_address")?,
         from_name: row.get("from_name")?,
         reply_to: row.get("reply_to")?,
+        max_messages_per_second: row.get("max_messages_per_second")?,
         state: CampaignState::from_i64(row.get("state")?),
         stats: CampaignStats {
             recipients: row.get("recipients")?,
@@ -453,10 +459,11 @@ impl CampaignStore for SqliteStore {
                 return must_get_campaign(tx, &campaign.tenant, &id);
             }
             tx.execute(
-                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time, max_messages_per_second) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![campaign.tenant, campaign.id, campaign.display_name, campaign.template_id, campaign.template_version, campaign.list_id,
-                    campaign.from_address, campaign.from_name, campaign.reply_to, campaign.state as i64, campaign.create_time],
+                    campaign.from_address, campaign.from_name, campaign.reply_to, campaign.state as i64, campaign.create_time,
+                    campaign.max_messages_per_second],
             )?;
             remember(tx, &campaign.tenant, &request_id, "campaign", &campaign.id)?;
             must_get_campaign(tx, &campaign.tenant, &campaign.id)

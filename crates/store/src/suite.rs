@@ -40,6 +40,7 @@ fn campaign(tenant: &str, list_id: &str) -> Campaign {
         from_address: "a@example.com".into(),
         from_name: String::new(),
         reply_to: String::new(),
+        max_messages_per_second: 0.0,
         state: CampaignState::Draft,
         stats: CampaignStats::default(),
         fanout_cursor: String::new(),

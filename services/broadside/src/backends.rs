@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use broadside_bus::{DynBus, EmbeddedBus};
-use broadside_config::{Config, SmtpUrl, StoreUrl};
+use broadside_bus::{DynBus, EmbeddedBus, KafkaBus, KafkaSettings, Topic};
+use broadside_config::{BusUrl, Config, SmtpUrl, StoreUrl};
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::{RelayOptions, Transport};
 use broadside_store::{DynStore, SqliteStore};
@@ -28,9 +28,62 @@ pub fn open(config: &Config) -> anyhow::Result<Backends> {
     };
     let store =
         SqliteStore::open(&path).with_context(|| format!("store.url: cannot open sqlite://{}", path.display()))?;
-    let bus = EmbeddedBus::open(&path, config.bus.partitions)
-        .with_context(|| format!("bus.url: cannot open the embedded log in {}", path.display()))?;
-    Ok(Backends { store: Arc::new(store), bus: Arc::new(bus) })
+    let bus: DynBus = match config.bus_url()? {
+        BusUrl::Embedded => Arc::new(
+            EmbeddedBus::open(&path, config.bus.partitions)
+                .with_context(|| format!("bus.url: cannot open the embedded log in {}", path.display()))?,
+        ),
+        BusUrl::Kafka(_) => Arc::new(kafka(config)?),
+    };
+    Ok(Backends { store: Arc::new(store), bus })
+}
+
+/// The Kafka bus named by `bus.url` (which must be `kafka://`).
+pub fn kafka(config: &Config) -> anyhow::Result<KafkaBus> {
+    let BusUrl::Kafka(bootstrap) = config.bus_url()? else { bail!("bus.url: not a kafka:// URL") };
+    KafkaBus::connect(KafkaSettings {
+        bootstrap,
+        partitions: config.bus.partitions,
+        replication_factor: config.bus.replication_factor,
+        session_timeout_ms: config.bus.session_timeout_ms,
+        client_id: sender_id(config),
+    })
+    .context("bus.url: cannot create the Kafka client")
+}
+
+/// Every topic name with the configured prefix.
+pub fn topic_names(config: &Config) -> Vec<String> {
+    Topic::ALL.iter().map(|t| t.name(&config.bus.topic_prefix)).collect()
+}
+
+/// Creates missing Kafka topics, retrying with backoff while the broker is
+/// unreachable, and warns about topics with the wrong partition count.
+pub async fn ensure_kafka_topics(config: &Config, give_up_after: Duration) -> anyhow::Result<()> {
+    let bus = kafka(config)?;
+    let deadline = std::time::Instant::now() + give_up_after;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match bus.ensure_topics(&topic_names(config)).await {
+            Ok(mismatched) => {
+                for (topic, partitions) in mismatched {
+                    tracing::warn!(%topic, partitions, expected = config.bus.partitions, "topic exists with a different partition count than bus.partitions");
+                    eprintln!(
+                        "warning: {topic} has {partitions} partitions, bus.partitions is {}",
+                        config.bus.partitions
+                    );
+                }
+                return Ok(());
+            }
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot create topics yet, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(anyhow::anyhow!(error).context("bus.url: creating topics failed (is the broker up?)"));
+            }
+        }
+    }
 }
 
 /// The transport named by `smtp.url`.

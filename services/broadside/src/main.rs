@@ -101,7 +101,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let config = load()?;
             broadside::backends::open(&config)?;
-            println!("store and bus are at the current schema ({:?})", config.store_url()?);
+            println!("store is at the current schema ({:?})", config.store_url()?);
+            if let broadside_config::BusUrl::Kafka(brokers) = config.bus_url()? {
+                broadside::backends::ensure_kafka_topics(&config, std::time::Duration::from_secs(120)).await?;
+                println!("kafka topics ready on {brokers}: {}", broadside::backends::topic_names(&config).join(", "));
+            }
         }
         Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
         Command::Lists(command) => client::lists(&client_args, command).await?,

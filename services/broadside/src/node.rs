@@ -131,6 +131,7 @@ impl Node {
                 concurrency: config.sender.concurrency,
                 drain_timeout: Duration::from_secs(config.sender.drain_timeout_secs),
                 lease: Duration::from_secs(config.sender.lease_secs),
+                retry_base: Duration::from_secs_f64(config.sender.retry_base_secs),
                 topic_prefix: prefix.clone(),
                 public_url: config.mail.public_url.clone(),
                 domain: config.mail.domain.clone(),

@@ -33,6 +33,13 @@ impl CampaignApi {
         validate_address("campaign.from_address", campaign.from_address.trim())
             .map_err(|e| e.into_service_error(""))?;
         check_header_value("campaign.from_name", &campaign.from_name).map_err(|e| e.into_service_error(""))?;
+        let rate = campaign.max_messages_per_second;
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(ServiceError::invalid(
+                "campaign.max_messages_per_second",
+                "must be 0 (no limit) or a positive number",
+            ));
+        }
         if !campaign.reply_to.is_empty() {
             validate_address("campaign.reply_to", &campaign.reply_to).map_err(|e| e.into_service_error(""))?;
         }
@@ -55,6 +62,7 @@ impl CampaignApi {
                     from_address: campaign.from_address.trim().to_owned(),
                     from_name: campaign.from_name,
                     reply_to: campaign.reply_to,
+                    max_messages_per_second: rate,
                     state: State::Draft,
                     stats: Default::default(),
                     fanout_cursor: String::new(),

@@ -30,6 +30,7 @@ pub fn campaign_to_proto(campaign: &Campaign) -> v1::Campaign {
         create_time: millis_to_timestamp(campaign.create_time),
         start_time: millis_to_timestamp(campaign.start_time),
         complete_time: millis_to_timestamp(campaign.complete_time),
+        max_messages_per_second: campaign.max_messages_per_second,
     }
 }
 

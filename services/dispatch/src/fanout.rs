@@ -72,6 +72,7 @@ async fn fan_out(dispatch: &Dispatch, mut campaign: Campaign, shutdown: &Cancell
                     attempt: 1,
                     not_before: None,
                     expires_at: millis_to_timestamp(expires_at),
+                    max_messages_per_second: campaign.max_messages_per_second,
                 };
                 Record::event(
                     &subscriber.id,

@@ -51,11 +51,16 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
             }
         }
         if failed {
-            consumer.rewind().await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(error) = consumer.rewind().await {
+                tracing::warn!(%error, "rewinding delivery events failed, retrying later");
+            }
             continue;
         }
-        consumer.commit(&batch).await?;
+        if let Err(error) = consumer.commit(&batch).await {
+            // Outcomes are recorded once per recipient, so a redelivery is harmless.
+            tracing::warn!(%error, "committing delivery-event offsets failed, continuing");
+        }
         dispatch.metrics.count_consumed(&topic, batch.len() as u64);
     }
     Ok(())

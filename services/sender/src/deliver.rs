@@ -47,6 +47,8 @@ impl Sender {
         let settings = &self.settings;
         let message_id = message::message_id(&job.campaign_id, &job.subscriber_id, &settings.domain);
         let mut effects = Effects::default();
+        // Pace before claiming, so a throttled job never holds a lease while it waits.
+        self.throttle.acquire(&job.campaign_id, job.max_messages_per_second).await;
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
             Claim::Finished { state, message_id } => {
                 // Sent before (a redelivered job): report again, never send again.
@@ -105,7 +107,7 @@ impl Sender {
             }
             None => {
                 self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
-                let not_before = now_millis() + retry::backoff(job.attempt).as_millis() as i64;
+                let not_before = now_millis() + retry::backoff(settings.retry_base, job.attempt).as_millis() as i64;
                 effects.retries.push(self.retry_record(&job, job.attempt + 1, not_before));
             }
         }

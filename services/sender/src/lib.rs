@@ -6,6 +6,7 @@
 
 mod deliver;
 mod retry;
+mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct SenderSettings {
     pub concurrency: usize,
     pub drain_timeout: Duration,
     pub lease: Duration,
+    /// First retry delay after a 4xx; doubles per attempt up to an hour.
+    pub retry_base: Duration,
     pub topic_prefix: String,
     /// Base URL for one-click unsubscribe links.
     pub public_url: String,
@@ -49,6 +52,7 @@ pub struct Sender {
     metrics: Metrics,
     engine: Arc<TemplateEngine>,
     templates: Arc<Mutex<TemplateCache>>,
+    throttle: Arc<throttle::Throttle>,
 }
 
 /// What handling one job produced: events to publish before committing.
@@ -76,6 +80,7 @@ impl Sender {
             metrics,
             engine: Arc::new(TemplateEngine::new()),
             templates: Arc::default(),
+            throttle: Arc::default(),
         }
     }
 
@@ -114,8 +119,14 @@ impl Sender {
                 polled = consumer.poll(batch_size, Duration::from_millis(500)) => polled,
             };
             let batch = match polled {
-                Ok(batch) if batch.is_empty() => continue,
-                Ok(batch) => batch,
+                Ok(batch) if batch.is_empty() => {
+                    self.record_share(consumer.as_ref(), retries);
+                    continue;
+                }
+                Ok(batch) => {
+                    self.record_share(consumer.as_ref(), retries);
+                    batch
+                }
                 Err(error) => {
                     tracing::warn!(%error, "polling send jobs failed, retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -129,6 +140,14 @@ impl Sender {
             self.process_batch(consumer.as_mut(), batch, &shutdown).await?;
         }
         Ok(())
+    }
+
+    /// The send-jobs partitions this replica owns set its share of campaign limits.
+    fn record_share(&self, consumer: &dyn Consumer, retries: bool) {
+        if !retries {
+            let (owned, total) = consumer.assigned_share();
+            self.throttle.set_share(owned, total);
+        }
     }
 
     /// Handles a batch with bounded concurrency, publishes its effects, then
@@ -173,17 +192,34 @@ impl Sender {
                 }
                 Err(error) => {
                     // A store or bus outage: retry the whole batch; the ledger keeps it idempotent.
-                    tracing::warn!(%error, "send batch failed, it will be retried");
-                    consumer.rewind().await?;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return Ok(());
+                    tracing::warn!(error = format!("{error:#}"), "send batch failed, it will be retried");
+                    return self.retry_later(consumer).await;
                 }
             }
         }
-        self.publish_effects(effects).await?;
-        consumer.commit(&batch).await?;
+        if let Err(error) = self.publish_effects(effects).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "publishing delivery events failed, the batch will be retried"
+            );
+            return self.retry_later(consumer).await;
+        }
+        if let Err(error) = consumer.commit(&batch).await {
+            // The work is done and recorded; a later commit covers these offsets,
+            // and a redelivery is answered from the send ledger.
+            tracing::warn!(%error, "committing offsets failed, continuing");
+        }
         if let Some(first) = batch.first() {
             self.metrics.count_consumed(&first.topic, batch.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Rewinds to the committed offsets after a pause, so the batch is redone.
+    async fn retry_later(&self, consumer: &mut dyn Consumer) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(error) = consumer.rewind().await {
+            tracing::warn!(%error, "rewinding to committed offsets failed, retrying later");
         }
         Ok(())
     }

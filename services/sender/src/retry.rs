@@ -10,12 +10,11 @@ use broadside_store::now_millis;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
-/// Delay before attempt `attempt + 1`: 30 s doubling up to 1 h, ±20 % jitter
-/// so a burst of deferrals does not come back as a burst.
-pub(crate) fn backoff(attempt: i32) -> Duration {
-    let base = 30_u64.saturating_mul(1 << attempt.clamp(1, 8).saturating_sub(1)).min(3600);
-    let jitter = 0.8 + rand_fraction() * 0.4;
-    Duration::from_millis((base as f64 * 1000.0 * jitter) as u64)
+/// Delay before attempt `attempt + 1`: `base` doubling per attempt up to
+/// 1 h, ±20 % jitter so a burst of deferrals does not come back as a burst.
+pub(crate) fn backoff(base: Duration, attempt: i32) -> Duration {
+    let doubled = base.saturating_mul(1 << attempt.clamp(1, 12).saturating_sub(1)).min(Duration::from_secs(3600));
+    doubled.mul_f64(0.8 + rand_fraction() * 0.4)
 }
 
 fn rand_fraction() -> f64 {
@@ -49,10 +48,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let first = backoff(1).as_secs_f64();
+        let base = Duration::from_secs(30);
+        let first = backoff(base, 1).as_secs_f64();
         assert!((24.0..=36.0).contains(&first), "{first}");
-        let third = backoff(3).as_secs_f64();
+        let third = backoff(base, 3).as_secs_f64();
         assert!((96.0..=144.0).contains(&third), "{third}");
-        assert!(backoff(30).as_secs() <= 4320);
+        assert!(backoff(base, 30).as_secs() <= 4320);
     }
 }
