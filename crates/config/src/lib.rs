@@ -239,17 +239,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_url()?;
         self.smtp_url()?;
-        if !(self.bus.url == "embedded://" || self.bus.url.starts_with("kafka://")) {
-            return Err(invalid(
-                "bus.url",
-                format!("unsupported {:?} (use embedded:// or kafka://HOST:PORT)", self.bus.url),
-            ));
-        }
-        if self.bus.url.starts_with("kafka://") {
-            return Err(invalid("bus.url", "kafka:// is not available in this build yet; use embedded://"));
-        }
-        if self.bus.url == "embedded://" && !matches!(self.store_url()?, StoreUrl::Sqlite(_)) {
+        if self.bus_url()? == BusUrl::Embedded && !matches!(self.store_url()?, StoreUrl::Sqlite(_)) {
             return Err(invalid("bus.url", "embedded:// needs a sqlite:// store"));
+        }
+        if self.bus.replication_factor < 1 {
+            return Err(invalid("bus.replication_factor", "must be at least 1"));
+        }
+        if self.bus.session_timeout_ms < 1000 {
+            return Err(invalid("bus.session_timeout_ms", "must be at least 1000"));
         }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             return Err(invalid("bus.partitions", "must be between 1 and 1024"));
@@ -418,8 +415,9 @@ mod tests {
         let mut config = Config::default();
         config.bus.url = "kafka://b1:9092, b2:9093".into();
         assert_eq!(config.bus_url().unwrap(), BusUrl::Kafka("b1:9092,b2:9093".into()));
+        config.validate().unwrap();
         config.bus.url = "kafka://b1".into();
-        assert!(config.validate().unwrap_err().to_string().starts_with("bus.url:"));
+        assert!(config.validate().unwrap_err().to_string().contains("must be HOST:PORT"));
         config.bus.url = "amqp://x".into();
         assert!(config.validate().unwrap_err().to_string().starts_with("bus.url:"));
     }

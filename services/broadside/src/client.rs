@@ -49,6 +49,16 @@ pub enum SubscribersCommand {
         #[arg(long)]
         list: Option<String>,
     },
+    /// Load N generated sample subscribers into a list (for trials and benchmarks).
+    AddSample {
+        #[arg(long)]
+        list: String,
+        #[arg(long)]
+        count: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +186,27 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                 .map_err(plain)?
                 .into_inner();
             println!("{}\t{}", stored.name, stored.email);
+        }
+        SubscribersCommand::AddSample { list, count, concurrency } => {
+            use futures::StreamExt;
+            let results = futures::stream::iter(0..count)
+                .map(|index| {
+                    let mut client = client.clone();
+                    let subscriber = crate::demo::sample_subscriber(index, &list);
+                    let request_id = format!("sample-{list}-{index}");
+                    async move {
+                        client
+                            .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id })
+                            .await
+                    }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect::<Vec<_>>()
+                .await;
+            if let Some(Err(status)) = results.into_iter().find(|r| r.is_err()) {
+                return Err(plain(status));
+            }
+            println!("added {count} sample subscribers to {list}");
         }
         SubscribersCommand::List { list } => {
             let mut token = String::new();

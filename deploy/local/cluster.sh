@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# A whole Broadside cluster as processes on this machine: a Kafka-protocol
+# broker (tansu, durable on SQLite), each role as its own
+# `broadside serve --roles X`, and N sender replicas, all on loopback.
+#
+#   deploy/local/cluster.sh up [--senders N] [--smtp URL]   start everything
+#   deploy/local/cluster.sh scale senders N                 add or remove senders
+#   deploy/local/cluster.sh kill-sender [I]                 SIGKILL sender I (default: the last)
+#   deploy/local/cluster.sh restart-sender I                SIGTERM sender I, wait for its drain, start it again
+#   deploy/local/cluster.sh stop-broker | start-broker      take the broker away and bring it back
+#   deploy/local/cluster.sh status                          processes, endpoints, health
+#   deploy/local/cluster.sh down                            stop everything (SIGTERM, then SIGKILL)
+#
+# Everything lives in $BROADSIDE_CLUSTER_DIR (default /tmp/broadside-cluster):
+# logs/NAME.log, pids/NAME.pid, the broker's and Broadside's databases, and
+# config.toml. Ports start at $BROADSIDE_CLUSTER_PORT_BASE (default 19000).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+DIR="${BROADSIDE_CLUSTER_DIR:-/tmp/broadside-cluster}"
+BASE="${BROADSIDE_CLUSTER_PORT_BASE:-19000}"
+BIN="${BROADSIDE_BIN:-$ROOT/target/release/broadside}"
+BROKER_PORT=$((BASE + 92))
+ROLES=(subscribers segmentation dispatch feedback)
+
+log() { echo "cluster: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+grpc_port() { # role index -> port
+  case "$1" in
+    subscribers) echo $((BASE + 1)) ;; segmentation) echo $((BASE + 2)) ;;
+    dispatch) echo $((BASE + 3)) ;; feedback) echo $((BASE + 4)) ;;
+    sender-*) echo $((BASE + 100 + ${1#sender-})) ;;
+  esac
+}
+admin_port() { echo $(($(grpc_port "$1") + 400)); }
+
+pid_of() { cat "$DIR/pids/$1.pid" 2>/dev/null || true; }
+alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+wait_port() { # port name
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "$2 did not listen on port $1 (see $DIR/logs/$2.log)"
+}
+
+ensure_tansu() {
+  command -v tansu >/dev/null && return
+  [ -x "$HOME/.cargo/bin/tansu" ] && export PATH="$HOME/.cargo/bin:$PATH" && return
+  log "installing tansu (about 12 minutes the first time)"
+  cargo install tansu --locked --features dynostore,libsql >&2
+  export PATH="$HOME/.cargo/bin:$PATH"
+}
+
+ensure_binary() {
+  [ -x "$BIN" ] && return
+  log "building $BIN"
+  (cd "$ROOT" && cargo build --release -p broadside >&2)
+}
+
+start_broker() {
+  ensure_tansu
+  alive broker && return
+  # tansu resolves sqlite:// paths against its working directory.
+  (cd "$DIR" && env -u OTEL_EXPORTER_OTLP_ENDPOINT nohup tansu broker \
+    --storage-engine "sqlite://broker.db" \
+    --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    >>"$DIR/logs/broker.log" 2>&1 & echo $! >"$DIR/pids/broker.pid")
+  wait_port "$BROKER_PORT" broker
+  log "broker up on 127.0.0.1:$BROKER_PORT (pid $(pid_of broker))"
+}
+
+# Starts one `broadside serve` process. $1 is the name (a role or sender-I).
+start_node() {
+  local name="$1" roles="$1"
+  [[ "$name" == sender-* ]] && roles=sender
+  alive "$name" && return
+  BROADSIDE_CONFIG="$DIR/config.toml" \
+  BROADSIDE__SERVER__GRPC_ADDR="127.0.0.1:$(grpc_port "$name")" \
+  BROADSIDE__SERVER__ADMIN_ADDR="127.0.0.1:$(admin_port "$name")" \
+  BROADSIDE__SENDER__ID="$name" \
+    nohup "$BIN" serve --roles "$roles" >>"$DIR/logs/$name.log" 2>&1 &
+  echo $! >"$DIR/pids/$name.pid"
+  wait_port "$(admin_port "$name")" "$name"
+  log "$name up: grpc 127.0.0.1:$(grpc_port "$name") admin 127.0.0.1:$(admin_port "$name") (pid $(pid_of "$name"))"
+}
+
+# SIGTERM, then wait up to $2 seconds for the drain before SIGKILL.
+stop_node() {
+  local name="$1" grace="${2:-60}" pid
+  pid="$(pid_of "$name")"
+  [ -n "$pid" ] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((grace * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then log "$name did not stop in ${grace}s, killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$DIR/pids/$name.pid"
+}
+
+senders() { ls "$DIR/pids" 2>/dev/null | sed -n 's/^\(sender-[0-9]*\)\.pid$/\1/p' | sort -t- -k2 -n; }
+
+write_config() {
+  local smtp="$1" senders_concurrency="${BROADSIDE_CLUSTER_SENDER_CONCURRENCY:-32}"
+  cat >"$DIR/config.toml" <<EOF
+data_dir = "$DIR/data"
+
+[store]
+url = "sqlite://$DIR/data/broadside.db"
+
+[bus]
+url = "kafka://127.0.0.1:$BROKER_PORT"
+partitions = ${BROADSIDE_CLUSTER_PARTITIONS:-12}
+session_timeout_ms = 6000
+
+[smtp]
+url = "$smtp"
+starttls = "none"
+
+[sender]
+concurrency = $senders_concurrency
+drain_timeout_secs = 30
+lease_secs = ${BROADSIDE_CLUSTER_LEASE_SECS:-15}
+retry_base_secs = ${BROADSIDE_CLUSTER_RETRY_BASE_SECS:-2}
+
+[mail]
+token_key = "local-cluster-$(date +%s%N)"
+EOF
+}
+
+cmd_up() {
+  local senders=1 smtp=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --senders) senders="$2"; shift 2 ;;
+      --smtp) smtp="$2"; shift 2 ;;
+      *) die "up: unknown option $1" ;;
+    esac
+  done
+  mkdir -p "$DIR/logs" "$DIR/pids" "$DIR/data"
+  [ -n "$smtp" ] || smtp="capture://$DIR/outbox"
+  ensure_binary
+  [ -f "$DIR/config.toml" ] || write_config "$smtp"
+  start_broker
+  BROADSIDE_CONFIG="$DIR/config.toml" "$BIN" migrate >>"$DIR/logs/migrate.log" 2>&1 || die "migrate failed (see $DIR/logs/migrate.log)"
+  for role in "${ROLES[@]}"; do start_node "$role" & done
+  for i in $(seq 1 "$senders"); do start_node "sender-$i" & done
+  wait
+  log "up: $(ls "$DIR/pids" | wc -l) processes; subscribers at http://127.0.0.1:$(grpc_port subscribers), dispatch at http://127.0.0.1:$(grpc_port dispatch)"
+}
+
+cmd_scale() {
+  [ "${1:-}" = senders ] || die "usage: scale senders N"
+  local want="$2" have
+  have="$(senders | wc -l)"
+  if [ "$want" -gt "$have" ]; then
+    local next; next=$(( $(senders | tail -1 | sed 's/sender-//;s/^$/0/') + 1 ))
+    for _ in $(seq 1 $((want - have))); do start_node "sender-$next" & next=$((next + 1)); done
+    wait
+  else
+    for name in $(senders | tail -n $((have - want))); do stop_node "$name" & done
+    wait
+  fi
+  log "senders: $(senders | tr '\n' ' ')"
+}
+
+# Prints the number of claims the sender held unfinished when it died: the
+# messages that were in flight and may be sent again by whoever takes over.
+in_flight_claims() {
+  python3 - "$DIR/data/broadside.db" "$1" <<'EOF'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+print(db.execute("SELECT count(*) FROM send_ledger WHERE owner = ? AND state = 'claimed'", (sys.argv[2],)).fetchone()[0])
+EOF
+}
+
+cmd_kill_sender() {
+  local name="sender-${1:-}"
+  [ -n "${1:-}" ] || name="$(senders | tail -1)"
+  [ -n "$name" ] && alive "$name" || die "no running sender to kill"
+  kill -KILL "$(pid_of "$name")"
+  rm -f "$DIR/pids/$name.pid"
+  sleep 0.2
+  echo "killed $name in_flight=$(in_flight_claims "$name")"
+}
+
+cmd_restart_sender() {
+  local name="sender-$1" started
+  started=$(date +%s.%N)
+  stop_node "$name" 60
+  echo "drained $name in $(python3 -c "import time; print(f'{time.time() - $started:.2f}')")s"
+  start_node "$name"
+}
+
+cmd_status() {
+  for file in "$DIR"/pids/*.pid; do
+    [ -e "$file" ] || continue
+    local name; name="$(basename "$file" .pid)"
+    local state=dead
+    alive "$name" && state=running
+    if [ "$name" = broker ]; then
+      printf '%-14s %-8s pid %-7s kafka 127.0.0.1:%s\n' "$name" "$state" "$(pid_of "$name")" "$BROKER_PORT"
+    else
+      local ready; ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(admin_port "$name")/readyz" 2>/dev/null || true)"
+      printf '%-14s %-8s pid %-7s grpc 127.0.0.1:%s admin 127.0.0.1:%s ready=%s\n' "$name" "$state" "$(pid_of "$name")" \
+        "$(grpc_port "$name")" "$(admin_port "$name")" "$ready"
+    fi
+  done
+  echo "logs: $DIR/logs"
+}
+
+cmd_down() {
+  for name in $(senders); do stop_node "$name" 60 & done
+  wait
+  for role in "${ROLES[@]}"; do stop_node "$role" 30 & done
+  wait
+  stop_node broker 10
+  log "down"
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  scale) shift; cmd_scale "$@" ;;
+  kill-sender) shift; cmd_kill_sender "$@" ;;
+  restart-sender) shift; cmd_restart_sender "$@" ;;
+  stop-broker) stop_node broker 10; log "broker stopped" ;;
+  start-broker) mkdir -p "$DIR/logs" "$DIR/pids"; start_broker ;;
+  status) cmd_status ;;
+  down) cmd_down ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
