@@ -96,6 +96,9 @@ pub enum CampaignsCommand {
         from: String,
         #[arg(long, default_value = "")]
         from_name: String,
+        /// Campaign-wide limit in messages per second across all senders (0: none).
+        #[arg(long, default_value_t = 0.0)]
+        max_per_second: f64,
     },
     /// Start sending a draft.
     Start { campaign: String },
@@ -281,9 +284,16 @@ fn print_campaign(campaign: &Campaign) {
 pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::Result<()> {
     let mut client = CampaignServiceClient::new(channel(&args.server).await?);
     match command {
-        CampaignsCommand::Create { name, template, list, from, from_name } => {
-            let campaign =
-                Campaign { display_name: name, template, list, from_address: from, from_name, ..Default::default() };
+        CampaignsCommand::Create { name, template, list, from, from_name, max_per_second } => {
+            let campaign = Campaign {
+                display_name: name,
+                template,
+                list,
+                from_address: from,
+                from_name,
+                max_messages_per_second: max_per_second,
+                ..Default::default()
+            };
             let stored = client
                 .create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() })
                 .await

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Runs one campaign through a local cluster (deploy/local/cluster.sh) into a
+# real SMTP receiver that records every message (Postfix's smtp-sink), applies
+# a fault mid-campaign, and counts Message-IDs at the receiver.
+#
+#   bench/distributed.sh --recipients N --senders K
+#       [--scale-to M | --kill-one | --restart-each | --broker-outage SECS
+#        | --defer-domain DOMAIN --defer-secs SECS]
+#       [--rate MSGS_PER_S] [--ceiling]
+#
+# --defer-domain puts a real Postfix in front of the sink that answers 421
+# for DOMAIN until SECS have passed. --ceiling also pushes the same number of
+# messages of the same size with smtp-source into the same receiver, over
+# reused connections, and prints the ratio.
+#
+# Last line:
+# distributed: recipients=N delivered=<unique> lost=<n> duplicates=<n> in_flight_at_fault=<n> seconds=<s> msgs_per_s=<r>
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RECIPIENTS=10000 SENDERS=1 FAULT=none SCALE_TO=0 OUTAGE=0 DEFER_DOMAIN="" DEFER_SECS=0 RATE=0 CEILING=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --recipients) RECIPIENTS="$2"; shift 2 ;;
+    --senders) SENDERS="$2"; shift 2 ;;
+    --scale-to) FAULT=scale; SCALE_TO="$2"; shift 2 ;;
+    --kill-one) FAULT=kill; shift ;;
+    --restart-each) FAULT=restart; shift ;;
+    --broker-outage) FAULT=outage; OUTAGE="$2"; shift 2 ;;
+    --defer-domain) FAULT=defer; DEFER_DOMAIN="$2"; shift 2 ;;
+    --defer-secs) DEFER_SECS="$2"; shift 2 ;;
+    --rate) RATE="$2"; shift 2 ;;
+    --ceiling) CEILING=1; shift ;;
+    *) echo "unknown option $1" >&2; sed -n '2,19p' "$0" >&2; exit 2 ;;
+  esac
+done
+
+WORK="$(mktemp -d /tmp/broadside-bench.XXXXXX)"
+chmod 0755 "$WORK" # smtp-sink writes as nobody
+export BROADSIDE_CLUSTER_DIR="$WORK/cluster"
+export BROADSIDE_CLUSTER_PORT_BASE="${BROADSIDE_CLUSTER_PORT_BASE:-$((20000 + RANDOM % 20000))}"
+CLUSTER="$ROOT/deploy/local/cluster.sh"
+BIN="${BROADSIDE_BIN:-$ROOT/target/release/broadside}"
+SINK_DIR="$WORK/sink"
+SINK_PORT=$((BROADSIDE_CLUSTER_PORT_BASE + 25))
+POSTFIX_PORT=$((BROADSIDE_CLUSTER_PORT_BASE + 26))
+PIDS=()
+
+say() { echo "bench: $*" >&2; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
+
+cleanup() {
+  "$CLUSTER" down >/dev/null 2>&1 || true
+  [ -f "$WORK/postfix/pid" ] && postfix -c "$WORK/postfix" stop >/dev/null 2>&1 || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ "${KEEP_WORK:-0}" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+[ -x /usr/sbin/smtp-sink ] || { echo "smtp-sink missing: apt-get install postfix" >&2; exit 1; }
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release -p broadside >&2)
+
+# The receiver: smtp-sink dumps every transaction to a file.
+mkdir -p "$SINK_DIR" && chmod 0777 "$SINK_DIR"
+/usr/sbin/smtp-sink -u nobody -d "$SINK_DIR/%H%M/" "127.0.0.1:$SINK_PORT" 1024 &
+PIDS+=($!)
+SMTP_URL="smtp://127.0.0.1:$SINK_PORT"
+if [ "$FAULT" = defer ]; then
+  "$ROOT/deploy/local/postfix-relay.sh" "$WORK/postfix" "$POSTFIX_PORT" "$SINK_PORT" "$DEFER_DOMAIN" >&2
+  SMTP_URL="smtp://127.0.0.1:$POSTFIX_PORT"
+fi
+
+"$CLUSTER" up --senders "$SENDERS" --smtp "$SMTP_URL" >&2
+SUBS="--server http://127.0.0.1:$((BROADSIDE_CLUSTER_PORT_BASE + 1))"
+DISPATCH="--server http://127.0.0.1:$((BROADSIDE_CLUSTER_PORT_BASE + 3))"
+
+LIST=$("$BIN" $SUBS lists create "bench $RECIPIENTS" | cut -f1)
+loaded=$(now)
+"$BIN" $SUBS subscribers add-sample --list "$LIST" --count "$RECIPIENTS" >&2
+say "loaded $RECIPIENTS subscribers in $(elapsed "$loaded" "$(now)")s"
+TEMPLATE=$("$BIN" $DISPATCH templates create --subject '{{ subscriber.display_name }}, your {{ subscriber.attributes.city }} digest' \
+  --text "Hello {{ subscriber.display_name }},
+$(printf 'Here is what happened in {{ subscriber.attributes.city }} this week. %.0s' $(seq 1 12))
+Unsubscribe: {{ unsubscribe_url }}" | cut -f1)
+CAMPAIGN=$("$BIN" $DISPATCH campaigns create --template "$TEMPLATE" --list "$LIST" --from digest@broadside.localhost \
+  --max-per-second "$RATE" | cut -f1)
+CAMPAIGN_ID="${CAMPAIGN#campaigns/}"
+
+stats() { "$BIN" $DISPATCH campaigns get "$CAMPAIGN" | sed 's/.*\t//'; }
+field() { sed -n "s/.*$1=\([0-9]*\).*/\1/p"; }
+wait_delivered() { # fraction of recipients
+  local target; target=$(python3 -c "print(int($RECIPIENTS * $1))")
+  while [ "$(stats | field delivered)" -lt "$target" ]; do sleep 0.2; done
+}
+
+started=$(now)
+"$BIN" $DISPATCH campaigns start "$CAMPAIGN" >&2
+IN_FLIGHT=0
+case "$FAULT" in
+  scale) wait_delivered 0.1; say "scaling senders $SENDERS -> $SCALE_TO"; "$CLUSTER" scale senders "$SCALE_TO" >&2 ;;
+  kill) wait_delivered 0.3; out=$("$CLUSTER" kill-sender); say "$out"; IN_FLIGHT=$(echo "$out" | sed -n 's/.*in_flight=\([0-9]*\).*/\1/p') ;;
+  restart)
+    wait_delivered 0.1
+    for i in $(seq 1 "$SENDERS"); do say "$("$CLUSTER" restart-sender "$i" 2>/dev/null | head -1)"; done ;;
+  outage) wait_delivered 0.2; say "stopping the broker for ${OUTAGE}s"; "$CLUSTER" stop-broker >&2; sleep "$OUTAGE"; "$CLUSTER" start-broker >&2 ;;
+  defer)
+    sleep "$DEFER_SECS"; say "lifting the 421 for $DEFER_DOMAIN after ${DEFER_SECS}s"
+    "$ROOT/deploy/local/postfix-relay.sh" "$WORK/postfix" lift >&2 ;;
+esac
+
+while :; do
+  line=$(stats)
+  case "$line" in *state=completed*) break ;; esac
+  sleep 0.5
+done
+finished=$(now)
+SECONDS_TAKEN=$(elapsed "$started" "$finished")
+say "campaign: $line"
+
+# Let the receiver finish writing its last dumps (and Postfix its queue).
+sleep 1
+if [ "$FAULT" = defer ]; then
+  for _ in $(seq 1 120); do [ -z "$(find "$WORK/postfix/queue/active" "$WORK/postfix/queue/incoming" "$WORK/postfix/queue/deferred" -type f 2>/dev/null | head -1)" ] && break; sleep 0.5; done
+fi
+read -r UNIQUE DUPLICATES < <(grep -rhi "^Message-ID: <$CAMPAIGN_ID\." "$SINK_DIR" | sort | uniq -c | awk '{u++; d += $1 - 1} END {print u + 0, d + 0}')
+LOST=$((RECIPIENTS - UNIQUE))
+RATE_MEASURED=$(python3 -c "print(f'{$UNIQUE / max($SECONDS_TAKEN, 0.001):.0f}')")
+
+if [ "$CEILING" = 1 ]; then
+  SIZE=$(find "$SINK_DIR" -type f | head -50 | xargs cat | wc -c); SIZE=$((SIZE / 50))
+  c_started=$(now)
+  /usr/sbin/smtp-source -d -s 32 -m "$RECIPIENTS" -l "$SIZE" -f bench@localhost -t sink@localhost "127.0.0.1:$SINK_PORT"
+  CEILING_RATE=$(python3 -c "print(f'{$RECIPIENTS / ($(now) - $c_started):.0f}')")
+  echo "ceiling: smtp-source messages=$RECIPIENTS size=$SIZE msgs_per_s=$CEILING_RATE ratio=$(python3 -c "print(f'{$RATE_MEASURED / $CEILING_RATE:.2f}')")"
+fi
+echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED"
