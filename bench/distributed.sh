@@ -96,13 +96,16 @@ wait_delivered() { # fraction of recipients
 
 started=$(now)
 "$BIN" $DISPATCH campaigns start "$CAMPAIGN" >&2
-IN_FLIGHT=0
+IN_FLIGHT=0 MAX_DRAIN=0
 case "$FAULT" in
   scale) wait_delivered 0.1; say "scaling senders $SENDERS -> $SCALE_TO"; "$CLUSTER" scale senders "$SCALE_TO" >&2 ;;
   kill) wait_delivered 0.3; out=$("$CLUSTER" kill-sender); say "$out"; IN_FLIGHT=$(echo "$out" | sed -n 's/.*in_flight=\([0-9]*\).*/\1/p') ;;
   restart)
     wait_delivered 0.1
-    for i in $(seq 1 "$SENDERS"); do say "$("$CLUSTER" restart-sender "$i" 2>/dev/null | head -1)"; done ;;
+    for i in $(seq 1 "$SENDERS"); do
+      out=$("$CLUSTER" restart-sender "$i" 2>/dev/null | head -1); say "$out"
+      MAX_DRAIN=$(python3 -c "print(max($MAX_DRAIN, float('$(echo "$out" | sed -n 's/.* in \([0-9.]*\)s$/\1/p')' or 0)))")
+    done ;;
   outage) wait_delivered 0.2; say "stopping the broker for ${OUTAGE}s"; "$CLUSTER" stop-broker >&2; sleep "$OUTAGE"; "$CLUSTER" start-broker >&2 ;;
   defer)
     sleep "$DEFER_SECS"; say "lifting the 421 for $DEFER_DOMAIN after ${DEFER_SECS}s"
@@ -117,6 +120,7 @@ done
 finished=$(now)
 SECONDS_TAKEN=$(elapsed "$started" "$finished")
 say "campaign: $line"
+DEFERRED=$(echo "$line" | sed -n 's/.*deferred=\([0-9]*\).*/\1/p')
 
 # Let the receiver finish writing its last dumps (and Postfix its queue).
 sleep 1
@@ -134,4 +138,25 @@ if [ "$CEILING" = 1 ]; then
   CEILING_RATE=$(python3 -c "print(f'{$RECIPIENTS / ($(now) - $c_started):.0f}')")
   echo "ceiling: smtp-source messages=$RECIPIENTS size=$SIZE msgs_per_s=$CEILING_RATE ratio=$(python3 -c "print(f'{$RATE_MEASURED / $CEILING_RATE:.2f}')")"
 fi
+if [ "$FAULT" = defer ]; then
+  # When the last message of each group reached the receiver, from the campaign start.
+  python3 - "$SINK_DIR" "$DEFER_DOMAIN" "$started" "$CAMPAIGN_ID" <<'EOF'
+import os, sys
+sink, domain, started, campaign = sys.argv[1], sys.argv[2].lower(), float(sys.argv[3]), sys.argv[4]
+last = {"deferred": 0.0, "other": 0.0}
+for root, _, files in os.walk(sink):
+    for name in files:
+        path = os.path.join(root, name)
+        with open(path, errors="replace") as f:
+            head = f.read(4096)
+        if "<" + campaign + "." not in head:
+            continue
+        to = next((l for l in head.splitlines() if l.lower().startswith("to:")), "").lower()
+        group = "deferred" if ("@" + domain) in to else "other"
+        last[group] = max(last[group], os.path.getmtime(path) - started)
+print(f"domains: other_domains_seconds={last['other']:.2f} deferred_domain_seconds={last['deferred']:.2f}")
+EOF
+fi
+[ "$FAULT" = restart ] && echo "drains: max_drain_seconds=$MAX_DRAIN"
+echo "campaign: deferred=${DEFERRED:-0}"
 echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Broadside's whole test suite. Installs what the tests need when it is
-# missing (Postfix for smtp-sink, cargo-nextest), builds the binary the
-# black-box tests run, then runs every test in the workspace.
+# missing (Postfix for smtp-sink and the relay tests, tansu as the Kafka
+# broker, cargo-nextest), builds the binaries the black-box and cluster tests
+# run, then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,10 +14,16 @@ if [ ! -x /usr/sbin/smtp-sink ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null; then
+  echo "tests/run.sh: installing tansu, the Kafka-protocol broker (about 12 minutes, once)"
+  cargo install tansu --locked --features dynostore,libsql
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tests/run.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
 
 cargo build --workspace --all-targets
+cargo build --release -p broadside   # the cluster tests run the release binary
 cargo nextest run --workspace --no-fail-fast "$@"

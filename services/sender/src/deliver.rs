@@ -47,6 +47,14 @@ impl Sender {
         let settings = &self.settings;
         let message_id = message::message_id(&job.campaign_id, &job.subscriber_id, &settings.domain);
         let mut effects = Effects::default();
+        // A destination that deferred us is left alone until its pause ends.
+        let domain = crate::domains::domain_of(&job.email);
+        if let crate::domains::Gate::WaitUntil(until) = self.domains.gate(&domain) {
+            let wait_ms = until.saturating_duration_since(tokio::time::Instant::now()).as_millis() as i64;
+            self.metrics.count_send("postponed_destination_paused");
+            effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + wait_ms));
+            return Ok(effects);
+        }
         // Pace before claiming, so a throttled job never holds a lease while it waits.
         self.throttle.acquire(&job.campaign_id, job.max_messages_per_second).await;
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
@@ -89,6 +97,13 @@ impl Sender {
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
 
+        match attempt.outcome {
+            DeliveryOutcome::Deferred if attempt.code != 0 => {
+                self.domains.deferred(&domain, settings.retry_base);
+            }
+            DeliveryOutcome::Delivered | DeliveryOutcome::Failed if attempt.code != 0 => self.domains.answered(&domain),
+            _ => {}
+        }
         let ledger_state = match attempt.outcome {
             DeliveryOutcome::Delivered => Some(LedgerState::Sent),
             DeliveryOutcome::Failed => Some(LedgerState::Failed),

@@ -5,6 +5,7 @@
 //! ledger entry and is not sent again.
 
 mod deliver;
+mod domains;
 mod retry;
 mod throttle;
 
@@ -53,6 +54,7 @@ pub struct Sender {
     engine: Arc<TemplateEngine>,
     templates: Arc<Mutex<TemplateCache>>,
     throttle: Arc<throttle::Throttle>,
+    domains: Arc<domains::DomainBackoff>,
 }
 
 /// What handling one job produced: events to publish before committing.
@@ -81,6 +83,7 @@ impl Sender {
             engine: Arc::new(TemplateEngine::new()),
             templates: Arc::default(),
             throttle: Arc::default(),
+            domains: Arc::default(),
         }
     }
 

@@ -1,0 +1,96 @@
+//! Fault tests of distributed mode: a real Kafka-protocol broker (tansu), one
+//! process per role, several sender replicas, and a real SMTP receiver, all
+//! driven through `bench/distributed.sh` and `deploy/local/cluster.sh`. Each
+//! sends 10,000 recipients and counts Message-IDs at the receiver.
+//!
+//! They need `tansu` and the release binary; `tests/run.sh` provides both.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+const RECIPIENTS: &str = "10000";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_owned()
+}
+
+/// Runs the benchmark script and parses its `distributed:` (and other `name:`) result lines.
+fn run(args: &[&str]) -> HashMap<String, f64> {
+    let root = repo_root();
+    let binary = root.join("target/release/broadside");
+    assert!(binary.exists(), "{} is missing: run tests/run.sh (it builds it)", binary.display());
+    let output = Command::new("bash")
+        .arg(root.join("bench/distributed.sh"))
+        .args(["--recipients", RECIPIENTS])
+        .args(args)
+        .env("BROADSIDE_BIN", &binary)
+        .output()
+        .expect("run bench/distributed.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench/distributed.sh {args:?} failed\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    let mut values = HashMap::new();
+    for line in stdout.lines() {
+        for pair in line.split_whitespace().filter(|w| w.contains('=')) {
+            let (key, value) = pair.split_once('=').unwrap();
+            if let Ok(number) = value.parse::<f64>() {
+                values.insert(key.to_owned(), number);
+            }
+        }
+    }
+    assert!(values.contains_key("lost"), "no result line in\n{stdout}\n{stderr}");
+    values
+}
+
+#[test]
+fn scaling_senders_from_one_to_three_loses_and_repeats_nothing() {
+    let result = run(&["--senders", "1", "--scale-to", "3"]);
+    assert_eq!(result["lost"], 0.0);
+    assert_eq!(result["duplicates"], 0.0);
+    assert_eq!(result["delivered"], 10000.0);
+}
+
+#[test]
+fn sigkill_of_one_sender_loses_nothing_and_bounds_duplicates() {
+    let result = run(&["--senders", "3", "--kill-one"]);
+    assert_eq!(result["lost"], 0.0);
+    assert!(
+        result["duplicates"] <= result["in_flight_at_fault"],
+        "duplicates {} must not exceed the messages in flight at the kill {}",
+        result["duplicates"],
+        result["in_flight_at_fault"]
+    );
+}
+
+#[test]
+fn rolling_restart_of_every_sender_loses_and_repeats_nothing() {
+    let result = run(&["--senders", "3", "--restart-each"]);
+    assert_eq!(result["lost"], 0.0);
+    assert_eq!(result["duplicates"], 0.0);
+    // Each drain finished within drain_timeout (30 s in the cluster config).
+    assert!(result["max_drain_seconds"] < 30.0, "a drain took {} s", result["max_drain_seconds"]);
+}
+
+#[test]
+fn a_domain_answering_421_is_retried_while_others_keep_their_pace() {
+    let result = run(&["--senders", "2", "--defer-domain", "example.net", "--defer-secs", "40"]);
+    assert_eq!(result["lost"], 0.0);
+    assert_eq!(result["duplicates"], 0.0);
+    assert!(result["deferred"] > 0.0, "example.net recipients must have been deferred");
+    // Every other domain was fully delivered while example.net was still refusing.
+    assert!(result["other_domains_seconds"] < 40.0, "other domains finished at {} s", result["other_domains_seconds"]);
+    assert!(
+        result["deferred_domain_seconds"] >= 40.0,
+        "example.net finished at {} s",
+        result["deferred_domain_seconds"]
+    );
+}
+
+#[test]
+fn a_twenty_second_broker_outage_loses_nothing() {
+    let result = run(&["--senders", "2", "--broker-outage", "20"]);
+    assert_eq!(result["lost"], 0.0);
+    assert_eq!(result["delivered"], 10000.0);
+}
