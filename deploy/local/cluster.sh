@@ -14,6 +14,7 @@
 # Everything lives in $BROADSIDE_CLUSTER_DIR (default /tmp/broadside-cluster):
 # logs/NAME.log, pids/NAME.pid, the broker's and Broadside's databases, and
 # config.toml. Ports start at $BROADSIDE_CLUSTER_PORT_BASE (default 19000).
+# The broker keeps its log in SQLite unless BROADSIDE_CLUSTER_BROKER_STORAGE=memory.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -63,9 +64,13 @@ ensure_binary() {
 start_broker() {
   ensure_tansu
   alive broker && return
+  # Durable on SQLite by default (survives a broker restart, committed offsets
+  # too); BROADSIDE_CLUSTER_BROKER_STORAGE=memory is several times faster.
   # tansu resolves sqlite:// paths against its working directory.
+  local storage="sqlite://broker.db"
+  [ "${BROADSIDE_CLUSTER_BROKER_STORAGE:-sqlite}" = memory ] && storage="memory://tansu/"
   (cd "$DIR" && env -u OTEL_EXPORTER_OTLP_ENDPOINT nohup tansu broker \
-    --storage-engine "sqlite://broker.db" \
+    --storage-engine "$storage" \
     --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
     >>"$DIR/logs/broker.log" 2>&1 & echo $! >"$DIR/pids/broker.pid")
