@@ -6,7 +6,7 @@
 #   bench/distributed.sh --recipients N --senders K
 #       [--scale-to M | --kill-one | --restart-each | --broker-outage SECS
 #        | --defer-domain DOMAIN --defer-secs SECS]
-#       [--rate MSGS_PER_S] [--ceiling]
+#       [--rate MSGS_PER_S] [--ceiling] [--timeout SECS]
 #
 # --defer-domain puts a real Postfix in front of the sink that answers 421
 # for DOMAIN until SECS have passed. --ceiling also pushes the same number of
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-RECIPIENTS=10000 SENDERS=1 FAULT=none SCALE_TO=0 OUTAGE=0 DEFER_DOMAIN="" DEFER_SECS=0 RATE=0 CEILING=0
+TIMEOUT=600 RECIPIENTS=10000 SENDERS=1 FAULT=none SCALE_TO=0 OUTAGE=0 DEFER_DOMAIN="" DEFER_SECS=0 RATE=0 CEILING=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --recipients) RECIPIENTS="$2"; shift 2 ;;
@@ -31,6 +31,7 @@ while [ $# -gt 0 ]; do
     --defer-secs) DEFER_SECS="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
     --ceiling) CEILING=1; shift ;;
+    --timeout) TIMEOUT="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; sed -n '2,19p' "$0" >&2; exit 2 ;;
   esac
 done
@@ -115,9 +116,13 @@ case "$FAULT" in
     "$ROOT/deploy/local/postfix-relay.sh" "$WORK/postfix" lift >&2 ;;
 esac
 
+deadline=$(( $(date +%s) + TIMEOUT ))
 while :; do
   line=$(stats)
   case "$line" in *state=completed*) break ;; esac
+  if [ "$(date +%s)" -gt "$deadline" ]; then
+    say "campaign did not complete within ${TIMEOUT}s: $line (cluster kept in $WORK)"; KEEP_WORK=1; break
+  fi
   sleep 0.5
 done
 finished=$(now)

@@ -120,6 +120,7 @@ url = "sqlite://$DIR/data/broadside.db"
 url = "kafka://127.0.0.1:$BROKER_PORT"
 partitions = ${BROADSIDE_CLUSTER_PARTITIONS:-12}
 session_timeout_ms = 6000
+assignment_strategy = "${BROADSIDE_CLUSTER_ASSIGNMENT:-cooperative-sticky}"
 
 [smtp]
 url = "$smtp"

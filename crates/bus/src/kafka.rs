@@ -32,6 +32,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Consumer session timeout; a group join takes about half of it.
     pub session_timeout_ms: u32,
+    /// librdkafka `partition.assignment.strategy`.
+    pub assignment_strategy: String,
     /// Identifies this process in broker logs.
     pub client_id: String,
 }
@@ -137,7 +139,7 @@ impl Bus for KafkaBus {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", &self.settings.assignment_strategy)
             .set("session.timeout.ms", self.settings.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.settings.session_timeout_ms / 3).max(500).to_string())
             .set("reconnect.backoff.max.ms", "2000")

@@ -91,6 +91,9 @@ pub struct BusConfig {
     /// Kafka only: consumer session timeout. A dead member's partitions move
     /// after this; a group join takes about half of it.
     pub session_timeout_ms: u32,
+    /// Kafka only: `cooperative-sticky` (only moved partitions pause during a
+    /// rebalance), `roundrobin` or `range` (eager: every partition pauses).
+    pub assignment_strategy: String,
 }
 
 impl Default for BusConfig {
@@ -101,6 +104,7 @@ impl Default for BusConfig {
             partitions: 8,
             replication_factor: 1,
             session_timeout_ms: 10_000,
+            assignment_strategy: "cooperative-sticky".into(),
         }
     }
 }
@@ -244,6 +248,9 @@ impl Config {
         }
         if self.bus.replication_factor < 1 {
             return Err(invalid("bus.replication_factor", "must be at least 1"));
+        }
+        if !["cooperative-sticky", "roundrobin", "range"].contains(&self.bus.assignment_strategy.as_str()) {
+            return Err(invalid("bus.assignment_strategy", "must be cooperative-sticky, roundrobin or range"));
         }
         if self.bus.session_timeout_ms < 1000 {
             return Err(invalid("bus.session_timeout_ms", "must be at least 1000"));

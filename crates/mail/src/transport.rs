@@ -38,9 +38,11 @@ pub struct Accepted {
 /// Why a message was not accepted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
-    /// 4xx, or the relay was unreachable: retry later.
+    /// 4xx, or the relay was unreachable: retry later. `ambiguous` when the
+    /// relay may already have the message (a timeout without a reply, as when
+    /// the answer to the final dot is lost: RFC 1047).
     #[error("transient ({code:?}): {detail}")]
-    Transient { code: Option<u16>, detail: String },
+    Transient { code: Option<u16>, detail: String, ambiguous: bool },
     /// 5xx: do not retry.
     #[error("permanent ({code}): {detail}")]
     Permanent { code: u16, detail: String },
@@ -104,6 +106,7 @@ impl Transport {
                 Err(error) => Err(SendError::Transient {
                     code: None,
                     detail: format!("capture write to {destination} failed: {error}"),
+                    ambiguous: false,
                 }),
             },
             Self::Smtp { transport, destination } => match transport.send(message.clone()).await {
@@ -129,6 +132,8 @@ fn classify(error: &lettre::transport::smtp::Error) -> SendError {
     let code = error.status().map(u16::from);
     match code {
         Some(code) if error.is_permanent() => SendError::Permanent { code, detail: error.to_string() },
-        _ => SendError::Transient { code, detail: error.to_string() },
+        // lettre does not say at which step a session failed; a timeout with no
+        // reply is the RFC 1047 case, so count it as possibly delivered.
+        _ => SendError::Transient { code, detail: error.to_string(), ambiguous: code.is_none() && error.is_timeout() },
     }
 }

@@ -46,6 +46,7 @@ pub fn kafka(config: &Config) -> anyhow::Result<KafkaBus> {
         partitions: config.bus.partitions,
         replication_factor: config.bus.replication_factor,
         session_timeout_ms: config.bus.session_timeout_ms,
+        assignment_strategy: config.bus.assignment_strategy.clone(),
         client_id: sender_id(config),
     })
     .context("bus.url: cannot create the Kafka client")

@@ -21,11 +21,19 @@ struct Attempt {
     code: i32,
     detail: String,
     destination: String,
+    /// The relay may have the message although we got no reply.
+    ambiguous: bool,
 }
 
 impl Attempt {
     fn failed(detail: impl Into<String>) -> Self {
-        Self { outcome: DeliveryOutcome::Failed, code: 0, detail: detail.into(), destination: String::new() }
+        Self {
+            outcome: DeliveryOutcome::Failed,
+            code: 0,
+            detail: detail.into(),
+            destination: String::new(),
+            ambiguous: false,
+        }
     }
 }
 
@@ -68,6 +76,7 @@ impl Sender {
                     code: 0,
                     detail: "already recorded in the send ledger".into(),
                     destination: String::new(),
+                    ambiguous: false,
                 };
                 effects.delivery_events.push(self.event(&job, &attempt, &message_id, 0, false));
                 return Ok(effects);
@@ -135,7 +144,11 @@ impl Sender {
         if attempt.outcome != DeliveryOutcome::Delivered {
             tracing::info!(outcome = outcome_name, code = attempt.code, detail = %attempt.detail, "not delivered");
         }
-        effects.delivery_events.push(self.event(&job, &attempt, &message_id, latency_ms, false));
+        if attempt.ambiguous {
+            self.metrics.sends_ambiguous.inc();
+            tracing::warn!(detail = %attempt.detail, "no reply from the relay: the message may have been delivered and will be retried (counted in sends_ambiguous)");
+        }
+        effects.delivery_events.push(self.event(&job, &attempt, &message_id, latency_ms, attempt.ambiguous));
         Ok(effects)
     }
 
@@ -199,18 +212,21 @@ impl Sender {
                 code: i32::from(accepted.code),
                 detail: accepted.detail,
                 destination: accepted.destination,
+                ambiguous: false,
             },
-            Err(SendError::Transient { code, detail }) => Attempt {
+            Err(SendError::Transient { code, detail, ambiguous }) => Attempt {
                 outcome: DeliveryOutcome::Deferred,
                 code: code.map(i32::from).unwrap_or(0),
                 detail,
                 destination: self.transport.destination().to_owned(),
+                ambiguous,
             },
             Err(SendError::Permanent { code, detail }) => Attempt {
                 outcome: DeliveryOutcome::Failed,
                 code: i32::from(code),
                 detail,
                 destination: self.transport.destination().to_owned(),
+                ambiguous: false,
             },
         })
     }
