@@ -132,6 +132,9 @@ drain_timeout_secs = 30
 lease_secs = ${BROADSIDE_CLUSTER_LEASE_SECS:-15}
 retry_base_secs = ${BROADSIDE_CLUSTER_RETRY_BASE_SECS:-2}
 
+[dispatch]
+reconcile_after_secs = ${BROADSIDE_CLUSTER_RECONCILE_SECS:-30}
+
 [mail]
 token_key = "local-cluster-$(date +%s%N)"
 EOF

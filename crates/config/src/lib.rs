@@ -34,7 +34,23 @@ pub struct Config {
     pub bus: BusConfig,
     pub smtp: SmtpConfig,
     pub sender: SenderConfig,
+    pub dispatch: DispatchConfig,
     pub mail: MailConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// A sending campaign with no delivery progress for this long gets its
+    /// unfinished recipients dispatched again (the send ledger prevents
+    /// double sends). The safety net of the delivery guarantee.
+    pub reconcile_after_secs: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self { reconcile_after_secs: 120 }
+    }
 }
 
 impl Default for Config {
@@ -46,6 +62,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             smtp: SmtpConfig::default(),
             sender: SenderConfig::default(),
+            dispatch: DispatchConfig::default(),
             mail: MailConfig::default(),
         }
     }

@@ -110,6 +110,10 @@ pub trait CampaignStore: Send + Sync {
     ) -> Result<OutcomeRecorded>;
     /// Counts one 4xx deferral.
     async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()>;
+    /// Marks the campaign as having made progress now (after a reconciliation).
+    async fn touch_progress(&self, tenant: &str, campaign_id: &str) -> Result<()>;
+    /// The ids among `subscriber_ids` that have no final outcome in the campaign yet.
+    async fn without_outcome(&self, campaign_id: &str, subscriber_ids: &[String]) -> Result<Vec<String>>;
     /// Campaigns in `state` across tenants, for resuming work after a restart.
     async fn campaigns_in_state(&self, state: CampaignState, limit: usize) -> Result<Vec<Campaign>>;
 }

@@ -137,6 +137,8 @@ pub struct Campaign {
     pub create_time: i64,
     pub start_time: i64,
     pub complete_time: i64,
+    /// Last time a recipient got an outcome or a deferral (or a reconciliation ran).
+    pub progress_time: i64,
 }
 
 /// Final outcome of one recipient.

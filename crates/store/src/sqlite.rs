@@ -60,6 +60,9 @@ CREATE TABLE idempotency (
     r#"
 ALTER TABLE campaigns ADD COLUMN max_messages_per_second REAL NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE campaigns ADD COLUMN progress_time INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Opens a SQLite connection with the pragmas every Broadside connection uses.
@@ -224,6 +227,7 @@ fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
         create_time: row.get("create_time")?,
         start_time: row.get("start_time")?,
         complete_time: row.get("complete_time")?,
+        progress_time: row.get("progress_time")?,
     })
 }
 
@@ -558,8 +562,10 @@ impl CampaignStore for SqliteStore {
             let mut completed_campaign = false;
             if inserted {
                 tx.execute(
-                    &format!("UPDATE campaigns SET {column} = {column} + 1 WHERE tenant = ?1 AND id = ?2"),
-                    params![tenant, id],
+                    &format!(
+                        "UPDATE campaigns SET {column} = {column} + 1, progress_time = ?3 WHERE tenant = ?1 AND id = ?2"
+                    ),
+                    params![tenant, id, now_millis()],
                 )?;
                 completed_campaign = complete_if_finished(tx, &tenant, &id)?;
             }
@@ -572,10 +578,38 @@ impl CampaignStore for SqliteStore {
         let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
         self.tx(move |tx| {
             tx.execute(
-                "UPDATE campaigns SET deferred = deferred + 1 WHERE tenant = ?1 AND id = ?2",
-                params![tenant, id],
+                "UPDATE campaigns SET deferred = deferred + 1, progress_time = ?3 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, now_millis()],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn touch_progress(&self, tenant: &str, campaign_id: &str) -> Result<()> {
+        let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
+        self.tx(move |tx| {
+            tx.execute(
+                "UPDATE campaigns SET progress_time = ?3 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, now_millis()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn without_outcome(&self, campaign_id: &str, subscriber_ids: &[String]) -> Result<Vec<String>> {
+        let (campaign, ids) = (campaign_id.to_owned(), subscriber_ids.to_vec());
+        self.tx(move |tx| {
+            let mut statement =
+                tx.prepare_cached("SELECT 1 FROM campaign_outcomes WHERE campaign_id = ?1 AND subscriber_id = ?2")?;
+            let mut missing = Vec::new();
+            for id in ids {
+                if !statement.exists(params![campaign, id])? {
+                    missing.push(id);
+                }
+            }
+            Ok(missing)
         })
         .await
     }

@@ -48,6 +48,7 @@ fn campaign(tenant: &str, list_id: &str) -> Campaign {
         create_time: now_millis(),
         start_time: 0,
         complete_time: 0,
+        progress_time: 0,
     }
 }
 
@@ -139,6 +140,8 @@ pub async fn outcomes_count_once_and_complete(store: &dyn Store) {
     assert_eq!(first, OutcomeRecorded { recorded: true, completed_campaign: false }, "fan-out not done yet");
     let repeat = store.record_outcome("t4", &id, "s1", Outcome::Delivered).await.unwrap();
     assert!(!repeat.recorded);
+    let missing = store.without_outcome(&id, &["s1".into(), "s2".into()]).await.unwrap();
+    assert_eq!(missing, vec!["s2".to_string()]);
     store.record_outcome("t4", &id, "s2", Outcome::Failed).await.unwrap();
     let done = store.save_fanout("t4", &id, "s2", 1, true).await.unwrap();
     assert_eq!(done.state, CampaignState::Completed);

@@ -114,6 +114,7 @@ impl Node {
                 prefix,
                 metrics.clone(),
                 config.sender.max_age_secs,
+                Duration::from_secs(config.dispatch.reconcile_after_secs),
             );
             routes.add_service(dispatch.template_api().into_service());
             routes.add_service(dispatch.campaign_api().into_service());

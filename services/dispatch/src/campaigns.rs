@@ -70,6 +70,7 @@ impl CampaignApi {
                     create_time: now_millis(),
                     start_time: 0,
                     complete_time: 0,
+                    progress_time: 0,
                 },
                 (!request.request_id.is_empty()).then_some(request.request_id),
             )

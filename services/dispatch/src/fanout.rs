@@ -8,7 +8,7 @@ use std::time::Duration;
 use broadside_bus::{Record, Topic};
 use broadside_proto::convert::{json_to_struct, millis_to_timestamp};
 use broadside_proto::v1::SendJob;
-use broadside_store::{Campaign, CampaignState, PageRequest, now_millis};
+use broadside_store::{Campaign, CampaignState, PageRequest, Subscriber, now_millis};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +25,20 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
         }
         match dispatch.store.campaigns_in_state(CampaignState::Sending, 100).await {
             Ok(campaigns) => {
-                for campaign in campaigns.into_iter().filter(|c| !c.fanout_done) {
-                    if let Err(error) = fan_out(&dispatch, campaign, &shutdown).await {
-                        tracing::warn!(%error, "fan-out interrupted, will resume from the saved cursor");
+                let now = now_millis();
+                for campaign in campaigns {
+                    if !campaign.fanout_done {
+                        if let Err(error) = fan_out(&dispatch, campaign, &shutdown).await {
+                            tracing::warn!(%error, "fan-out interrupted, will resume from the saved cursor");
+                        }
+                        continue;
+                    }
+                    let idle_ms = now - campaign.progress_time.max(campaign.start_time);
+                    let unfinished = campaign.stats.delivered + campaign.stats.failed < campaign.stats.recipients;
+                    if unfinished && idle_ms > dispatch.reconcile_after.as_millis() as i64 {
+                        if let Err(error) = reconcile(&dispatch, &campaign).await {
+                            tracing::warn!(%error, "reconciliation failed, will retry");
+                        }
                     }
                 }
             }
@@ -39,6 +50,76 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
             _ = tokio::time::sleep(IDLE_RECHECK) => {}
         }
     }
+}
+
+/// One recipient's send job.
+fn send_job(campaign: &Campaign, subscriber: &Subscriber, expires_at: i64, traceparent: Option<String>) -> Record {
+    let job = SendJob {
+        tenant: campaign.tenant.clone(),
+        campaign_id: campaign.id.clone(),
+        subscriber_id: subscriber.id.clone(),
+        email: subscriber.email.clone(),
+        display_name: subscriber.display_name.clone(),
+        attributes: Some(json_to_struct(&subscriber.attributes)),
+        template_id: campaign.template_id.clone(),
+        template_version: campaign.template_version,
+        from_address: campaign.from_address.clone(),
+        from_name: campaign.from_name.clone(),
+        reply_to: campaign.reply_to.clone(),
+        list_id: campaign.list_id.clone(),
+        attempt: 1,
+        not_before: None,
+        expires_at: millis_to_timestamp(expires_at),
+        max_messages_per_second: campaign.max_messages_per_second,
+    };
+    Record::event(&subscriber.id, &campaign.tenant, "broadside.v1.SendJob", job.encode_to_vec(), traceparent)
+}
+
+/// Safety net for the delivery guarantee: a fanned-out campaign that has made
+/// no progress for `reconcile_after` gets a fresh send job for every
+/// recipient that still has no outcome. The send ledger makes the repeats
+/// harmless (a finished recipient is reported again, never sent again), so
+/// whatever lost a job or its delivery event, the campaign still completes.
+#[tracing::instrument(skip_all, fields(campaign = %campaign.id), err)]
+async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<()> {
+    let topic = dispatch.topic(Topic::SendJobs);
+    let expires_at = campaign.start_time.max(now_millis()) + dispatch.max_age_ms;
+    let mut token = None;
+    let mut resent = 0_usize;
+    loop {
+        let page = dispatch
+            .store
+            .list_members(&campaign.tenant, &campaign.list_id, true, PageRequest { size: PAGE_SIZE, token })
+            .await?;
+        // Only recipients fanned out before (ids up to the fan-out cursor).
+        let fanned: Vec<&Subscriber> = page.items.iter().filter(|s| s.id <= campaign.fanout_cursor).collect();
+        let ids: Vec<String> = fanned.iter().map(|s| s.id.clone()).collect();
+        let missing = dispatch.store.without_outcome(&campaign.id, &ids).await?;
+        let records: Vec<Record> = fanned
+            .iter()
+            .filter(|s| missing.contains(&s.id))
+            .map(|s| send_job(campaign, s, expires_at, None))
+            .collect();
+        resent += records.len();
+        dispatch.bus.publish(&topic, records).await?;
+        let past_cursor = page.items.last().is_some_and(|s| s.id >= campaign.fanout_cursor);
+        match page.next_token {
+            Some(next) if !past_cursor => token = Some(next),
+            _ => break,
+        }
+    }
+    dispatch.store.touch_progress(&campaign.tenant, &campaign.id).await?;
+    let idle_secs = dispatch.reconcile_after.as_secs();
+    if resent > 0 {
+        tracing::warn!(
+            resent,
+            idle_secs,
+            "campaign made no progress: re-dispatched the recipients that have no outcome yet"
+        );
+    } else {
+        tracing::info!(idle_secs, "campaign made no progress; every fanned-out recipient is in flight");
+    }
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(campaign = %campaign.id), err)]
@@ -55,33 +136,7 @@ async fn fan_out(dispatch: &Dispatch, mut campaign: Campaign, shutdown: &Cancell
         let records: Vec<Record> = page
             .items
             .iter()
-            .map(|subscriber| {
-                let job = SendJob {
-                    tenant: campaign.tenant.clone(),
-                    campaign_id: campaign.id.clone(),
-                    subscriber_id: subscriber.id.clone(),
-                    email: subscriber.email.clone(),
-                    display_name: subscriber.display_name.clone(),
-                    attributes: Some(json_to_struct(&subscriber.attributes)),
-                    template_id: campaign.template_id.clone(),
-                    template_version: campaign.template_version,
-                    from_address: campaign.from_address.clone(),
-                    from_name: campaign.from_name.clone(),
-                    reply_to: campaign.reply_to.clone(),
-                    list_id: campaign.list_id.clone(),
-                    attempt: 1,
-                    not_before: None,
-                    expires_at: millis_to_timestamp(expires_at),
-                    max_messages_per_second: campaign.max_messages_per_second,
-                };
-                Record::event(
-                    &subscriber.id,
-                    &campaign.tenant,
-                    "broadside.v1.SendJob",
-                    job.encode_to_vec(),
-                    traceparent.clone(),
-                )
-            })
+            .map(|subscriber| send_job(&campaign, subscriber, expires_at, traceparent.clone()))
             .collect();
         let added = records.len() as i64;
         dispatch.bus.publish(&topic, records).await?;

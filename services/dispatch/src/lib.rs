@@ -29,18 +29,28 @@ pub struct Dispatch {
     metrics: Metrics,
     /// Expiry of a send job, from the start of its campaign.
     max_age_ms: i64,
+    /// A sending campaign idle this long is reconciled (see `fanout::reconcile`).
+    reconcile_after: std::time::Duration,
     /// Wakes the fan-out worker when a campaign starts.
     fanout_wake: Arc<Notify>,
 }
 
 impl Dispatch {
-    pub fn new(store: DynStore, bus: DynBus, topic_prefix: &str, metrics: Metrics, max_age_secs: u64) -> Self {
+    pub fn new(
+        store: DynStore,
+        bus: DynBus,
+        topic_prefix: &str,
+        metrics: Metrics,
+        max_age_secs: u64,
+        reconcile_after: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             bus,
             topic_prefix: topic_prefix.to_owned(),
             metrics,
             max_age_ms: (max_age_secs * 1000) as i64,
+            reconcile_after,
             fanout_wake: Arc::new(Notify::new()),
         }
     }

@@ -60,7 +60,8 @@ impl DomainBackoff {
             return pause.until; // already paused by a concurrent send
         }
         pause.strikes += 1;
-        let length = base.saturating_mul(1 << pause.strikes.min(10).saturating_sub(1)).min(MAX_PAUSE);
+        // Doubling, but never past 16 × base, so a recovered domain is probed soon.
+        let length = base.saturating_mul(1 << pause.strikes.min(5).saturating_sub(1)).min(base * 16).min(MAX_PAUSE);
         pause.until = now + length.mul_f64(0.8 + jitter() * 0.4);
         pause.probing = false;
         tracing::info!(
