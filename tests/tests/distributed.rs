@@ -65,8 +65,6 @@ fn sigkill_of_one_sender_loses_nothing_and_bounds_duplicates() {
 }
 
 #[test]
-#[ignore = "known bug: against tansu 0.6 a rolling restart of 3 senders left ~1% of 10,000 recipients unsent \
-            (never claimed; no errors logged). Run with --run-ignored to reproduce; see the Kafka issue's notes."]
 fn rolling_restart_of_every_sender_loses_and_repeats_nothing() {
     let result = run(&["--senders", "3", "--restart-each"]);
     assert_eq!(result["lost"], 0.0);
