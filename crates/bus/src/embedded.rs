@@ -194,11 +194,7 @@ impl Consumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, done: &[Delivered]) -> Result<()> {
-        let mut next: HashMap<(String, u32), i64> = HashMap::new();
-        for delivered in done {
-            let entry = next.entry((delivered.topic.clone(), delivered.partition)).or_insert(0);
-            *entry = (*entry).max(delivered.offset + 1);
-        }
+        let next = next_offsets(done);
         if next.is_empty() {
             return Ok(());
         }

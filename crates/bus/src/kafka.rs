@@ -6,7 +6,6 @@
 //! the caller's effects, cooperative-sticky assignment so a rebalance moves
 //! only the partitions that must move.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -238,11 +237,7 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn commit(&mut self, done: &[Delivered]) -> Result<()> {
-        let mut next: HashMap<(String, u32), i64> = HashMap::new();
-        for delivered in done {
-            let entry = next.entry((delivered.topic.clone(), delivered.partition)).or_insert(0);
-            *entry = (*entry).max(delivered.offset + 1);
-        }
+        let next = next_offsets(done);
         if next.is_empty() {
             return Ok(());
         }

@@ -126,6 +126,17 @@ pub trait Consumer: Send {
     fn assigned_share(&self) -> (u32, u32);
 }
 
+/// The offset to commit per (topic, partition) after `done`: one past the
+/// highest offset processed in each.
+pub(crate) fn next_offsets(done: &[Delivered]) -> std::collections::HashMap<(String, u32), i64> {
+    let mut next = std::collections::HashMap::new();
+    for delivered in done {
+        let entry = next.entry((delivered.topic.clone(), delivered.partition)).or_insert(0);
+        *entry = (*entry).max(delivered.offset + 1);
+    }
+    next
+}
+
 /// Stable partition of `key` among `partitions` (FNV-1a).
 pub fn partition_for(key: &str, partitions: u32) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -62,7 +62,7 @@ impl DomainBackoff {
         pause.strikes += 1;
         // Doubling, but never past 16 × base, so a recovered domain is probed soon.
         let length = base.saturating_mul(1 << pause.strikes.min(5).saturating_sub(1)).min(base * 16).min(MAX_PAUSE);
-        pause.until = now + length.mul_f64(0.8 + jitter() * 0.4);
+        pause.until = now + length.mul_f64(0.8 + crate::retry::rand_fraction() * 0.4);
         pause.probing = false;
         tracing::info!(
             domain,
@@ -80,12 +80,6 @@ impl DomainBackoff {
             tracing::info!(domain, "destination accepts again, resuming");
         }
     }
-}
-
-fn jitter() -> f64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    f64::from(nanos % 1000) / 1000.0
 }
 
 /// The lowercased domain of an address.

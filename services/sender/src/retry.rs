@@ -17,7 +17,8 @@ pub(crate) fn backoff(base: Duration, attempt: i32) -> Duration {
     doubled.mul_f64(0.8 + rand_fraction() * 0.4)
 }
 
-fn rand_fraction() -> f64 {
+/// A cheap fraction in [0, 1) for jitter (not for anything secret).
+pub(crate) fn rand_fraction() -> f64 {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     f64::from(nanos % 1000) / 1000.0
