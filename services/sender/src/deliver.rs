@@ -63,6 +63,14 @@ impl Sender {
             effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + wait_ms));
             return Ok(effects);
         }
+        // The ledger lets an owner take over its own claims (a restarted
+        // replica). Within one process that would allow two concurrent sends of
+        // a redelivered job, so a recipient already in flight here waits.
+        let Some(_in_flight) = InFlight::enter(&self.in_flight, &job) else {
+            self.metrics.count_send("postponed_in_flight");
+            effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));
+            return Ok(effects);
+        };
         // Pace before claiming, so a throttled job never holds a lease while it waits.
         self.throttle.acquire(&job.campaign_id, job.max_messages_per_second).await;
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
@@ -265,6 +273,26 @@ impl Sender {
             retry.encode_to_vec(),
             broadside_telemetry::current_traceparent(),
         )
+    }
+}
+
+/// Marks a recipient as being sent by this process until dropped.
+struct InFlight {
+    set: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn enter(set: &crate::InFlightSet, job: &SendJob) -> Option<InFlight> {
+        let key = (job.campaign_id.clone(), job.subscriber_id.clone());
+        let inserted = set.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+        inserted.then(|| InFlight { set: set.clone(), key })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 

@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// Template versions by (tenant, id); versions are immutable, so entries never go stale.
 type TemplateCache = HashMap<(String, String), Arc<Template>>;
 
+/// (campaign, subscriber) pairs this process is sending right now.
+type InFlightSet = Arc<Mutex<std::collections::HashSet<(String, String)>>>;
+
 /// Settings of one sender replica.
 #[derive(Clone, Debug)]
 pub struct SenderSettings {
@@ -55,6 +58,7 @@ pub struct Sender {
     templates: Arc<Mutex<TemplateCache>>,
     throttle: Arc<throttle::Throttle>,
     domains: Arc<domains::DomainBackoff>,
+    in_flight: InFlightSet,
 }
 
 /// What handling one job produced: events to publish before committing.
@@ -84,6 +88,7 @@ impl Sender {
             templates: Arc::default(),
             throttle: Arc::default(),
             domains: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
