@@ -140,7 +140,8 @@ LOST=$((RECIPIENTS - UNIQUE))
 RATE_MEASURED=$(python3 -c "print(f'{$UNIQUE / max($SECONDS_TAKEN, 0.001):.0f}')")
 
 if [ "$CEILING" = 1 ]; then
-  SIZE=$(find "$SINK_DIR" -type f | head -50 | xargs cat | wc -c); SIZE=$((SIZE / 50))
+  # Average size of our messages at the receiver (pipefail-safe: head closes the pipe early).
+  SIZE=$( (find "$SINK_DIR" -type f | head -50 | xargs cat | wc -c) || true); SIZE=$((SIZE / 50))
   c_started=$(now)
   /usr/sbin/smtp-source -d -s 32 -m "$RECIPIENTS" -l "$SIZE" -f bench@localhost -t sink@localhost "127.0.0.1:$SINK_PORT"
   CEILING_RATE=$(python3 -c "print(f'{$RECIPIENTS / ($(now) - $c_started):.0f}')")
