@@ -76,6 +76,9 @@ if [ "$FAULT" = defer ]; then
 fi
 
 "$CLUSTER" up --senders "$SENDERS" --smtp "$SMTP_URL" >&2
+# The subscribers node wrote the default tenant's admin key on its first start.
+BROADSIDE_API_KEY="$(cat "$BROADSIDE_CLUSTER_DIR/data/admin.key")"
+export BROADSIDE_API_KEY
 SUBS="--server http://127.0.0.1:$((BROADSIDE_CLUSTER_PORT_BASE + 1))"
 DISPATCH="--server http://127.0.0.1:$((BROADSIDE_CLUSTER_PORT_BASE + 3))"
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["subscribers", "templates", "campaigns", "segments", "feedback", "events"]
+    let files = ["access", "subscribers", "templates", "campaigns", "segments", "feedback", "events"]
         .map(|name| root.join(format!("broadside/v1/{name}.proto")));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -7,22 +7,31 @@ pub mod smtp_sink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use broadside::client::{Authed, ClientArgs};
 use broadside::{Node, Role};
 use broadside_config::Config;
 use broadside_proto::v1::campaign_service_client::CampaignServiceClient;
 use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
 use broadside_proto::v1::template_service_client::TemplateServiceClient;
 use broadside_proto::v1::*;
-use tonic::transport::Channel;
 
-/// A node over a data dir, with clients. The data dir outlives restarts.
+/// A node over a data dir, with clients authenticated by the bootstrap admin
+/// key of the `default` tenant. The data dir outlives restarts.
 pub struct Sandbox {
     pub node: Option<Node>,
     pub data_dir: PathBuf,
     pub config: Config,
-    pub subscribers: SubscriberServiceClient<Channel>,
-    pub templates: TemplateServiceClient<Channel>,
-    pub campaigns: CampaignServiceClient<Channel>,
+    /// The `default` tenant's admin key.
+    pub api_key: String,
+    pub subscribers: SubscriberServiceClient<Authed>,
+    pub templates: TemplateServiceClient<Authed>,
+    pub campaigns: CampaignServiceClient<Authed>,
+}
+
+/// An authenticated channel to `node` with `key`.
+pub async fn authed(node: &Node, key: &str) -> anyhow::Result<Authed> {
+    broadside::client::connect(&ClientArgs { server: node.grpc_url(), api_key: Some(key.to_owned()), config: None })
+        .await
 }
 
 /// A configuration for tests: embedded defaults in `data_dir`, ports 0.
@@ -30,6 +39,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config { data_dir: data_dir.to_owned(), ..Config::default() };
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.http_addr = "127.0.0.1:0".parse().unwrap();
     config.sender.id = Some("test-sender".into());
     config.sender.drain_timeout_secs = 10;
     config
@@ -41,9 +51,11 @@ impl Sandbox {
         broadside_telemetry::init_for_tests();
         config.validate()?;
         let node = Node::start(&config, &Role::ALL).await?;
-        let channel = Channel::from_shared(node.grpc_url())?.connect().await?;
+        let api_key = std::fs::read_to_string(broadside::bootstrap::key_path(&config.data_dir))?.trim().to_owned();
+        let channel = authed(&node, &api_key).await?;
         Ok(Sandbox {
             data_dir: config.data_dir.clone(),
+            api_key,
             config,
             subscribers: SubscriberServiceClient::new(channel.clone()),
             templates: TemplateServiceClient::new(channel.clone()),
@@ -98,7 +110,7 @@ impl Sandbox {
         };
         Ok(self
             .subscribers
-            .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: String::new() })
+            .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), ..Default::default() })
             .await?
             .into_inner())
     }
@@ -169,6 +181,7 @@ pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> 
                 id: list_id.clone(),
                 display_name: "bulk".into(),
                 description: String::new(),
+                opt_in: OptIn::Single,
                 create_time: now_millis(),
             },
             None,
@@ -187,9 +200,11 @@ pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> 
                     attributes,
                     status: SubscriberStatus::Active,
                     lists: vec![list_id.clone()],
+                    subscriptions: Vec::new(),
                     create_time: 0,
                     update_time: 0,
                 },
+                UpsertOptions::default(),
                 None,
             )
             .await?;

@@ -30,8 +30,15 @@ fn demo_sends_to_every_sample_subscriber_exactly_once() {
 }
 
 /// Runs a client subcommand and returns its stdout; panics with stderr on failure.
-fn cli(server: &str, args: &[&str]) -> String {
-    let output = Command::new(broadside_binary()).arg("--server").arg(server).args(args).output().unwrap();
+/// The client finds the admin key the first `serve` wrote into `data_dir`.
+fn cli(server: &str, data_dir: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new(broadside_binary())
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env("BROADSIDE__DATA_DIR", data_dir)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "broadside {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
@@ -54,6 +61,7 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
         .env("BROADSIDE__DATA_DIR", dir.path())
         .env("BROADSIDE__SERVER__GRPC_ADDR", format!("127.0.0.1:{port}"))
         .env("BROADSIDE__SERVER__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("BROADSIDE__SERVER__HTTP_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -63,11 +71,12 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
     wait_for_port(port);
     let server = format!("http://127.0.0.1:{port}");
 
-    let list = cli(&server, &["lists", "create", "Friends"]);
+    let list = cli(&server, dir.path(), &["lists", "create", "Friends"]);
     let list = list.split('\t').next().unwrap().trim().to_owned();
     for (email, name) in [("ada@example.com", "Ada"), ("alan@example.org", "Alan"), ("grace@example.net", "Grace")] {
         cli(
             &server,
+            dir.path(),
             &[
                 "subscribers",
                 "add",
@@ -83,10 +92,11 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
             ],
         );
     }
-    let listed = cli(&server, &["subscribers", "list", "--list", &list]);
+    let listed = cli(&server, dir.path(), &["subscribers", "list", "--list", &list]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     let template = cli(
         &server,
+        dir.path(),
         &[
             "templates",
             "create",
@@ -97,11 +107,14 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
         ],
     );
     let template = template.split('\t').next().unwrap().trim().to_owned();
-    let campaign =
-        cli(&server, &["campaigns", "create", "--template", &template, "--list", &list, "--from", "news@example.com"]);
+    let campaign = cli(
+        &server,
+        dir.path(),
+        &["campaigns", "create", "--template", &template, "--list", &list, "--from", "news@example.com"],
+    );
     let campaign = campaign.split('\t').next().unwrap().trim().to_owned();
-    cli(&server, &["campaigns", "start", &campaign]);
-    let waited = cli(&server, &["campaigns", "get", &campaign, "--wait"]);
+    cli(&server, dir.path(), &["campaigns", "start", &campaign]);
+    let waited = cli(&server, dir.path(), &["campaigns", "get", &campaign, "--wait"]);
     assert!(waited.trim_end().ends_with("state=completed recipients=3 delivered=3 failed=0 deferred=0"), "{waited}");
 
     let messages = broadside_tests::read_messages(&dir.path().join("outbox")).unwrap();
@@ -111,6 +124,7 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
     // Bad input through the CLI: plain message naming the field, non-zero exit.
     let refused = Command::new(broadside_binary())
         .args(["--server", &server, "subscribers", "add", "not-an-address", "--list", &list])
+        .env("BROADSIDE__DATA_DIR", dir.path())
         .output()
         .unwrap();
     assert!(!refused.status.success());

@@ -16,6 +16,7 @@ struct Serve {
     child: Child,
     grpc: u16,
     admin: u16,
+    data_dir: std::path::PathBuf,
 }
 
 impl Drop for Serve {
@@ -32,6 +33,7 @@ fn serve(data_dir: &std::path::Path) -> Serve {
         .env("BROADSIDE__DATA_DIR", data_dir)
         .env("BROADSIDE__SERVER__GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("BROADSIDE__SERVER__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("BROADSIDE__SERVER__HTTP_ADDR", "127.0.0.1:0")
         .env("BROADSIDE__SENDER__ID", "crash-test")
         .env("BROADSIDE__SENDER__CONCURRENCY", "16")
         .stdout(Stdio::null())
@@ -43,11 +45,22 @@ fn serve(data_dir: &std::path::Path) -> Serve {
         assert!(Instant::now() < deadline, "serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Serve { child, grpc, admin }
+    Serve { child, grpc, admin, data_dir: data_dir.to_owned() }
 }
 
-async fn client(serve: &Serve) -> CampaignServiceClient<tonic::transport::Channel> {
-    CampaignServiceClient::connect(format!("http://127.0.0.1:{}", serve.grpc)).await.unwrap()
+async fn client(serve: &Serve) -> CampaignServiceClient<broadside::client::Authed> {
+    CampaignServiceClient::new(authed(serve).await)
+}
+
+/// A channel with the admin key the first start wrote into the data dir.
+async fn authed(serve: &Serve) -> broadside::client::Authed {
+    let key = std::fs::read_to_string(broadside::bootstrap::key_path(&serve.data_dir)).unwrap();
+    let args = broadside::client::ClientArgs {
+        server: format!("http://127.0.0.1:{}", serve.grpc),
+        api_key: Some(key),
+        config: None,
+    };
+    broadside::client::connect(&args).await.unwrap()
 }
 
 fn metric(admin: u16, name: &str) -> f64 {
@@ -70,12 +83,7 @@ async fn sigkill_mid_campaign_loses_nobody_and_counts_possible_duplicates() {
     let first = serve(dir.path());
     let mut sandbox_template = simple_template();
     sandbox_template.display_name = "crash".into();
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", first.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut templates = broadside_proto::v1::template_service_client::TemplateServiceClient::new(channel.clone());
+    let mut templates = broadside_proto::v1::template_service_client::TemplateServiceClient::new(authed(&first).await);
     let template = templates
         .create_template(CreateTemplateRequest { template: Some(sandbox_template), request_id: String::new() })
         .await

@@ -76,7 +76,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     let list = sandbox.create_list("Readers").await.unwrap();
     let create = |email: &str, name: &str, lists: Vec<String>| CreateSubscriberRequest {
         subscriber: Some(Subscriber { email: email.into(), display_name: name.into(), lists, ..Default::default() }),
-        request_id: String::new(),
+        ..Default::default()
     };
     use tonic::Code::*;
     let subs = &mut sandbox.subscribers;

@@ -103,6 +103,17 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
+    async fn erase_key(&self, key: &str) -> Result<u64> {
+        let key = key.to_owned();
+        self.run(move |conn| {
+            Ok(conn.execute(
+                "UPDATE bus_log SET payload = x'', headers = '' WHERE key = ?1 AND length(payload) > 0",
+                params![key],
+            )? as u64)
+        })
+        .await
+    }
+
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
         let mut consumer = EmbeddedConsumer {
             bus: self.clone(),
@@ -167,6 +178,9 @@ impl EmbeddedConsumer {
         for delivered in &batch {
             self.positions.insert((delivered.topic.clone(), delivered.partition), delivered.offset + 1);
         }
+        // Records blanked by an erasure are passed over (their offsets are consumed).
+        let mut batch = batch;
+        batch.retain(|delivered| !delivered.record.payload.is_empty());
         Ok(batch)
     }
 }

@@ -111,6 +111,11 @@ impl KafkaBus {
 
 #[async_trait]
 impl Bus for KafkaBus {
+    async fn erase_key(&self, key: &str) -> Result<u64> {
+        tracing::info!(%key, "kafka records cannot be rewritten: erased data ages out with topic retention");
+        Ok(0)
+    }
+
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<()> {
         let sends = records.iter().map(|record| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());

@@ -110,6 +110,11 @@ pub trait Bus: Send + Sync {
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
     /// Partitions per topic.
     fn partitions(&self) -> u32;
+    /// Blanks the payload of every retained record with `key` (erasure of
+    /// personal data); offsets stay, consumers skip blanked records. Returns
+    /// how many were blanked. Kafka cannot rewrite its log: there, records
+    /// age out with the topics' retention, which is documented as the bound.
+    async fn erase_key(&self, key: &str) -> Result<u64>;
 }
 
 /// A member of a consumer group.

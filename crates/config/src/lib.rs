@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// Health, readiness and Prometheus `/metrics`.
     pub admin_addr: SocketAddr,
+    /// Public HTTP for people: double opt-in confirmation (and, with the
+    /// feedback role, unsubscribe and tracking). `mail.public_url` must reach it.
+    pub http_addr: SocketAddr,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
             admin_addr: "127.0.0.1:9464".parse().expect("valid literal"),
+            http_addr: "127.0.0.1:8080".parse().expect("valid literal"),
         }
     }
 }
@@ -205,6 +209,8 @@ pub struct MailConfig {
     pub public_url: String,
     /// Domain for List-Id, Message-ID and the List-Unsubscribe mailto address.
     pub domain: String,
+    /// From address of double opt-in confirmation messages. Default: `lists@{domain}`.
+    pub confirm_from: Option<String>,
     /// Key id written into tokens, so keys can rotate.
     pub token_key_id: String,
     /// HMAC key for unsubscribe and tracking tokens. Default: generated once
@@ -217,6 +223,7 @@ impl Default for MailConfig {
         Self {
             public_url: "http://127.0.0.1:8080".into(),
             domain: "broadside.localhost".into(),
+            confirm_from: None,
             token_key_id: "k1".into(),
             token_key: None,
         }

@@ -34,6 +34,35 @@ pub fn validate_address(field: &str, email: &str) -> Result<lettre::Address, Mai
         .map_err(|error| MailError::invalid(field, format!("{email:?} is not a valid address: {error}")))
 }
 
+/// Normalizes and validates an address: trims it, lowercases the domain and
+/// converts an internationalized domain to punycode (IDNA/UTS 46), keeps the
+/// local part as given (RFC 5321 says only the receiving host may interpret
+/// it), then checks RFC 5321 syntax and lengths. Errors say why.
+pub fn normalize_address(field: &str, email: &str) -> Result<String, MailError> {
+    check_header_value(field, email)?;
+    let email = email.trim();
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return Err(MailError::invalid(field, format!("{email:?} has no '@'")));
+    };
+    if !local.is_ascii() {
+        return Err(MailError::invalid(
+            field,
+            format!(
+                "{email:?} has a non-ASCII local part, which needs SMTPUTF8 (RFC 6531); Broadside sends ASCII addresses only"
+            ),
+        ));
+    }
+    let domain = idna::domain_to_ascii(domain).map_err(|_| {
+        MailError::invalid(field, format!("{email:?} has a domain that is not a valid (international) domain name"))
+    })?;
+    if !domain.contains('.') {
+        return Err(MailError::invalid(field, format!("{email:?} needs a fully qualified domain (like example.com)")));
+    }
+    let normalized = format!("{local}@{domain}");
+    validate_address(field, &normalized)?;
+    Ok(normalized)
+}
+
 /// Rejects CR, LF and NUL in any value that becomes part of a header, so no
 /// input can add a header or end the message early.
 pub fn check_header_value(field: &str, value: &str) -> Result<(), MailError> {
@@ -65,6 +94,16 @@ mod tests {
         assert!(validate_address("email", &long_label).is_err());
         let long_total = format!("a@{}.com", vec!["c".repeat(60); 5].join("."));
         assert!(validate_address("email", &long_total).is_err());
+    }
+
+    #[test]
+    fn normalizes_domains_to_lowercase_punycode_and_keeps_the_local_part() {
+        assert_eq!(normalize_address("email", " Ada.L@Example.COM ").unwrap(), "Ada.L@example.com");
+        assert_eq!(normalize_address("email", "ada@Bücher.Example").unwrap(), "ada@xn--bcher-kva.example");
+        let non_ascii = normalize_address("email", "jörg@example.com").unwrap_err();
+        assert!(non_ascii.to_string().contains("SMTPUTF8"), "{non_ascii}");
+        assert!(normalize_address("email", "ada@localhost").unwrap_err().to_string().contains("fully qualified"));
+        assert!(normalize_address("email", "ada@exa_mple..com").is_err());
     }
 
     #[test]

@@ -20,7 +20,14 @@ pub struct UnsubscribeClaims {
     pub list_id: String,
     #[serde(rename = "c")]
     pub campaign_id: String,
+    /// What the token is for: empty for unsubscribe, `confirm` for double
+    /// opt-in links, so one kind can never be used as the other.
+    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty")]
+    pub purpose: String,
 }
+
+/// The purpose of double opt-in confirmation tokens.
+pub const PURPOSE_CONFIRM: &str = "confirm";
 
 /// Signs and verifies tokens of the form `KEYID.PAYLOAD.SIGNATURE` (base64url).
 #[derive(Clone)]
@@ -85,6 +92,7 @@ mod tests {
             subscriber_id: "s".into(),
             list_id: "l".into(),
             campaign_id: "c".into(),
+            purpose: String::new(),
         }
     }
 

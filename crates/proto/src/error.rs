@@ -16,6 +16,12 @@ pub enum ServiceError {
     /// The resource already exists.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// No credentials, or credentials that are not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the scope the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Part of the API that a later release implements.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -40,6 +46,8 @@ impl ServiceError {
             Self::NotFound(_) => tonic::Code::NotFound,
             Self::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
             Self::AlreadyExists(_) => tonic::Code::AlreadyExists,
+            Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Self::Unimplemented(_) => tonic::Code::Unimplemented,
             Self::Unavailable(_) => tonic::Code::Unavailable,
             Self::Internal(_) => tonic::Code::Internal,

@@ -10,6 +10,7 @@ mod sqlite;
 #[doc(hidden)]
 pub mod suite;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,26 +50,100 @@ pub trait ListStore: Send + Sync {
     async fn delete_list(&self, tenant: &str, list_id: &str) -> Result<bool>;
 }
 
-/// Subscribers by (tenant, id), unique by (tenant, normalized email), and
-/// memberships by (tenant, list) and (tenant, subscriber).
+/// Subscribers by (tenant, id), unique by (tenant, normalized email);
+/// memberships by (tenant, list) and (tenant, subscriber); the consent
+/// ledger by (tenant, subscriber), clustered by time.
 #[async_trait]
 pub trait SubscriberStore: Send + Sync {
     /// Creates the subscriber, or updates the one with the same normalized
-    /// email, and adds it to `subscriber.lists`. Every list must exist
-    /// (`NotFound` otherwise, and nothing is written). Returns the stored
-    /// subscriber and whether it was created.
-    async fn upsert_subscriber(&self, subscriber: Subscriber, request_id: Option<String>)
-    -> Result<(Subscriber, bool)>;
+    /// email (per `options.mode`), and joins `subscriber.lists`: confirmed at
+    /// once on single opt-in lists, unconfirmed on double opt-in ones. Every
+    /// list must exist (`NotFound` otherwise, and nothing is written). Each
+    /// new subscription is recorded in the consent ledger.
+    async fn upsert_subscriber(
+        &self,
+        subscriber: Subscriber,
+        options: UpsertOptions,
+        request_id: Option<String>,
+    ) -> Result<Upserted>;
     async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>>;
+    async fn find_subscriber(&self, tenant: &str, email: &str) -> Result<Option<Subscriber>>;
     async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>>;
-    /// Members of one list in id order; `active_only` skips unsubscribed and suppressed.
+    /// Members of one list in id order. `sendable_only` keeps only active
+    /// subscribers with a confirmed membership and no suppression (tenant-wide,
+    /// for this list, or for their domain).
     async fn list_members(
         &self,
         tenant: &str,
         list_id: &str,
-        active_only: bool,
+        sendable_only: bool,
         page: PageRequest,
     ) -> Result<Page<Subscriber>>;
+    /// Changes name, attributes (replaced) or status; `None` leaves a field alone.
+    async fn update_subscriber(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+        update: SubscriberUpdate,
+    ) -> Result<Option<Subscriber>>;
+    /// Sets one membership's status and records the consent action it implies.
+    /// Returns `None` when the subscriber or membership does not exist.
+    async fn set_subscription(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+        list_id: &str,
+        status: SubscriptionStatus,
+        consent: ConsentContext,
+    ) -> Result<Option<Subscriber>>;
+    /// The consent ledger of one subscriber, oldest first.
+    async fn consent_records(&self, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>>;
+    /// Normalized emails among `emails` that already belong to a subscriber.
+    async fn existing_emails(&self, tenant: &str, emails: Vec<String>) -> Result<HashSet<String>>;
+    /// Upserts a batch of import rows into `job.list_id` in one transaction and,
+    /// when `job.request_id` is set, records the job's progress with it, so a
+    /// crash never leaves a batch half written and a re-run resumes after it.
+    async fn import_batch(
+        &self,
+        tenant: &str,
+        job: ImportJob,
+        rows: Vec<ImportRow>,
+        options: UpsertOptions,
+    ) -> Result<(Vec<ImportedRow>, ImportJob)>;
+    async fn import_job(&self, tenant: &str, request_id: &str) -> Result<Option<ImportJob>>;
+    /// Everything held about one subscriber (GDPR art. 15/20).
+    async fn export_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<SubscriberExport>>;
+    /// Deletes the subscriber's personal data everywhere in the store and
+    /// leaves a tenant-wide `erased` suppression by hash. Returns the hash, or
+    /// `None` when there was no such subscriber.
+    async fn erase_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<String>>;
+}
+
+/// Suppressions by (tenant, email hash, list).
+#[async_trait]
+pub trait SuppressionStore: Send + Sync {
+    /// Adds or replaces a suppression.
+    async fn add_suppression(&self, suppression: Suppression) -> Result<Suppression>;
+    /// Returns false when there was none.
+    async fn remove_suppression(&self, tenant: &str, email_hash: &str, list_id: &str) -> Result<bool>;
+    /// Keyset-paged by (hash, list).
+    async fn list_suppressions(&self, tenant: &str, page: PageRequest) -> Result<Page<Suppression>>;
+    /// Every suppression whose hash is one of `hashes`.
+    async fn suppressions_for(&self, tenant: &str, hashes: Vec<String>) -> Result<Vec<Suppression>>;
+}
+
+/// Tenants and their API keys.
+#[async_trait]
+pub trait AccessStore: Send + Sync {
+    /// `Conflict` when the id is taken.
+    async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant>;
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    async fn create_api_key(&self, key: ApiKey) -> Result<()>;
+    async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKey>>;
+    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>>;
+    /// Returns false when the tenant has no such key (or it was already revoked).
+    async fn revoke_api_key(&self, tenant: &str, key_id: &str) -> Result<bool>;
 }
 
 /// Templates and campaigns by (tenant, id); outcomes by (campaign, subscriber).
@@ -139,13 +214,13 @@ pub trait SendLedger: Send + Sync {
 }
 
 /// Everything a role may need from the store.
-pub trait Store: ListStore + SubscriberStore + CampaignStore + SendLedger {}
-impl<T: ListStore + SubscriberStore + CampaignStore + SendLedger> Store for T {}
+pub trait Store: ListStore + SubscriberStore + SuppressionStore + AccessStore + CampaignStore + SendLedger {}
+impl<T: ListStore + SubscriberStore + SuppressionStore + AccessStore + CampaignStore + SendLedger> Store for T {}
 
 /// Shared handle to the configured store backend.
 pub type DynStore = Arc<dyn Store>;
 
-/// Tenant used until API keys arrive; every key already includes the tenant.
+/// The tenant `demo` and a first single-node `serve` create.
 pub const DEFAULT_TENANT: &str = "default";
 
 impl From<StoreError> for broadside_proto::ServiceError {

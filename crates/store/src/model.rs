@@ -1,5 +1,6 @@
 //! Plain records the store keeps. Times are Unix milliseconds.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Keyset paging: `token` is the last id of the previous page.
@@ -30,33 +31,91 @@ pub struct Page<T> {
     pub next_token: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MailingList {
     pub tenant: String,
     pub id: String,
     pub display_name: String,
     pub description: String,
+    pub opt_in: OptIn,
     pub create_time: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether joining a list needs a confirmed click (double opt-in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptIn {
+    Single = 1,
+    Double = 2,
+}
+
+impl OptIn {
+    pub fn from_i64(value: i64) -> Self {
+        if value == 2 { Self::Double } else { Self::Single }
+    }
+}
+
+/// Tenant-wide state of a subscriber. Only `Active` subscribers get campaigns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SubscriberStatus {
     Active = 1,
     Unsubscribed = 2,
-    Suppressed = 3,
+    Bounced = 3,
+    Complained = 4,
+    Blocklisted = 5,
 }
 
 impl SubscriberStatus {
     pub fn from_i64(value: i64) -> Self {
         match value {
             2 => Self::Unsubscribed,
-            3 => Self::Suppressed,
+            3 => Self::Bounced,
+            4 => Self::Complained,
+            5 => Self::Blocklisted,
             _ => Self::Active,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Unsubscribed => "unsubscribed",
+            Self::Bounced => "bounced",
+            Self::Complained => "complained",
+            Self::Blocklisted => "blocklisted",
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// State of one list membership. Campaigns go to `Confirmed` members only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Unconfirmed = 1,
+    Confirmed = 2,
+    Unsubscribed = 3,
+}
+
+impl SubscriptionStatus {
+    pub fn from_i64(value: i64) -> Self {
+        match value {
+            1 => Self::Unconfirmed,
+            3 => Self::Unsubscribed,
+            _ => Self::Confirmed,
+        }
+    }
+}
+
+/// One list membership of a subscriber.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subscription {
+    pub list_id: String,
+    pub status: SubscriptionStatus,
+    pub update_time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Subscriber {
     pub tenant: String,
     pub id: String,
@@ -64,15 +123,269 @@ pub struct Subscriber {
     pub display_name: String,
     pub attributes: Map<String, Value>,
     pub status: SubscriberStatus,
-    /// List ids this subscriber belongs to (on upsert: lists to join).
+    /// On upsert: list ids to join. On read: lists not unsubscribed from.
     pub lists: Vec<String>,
+    /// On read: every membership with its status.
+    pub subscriptions: Vec<Subscription>,
     pub create_time: i64,
     pub update_time: i64,
 }
 
 /// The key subscribers are unique by: the address, trimmed and lowercased.
+/// (Stored addresses keep the local part's case; see `broadside_mail::address::normalize`.)
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
+}
+
+/// SHA-256 (hex) of a unique key: an address's [`normalize_email`] form or
+/// `@domain`. Suppressions are kept by this hash so an erased address can
+/// stay suppressed without being stored.
+pub fn email_hash(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(normalize_email(key).as_bytes()))
+}
+
+/// The hash of the `@domain` of an address, for domain-wide suppressions.
+pub fn domain_hash(email: &str) -> String {
+    let domain = email.rsplit_once('@').map_or("", |(_, domain)| domain);
+    email_hash(&format!("@{domain}"))
+}
+
+/// Who consented how: recorded with every subscribe, confirm and unsubscribe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConsentContext {
+    /// `api`, `import`, `confirm_link`, `one_click`, ...
+    pub source: String,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentAction {
+    Subscribe,
+    Confirm,
+    Unsubscribe,
+}
+
+impl ConsentAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Confirm => "confirm",
+            Self::Unsubscribe => "unsubscribe",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "confirm" => Self::Confirm,
+            "unsubscribe" => Self::Unsubscribe,
+            _ => Self::Subscribe,
+        }
+    }
+}
+
+/// One entry of the append-only consent ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsentRecord {
+    pub subscriber_id: String,
+    pub time: i64,
+    pub action: ConsentAction,
+    pub list_id: String,
+    #[serde(flatten)]
+    pub context: ConsentContext,
+}
+
+/// How an upsert treats an existing subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpsertMode {
+    /// Update name and merge attributes.
+    #[default]
+    Upsert,
+    /// Leave the existing subscriber's data as it is (memberships are still added).
+    SkipExisting,
+}
+
+/// Options of [`crate::SubscriberStore::upsert_subscriber`].
+#[derive(Debug, Clone, Default)]
+pub struct UpsertOptions {
+    pub mode: UpsertMode,
+    /// Re-subscribe lists the subscriber had unsubscribed from (an explicit
+    /// request by the person); imports never do.
+    pub resubscribe: bool,
+    pub consent: ConsentContext,
+}
+
+/// Result of an upsert.
+#[derive(Debug, Clone)]
+pub struct Upserted {
+    pub subscriber: Subscriber,
+    pub created: bool,
+    /// False when `SkipExisting` left an existing subscriber untouched.
+    pub changed: bool,
+    /// Lists joined in this call that wait for a double opt-in confirmation.
+    pub pending_confirmation: Vec<String>,
+}
+
+/// One parsed row of an import, with its 1-based line in the file.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub line: u64,
+    pub subscriber: Subscriber,
+}
+
+/// The result of one imported row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedRow {
+    pub line: u64,
+    pub subscriber_id: String,
+    pub created: bool,
+    pub changed: bool,
+    /// Membership status in the import's list.
+    pub status: SubscriptionStatus,
+    /// The subscriber's stored state after the row, for state-carrying events.
+    pub email: String,
+    pub display_name: String,
+    pub attributes: Map<String, Value>,
+    pub subscriber_status: SubscriberStatus,
+}
+
+/// Fields [`crate::SubscriberStore::update_subscriber`] may change.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriberUpdate {
+    pub display_name: Option<String>,
+    pub attributes: Option<Map<String, Value>>,
+    pub status: Option<SubscriberStatus>,
+}
+
+/// Progress of an import under one request id, so a re-run resumes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct ImportJob {
+    pub request_id: String,
+    pub list_id: String,
+    /// Every line up to here is committed.
+    pub lines_done: u64,
+    pub imported: i64,
+    pub updated: i64,
+    pub skipped: i64,
+    pub rejected: i64,
+    /// The first rejections (capped), `line N: reason`.
+    pub errors: Vec<String>,
+    pub done: bool,
+}
+
+/// Why an address must not be mailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionReason {
+    HardBounce,
+    Complaint,
+    Unsubscribe,
+    Manual,
+    Erased,
+}
+
+impl SuppressionReason {
+    pub const ALL: [Self; 5] = [Self::HardBounce, Self::Complaint, Self::Unsubscribe, Self::Manual, Self::Erased];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HardBounce => "hard_bounce",
+            Self::Complaint => "complaint",
+            Self::Unsubscribe => "unsubscribe",
+            Self::Manual => "manual",
+            Self::Erased => "erased",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == text)
+    }
+}
+
+/// A suppression: an address (or `@domain`) that must not be mailed,
+/// tenant-wide (`list_id` empty) or for one list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suppression {
+    pub tenant: String,
+    /// [`email_hash`] of the target.
+    pub email_hash: String,
+    /// Empty for tenant-wide.
+    pub list_id: String,
+    /// The address or `@domain`; empty once the address was erased.
+    pub target: String,
+    pub reason: SuppressionReason,
+    pub create_time: i64,
+}
+
+/// A send-ledger row, for exports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    pub campaign_id: String,
+    pub state: String,
+    pub message_id: String,
+    pub update_time: i64,
+}
+
+/// Everything the store holds about one subscriber.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberExport {
+    pub subscriber: Subscriber,
+    pub consent: Vec<ConsentRecord>,
+    pub suppressions: Vec<Suppression>,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A tenant: every resource belongs to exactly one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub display_name: String,
+    pub create_time: i64,
+}
+
+/// What an API key may do. `Admin` implies every other scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Scope {
+    #[serde(rename = "admin")]
+    Admin,
+    #[serde(rename = "subscribers:write")]
+    SubscribersWrite,
+    #[serde(rename = "campaigns:write")]
+    CampaignsWrite,
+    #[serde(rename = "read")]
+    Read,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Admin, Scope::SubscribersWrite, Scope::CampaignsWrite, Scope::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::SubscribersWrite => "subscribers:write",
+            Self::CampaignsWrite => "campaigns:write",
+            Self::Read => "read",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == text.trim())
+    }
+}
+
+/// A stored API key: only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub tenant: String,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<Scope>,
+    pub description: String,
+    pub create_time: i64,
+    /// 0 while the key is valid.
+    pub revoke_time: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

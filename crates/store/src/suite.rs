@@ -11,6 +11,7 @@ fn list(tenant: &str, id: &str) -> MailingList {
         id: id.into(),
         display_name: format!("List {id}"),
         description: String::new(),
+        opt_in: OptIn::Single,
         create_time: now_millis(),
     }
 }
@@ -24,6 +25,7 @@ fn subscriber(tenant: &str, email: &str, lists: &[&str]) -> Subscriber {
         attributes: serde_json::Map::new(),
         status: SubscriberStatus::Active,
         lists: lists.iter().map(|s| s.to_string()).collect(),
+        subscriptions: Vec::new(),
         create_time: 0,
         update_time: 0,
     }
@@ -52,6 +54,10 @@ fn campaign(tenant: &str, list_id: &str) -> Campaign {
     }
 }
 
+fn opts() -> UpsertOptions {
+    UpsertOptions { consent: ConsentContext { source: "test".into(), ..Default::default() }, ..Default::default() }
+}
+
 /// Creating with the same request id twice returns the first resource.
 pub async fn idempotent_creates(store: &dyn Store) {
     let first = store.create_list(list("t1", "l1"), Some("req-1".into())).await.unwrap();
@@ -63,14 +69,17 @@ pub async fn idempotent_creates(store: &dyn Store) {
 /// Subscribers are unique by normalized email; an unknown list writes nothing.
 pub async fn upsert_by_email_and_no_partial_write(store: &dyn Store) {
     store.create_list(list("t2", "l1"), None).await.unwrap();
-    let (a, created) = store.upsert_subscriber(subscriber("t2", "Ada@Example.com", &["l1"]), None).await.unwrap();
-    assert!(created);
-    let (b, created) = store.upsert_subscriber(subscriber("t2", " ada@example.COM ", &[]), None).await.unwrap();
-    assert!(!created);
-    assert_eq!(a.id, b.id);
+    let a = store.upsert_subscriber(subscriber("t2", "Ada@Example.com", &["l1"]), opts(), None).await.unwrap();
+    assert!(a.created);
+    let b = store.upsert_subscriber(subscriber("t2", " ada@example.COM ", &[]), opts(), None).await.unwrap();
+    assert!(!b.created);
+    assert_eq!(a.subscriber.id, b.subscriber.id);
+    let b = b.subscriber;
     assert_eq!(b.lists, vec!["l1".to_string()]);
-    let error =
-        store.upsert_subscriber(subscriber("t2", "new@example.com", &["l1", "missing"]), None).await.unwrap_err();
+    let error = store
+        .upsert_subscriber(subscriber("t2", "new@example.com", &["l1", "missing"]), opts(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::NotFound(ref what) if what.contains("missing")), "{error}");
     let all = store.list_subscribers("t2", PageRequest::new(100, "")).await.unwrap();
     assert_eq!(all.items.len(), 1, "the failed upsert must leave nothing behind");
@@ -80,7 +89,7 @@ pub async fn upsert_by_email_and_no_partial_write(store: &dyn Store) {
 pub async fn paging_visits_each_member_once(store: &dyn Store) {
     store.create_list(list("t3", "l1"), None).await.unwrap();
     for i in 0..25 {
-        store.upsert_subscriber(subscriber("t3", &format!("s{i}@example.com"), &["l1"]), None).await.unwrap();
+        store.upsert_subscriber(subscriber("t3", &format!("s{i}@example.com"), &["l1"]), opts(), None).await.unwrap();
     }
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -148,6 +157,137 @@ pub async fn outcomes_count_once_and_complete(store: &dyn Store) {
     assert_eq!((done.stats.recipients, done.stats.delivered, done.stats.failed), (2, 1, 1));
 }
 
+/// Only active, confirmed, unsuppressed members are sendable; double opt-in
+/// waits for confirmation; every consent action is in the ledger.
+pub async fn sendable_members_and_consent(store: &dyn Store) {
+    store.create_list(list("t5", "single"), None).await.unwrap();
+    store.create_list(MailingList { opt_in: OptIn::Double, ..list("t5", "double") }, None).await.unwrap();
+    let mut ids = Vec::new();
+    for name in ["ok", "unsub", "bounced", "suppressed", "listsup", "domain"] {
+        let email = if name == "domain" { "x@blocked.example".to_string() } else { format!("{name}@example.com") };
+        let up = store.upsert_subscriber(subscriber("t5", &email, &["single"]), opts(), None).await.unwrap();
+        ids.push(up.subscriber.id);
+    }
+    let consent = ConsentContext { source: "link".into(), ip: "192.0.2.1".into(), user_agent: "UA".into() };
+    store.set_subscription("t5", &ids[1], "single", SubscriptionStatus::Unsubscribed, consent.clone()).await.unwrap();
+    let update = SubscriberUpdate { status: Some(SubscriberStatus::Bounced), ..Default::default() };
+    store.update_subscriber("t5", &ids[2], update).await.unwrap().unwrap();
+    for (target, list_id) in
+        [("suppressed@example.com", ""), ("listsup@example.com", "single"), ("@blocked.example", "")]
+    {
+        store
+            .add_suppression(Suppression {
+                tenant: "t5".into(),
+                email_hash: email_hash(target),
+                list_id: list_id.into(),
+                target: target.into(),
+                reason: SuppressionReason::Manual,
+                create_time: now_millis(),
+            })
+            .await
+            .unwrap();
+    }
+    let sendable = store.list_members("t5", "single", true, PageRequest::new(100, "")).await.unwrap();
+    let emails: Vec<_> = sendable.items.iter().map(|s| s.email.as_str()).collect();
+    assert_eq!(emails, vec!["ok@example.com"]);
+    assert_eq!(store.list_members("t5", "single", false, PageRequest::new(100, "")).await.unwrap().items.len(), 6);
+
+    let double = store.upsert_subscriber(subscriber("t5", "ok@example.com", &["double"]), opts(), None).await.unwrap();
+    assert_eq!(double.pending_confirmation, vec!["double".to_string()]);
+    assert!(store.list_members("t5", "double", true, PageRequest::new(100, "")).await.unwrap().items.is_empty());
+    store.set_subscription("t5", &ids[0], "double", SubscriptionStatus::Confirmed, consent.clone()).await.unwrap();
+    assert_eq!(store.list_members("t5", "double", true, PageRequest::new(100, "")).await.unwrap().items.len(), 1);
+    let actions: Vec<_> =
+        store.consent_records("t5", &ids[0]).await.unwrap().iter().map(|r| (r.action, r.list_id.clone())).collect();
+    assert_eq!(
+        actions,
+        vec![
+            (ConsentAction::Subscribe, "single".into()),
+            (ConsentAction::Subscribe, "double".into()),
+            (ConsentAction::Confirm, "double".into())
+        ]
+    );
+    // An import (no resubscribe) never brings back someone who unsubscribed.
+    let again =
+        store.upsert_subscriber(subscriber("t5", "unsub@example.com", &["single"]), opts(), None).await.unwrap();
+    assert_eq!(again.subscriber.subscriptions[0].status, SubscriptionStatus::Unsubscribed);
+    assert!(store.remove_suppression("t5", &email_hash("@blocked.example"), "").await.unwrap());
+    assert_eq!(store.list_members("t5", "single", true, PageRequest::new(100, "")).await.unwrap().items.len(), 2);
+}
+
+/// Export holds everything; erasure leaves only a suppression by hash.
+pub async fn export_and_erase(store: &dyn Store) {
+    store.create_list(list("t6", "l1"), None).await.unwrap();
+    let up = store.upsert_subscriber(subscriber("t6", "Erase.Me@Example.com", &["l1"]), opts(), None).await.unwrap();
+    let id = up.subscriber.id.clone();
+    store.claim("c9", &id, "s", Duration::from_secs(60)).await.unwrap();
+    let export = store.export_subscriber("t6", &id).await.unwrap().unwrap();
+    assert_eq!(export.subscriber.email, "Erase.Me@Example.com");
+    assert_eq!(export.consent.len(), 1);
+    assert_eq!(export.deliveries.len(), 1);
+    let hash = store.erase_subscriber("t6", &id).await.unwrap().unwrap();
+    assert_eq!(hash, email_hash("erase.me@example.com"));
+    assert!(store.get_subscriber("t6", &id).await.unwrap().is_none());
+    assert!(store.find_subscriber("t6", "erase.me@example.com").await.unwrap().is_none());
+    assert!(store.consent_records("t6", &id).await.unwrap().is_empty());
+    let left = store.suppressions_for("t6", vec![hash]).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].reason, left[0].target.as_str()), (SuppressionReason::Erased, ""));
+    assert!(store.erase_subscriber("t6", &id).await.unwrap().is_none());
+}
+
+/// Imports commit per batch and record resumable progress.
+pub async fn import_batches_record_progress(store: &dyn Store) {
+    store.create_list(list("t7", "l1"), None).await.unwrap();
+    let rows: Vec<ImportRow> = (0..3)
+        .map(|i| ImportRow { line: i + 2, subscriber: subscriber("t7", &format!("i{i}@example.com"), &["l1"]) })
+        .collect();
+    let job = ImportJob { request_id: "imp-1".into(), list_id: "l1".into(), lines_done: 4, ..Default::default() };
+    let (done, job) = store.import_batch("t7", job, rows.clone(), opts()).await.unwrap();
+    assert_eq!(done.len(), 3);
+    assert_eq!(job.imported, 3);
+    assert_eq!(store.import_job("t7", "imp-1").await.unwrap().unwrap(), job);
+    let skip = UpsertOptions { mode: UpsertMode::SkipExisting, ..opts() };
+    let fresh: Vec<ImportRow> = rows
+        .iter()
+        .map(|r| ImportRow { line: r.line, subscriber: Subscriber { id: new_id(), ..r.subscriber.clone() } })
+        .collect();
+    let (_, job) = store.import_batch("t7", ImportJob { request_id: String::new(), ..job }, fresh, skip).await.unwrap();
+    assert_eq!((job.imported, job.skipped), (3, 3));
+    let existing =
+        store.existing_emails("t7", vec!["I0@example.com".into(), "nobody@example.com".into()]).await.unwrap();
+    assert_eq!(existing.into_iter().collect::<Vec<_>>(), vec!["i0@example.com".to_string()]);
+    let error = store
+        .import_batch("t7", ImportJob { list_id: "nope".into(), ..Default::default() }, rows, opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotFound(_)));
+}
+
+/// Tenants and keys: ids are unique, revocation sticks.
+pub async fn tenants_and_keys(store: &dyn Store) {
+    let tenant = Tenant { id: "acme".into(), display_name: "Acme".into(), create_time: now_millis() };
+    store.create_tenant(tenant.clone()).await.unwrap();
+    assert!(matches!(store.create_tenant(tenant).await, Err(StoreError::Conflict(_))));
+    let key = ApiKey {
+        id: "k1".into(),
+        tenant: "acme".into(),
+        secret_hash: vec![1, 2, 3],
+        scopes: vec![Scope::Read, Scope::CampaignsWrite],
+        description: "ci".into(),
+        create_time: now_millis(),
+        revoke_time: 0,
+    };
+    store.create_api_key(key.clone()).await.unwrap();
+    assert_eq!(store.get_api_key("k1").await.unwrap().unwrap(), key);
+    let orphan = ApiKey { id: "k2".into(), tenant: "nobody".into(), ..key };
+    assert!(matches!(store.create_api_key(orphan).await, Err(StoreError::NotFound(_))));
+    assert!(!store.revoke_api_key("other", "k1").await.unwrap(), "another tenant cannot revoke it");
+    assert!(store.revoke_api_key("acme", "k1").await.unwrap());
+    assert!(store.get_api_key("k1").await.unwrap().unwrap().revoke_time > 0);
+    assert_eq!(store.list_api_keys("acme").await.unwrap().len(), 1);
+}
+
 /// Runs every case of the suite against `store`.
 pub async fn run_all(store: &dyn Store) {
     idempotent_creates(store).await;
@@ -155,6 +295,10 @@ pub async fn run_all(store: &dyn Store) {
     paging_visits_each_member_once(store).await;
     send_ledger_claims(store).await;
     outcomes_count_once_and_complete(store).await;
+    sendable_members_and_consent(store).await;
+    export_and_erase(store).await;
+    import_batches_record_progress(store).await;
+    tenants_and_keys(store).await;
 }
 
 #[cfg(test)]

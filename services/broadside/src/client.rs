@@ -11,11 +11,55 @@ use broadside_proto::v1::*;
 use clap::Subcommand;
 use tonic::transport::Channel;
 
-/// Where the client commands connect.
+/// Where the client commands connect, and with which API key.
 #[derive(Debug, Clone)]
 pub struct ClientArgs {
     /// gRPC URL of a node serving the role, e.g. `http://127.0.0.1:50051`.
     pub server: String,
+    /// `--api-key` / `BROADSIDE_API_KEY`; else the key file a single-node
+    /// `serve` wrote into the configured data dir.
+    pub api_key: Option<String>,
+    pub config: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    /// The API key to send: the flag, else `{data_dir}/admin.key`.
+    pub fn resolve_key(&self) -> anyhow::Result<String> {
+        if let Some(key) = self.api_key.as_ref().filter(|k| !k.trim().is_empty()) {
+            return Ok(key.trim().to_owned());
+        }
+        let data_dir = broadside_config::Config::load(self.config.as_deref())
+            .map(|c| c.data_dir)
+            .unwrap_or_else(|_| broadside_config::Config::default().data_dir);
+        let path = crate::bootstrap::key_path(&data_dir);
+        std::fs::read_to_string(&path).map(|k| k.trim().to_owned()).map_err(|_| {
+            anyhow::anyhow!(
+                "no API key: pass --api-key or set BROADSIDE_API_KEY (a first single-node `broadside serve` writes an admin key to {})",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates every call.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Connects to `args.server` with the resolved API key.
+pub async fn connect(args: &ClientArgs) -> anyhow::Result<Authed> {
+    let key = args.resolve_key()?;
+    let value = format!("Bearer {key}").parse().context("the API key has characters not allowed in a header")?;
+    Ok(tonic::service::interceptor::InterceptedService::new(channel(&args.server).await?, Bearer(value)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +69,9 @@ pub enum ListsCommand {
         display_name: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// New members get a confirmation message and are mailed only after they confirm.
+        #[arg(long)]
+        double_opt_in: bool,
     },
     /// Show every list.
     List,
@@ -49,6 +96,12 @@ pub enum SubscribersCommand {
         #[arg(long)]
         list: Option<String>,
     },
+    /// Import a CSV file (header row with an `email` column) into a list, with a progress bar.
+    Import(crate::import::ImportArgs),
+    /// Print everything stored about a subscriber as JSON (needs an admin key).
+    Export { email: String },
+    /// Erase a subscriber's personal data, keeping a hashed suppression (needs an admin key).
+    Erase { email: String },
     /// Load N generated sample subscribers into a list (for trials and benchmarks).
     AddSample {
         #[arg(long)]
@@ -119,7 +172,7 @@ async fn channel(server: &str) -> anyhow::Result<Channel> {
 }
 
 /// Turns a gRPC status into a plain message: `INVALID_ARGUMENT: subscriber.email: ...`.
-fn plain(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn plain(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -133,12 +186,13 @@ fn parse_attribute(text: &str) -> anyhow::Result<(String, serde_json::Value)> {
 }
 
 pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<()> {
-    let mut client = SubscriberServiceClient::new(channel(&args.server).await?);
+    let mut client = SubscriberServiceClient::new(connect(args).await?);
     match command {
-        ListsCommand::Create { display_name, description } => {
+        ListsCommand::Create { display_name, description, double_opt_in } => {
+            let opt_in = if double_opt_in { OptIn::Double } else { OptIn::Single } as i32;
             let list = client
                 .create_list(CreateListRequest {
-                    list: Some(MailingList { display_name, description, ..Default::default() }),
+                    list: Some(MailingList { display_name, description, opt_in, ..Default::default() }),
                     request_id: String::new(),
                 })
                 .await
@@ -168,7 +222,7 @@ pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<(
 }
 
 pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyhow::Result<()> {
-    let mut client = SubscriberServiceClient::new(channel(&args.server).await?);
+    let mut client = SubscriberServiceClient::new(connect(args).await?);
     match command {
         SubscribersCommand::Add { email, lists, name, attributes } => {
             let mut map = serde_json::Map::new();
@@ -184,11 +238,28 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                 ..Default::default()
             };
             let stored = client
-                .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id: String::new() })
+                .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), ..Default::default() })
                 .await
                 .map_err(plain)?
                 .into_inner();
             println!("{}\t{}", stored.name, stored.email);
+        }
+        SubscribersCommand::Import(import) => return crate::import::run(args, import).await,
+        SubscribersCommand::Export { email } => {
+            let export = client
+                .export_subscriber(ExportSubscriberRequest { email, ..Default::default() })
+                .await
+                .map_err(plain)?
+                .into_inner();
+            println!("{}", export.json);
+        }
+        SubscribersCommand::Erase { email } => {
+            let erased = client
+                .erase_subscriber(EraseSubscriberRequest { email, ..Default::default() })
+                .await
+                .map_err(plain)?
+                .into_inner();
+            println!("erased; suppressed by hash {}", erased.email_hash);
         }
         SubscribersCommand::AddSample { list, count, concurrency } => {
             use futures::StreamExt;
@@ -199,7 +270,11 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                     let request_id = format!("sample-{list}-{index}");
                     async move {
                         client
-                            .create_subscriber(CreateSubscriberRequest { subscriber: Some(subscriber), request_id })
+                            .create_subscriber(CreateSubscriberRequest {
+                                subscriber: Some(subscriber),
+                                request_id,
+                                ..Default::default()
+                            })
                             .await
                     }
                 })
@@ -244,7 +319,7 @@ fn inline_or_file(inline: Option<String>, file: Option<std::path::PathBuf>, flag
 }
 
 pub async fn templates(args: &ClientArgs, command: TemplatesCommand) -> anyhow::Result<()> {
-    let mut client = TemplateServiceClient::new(channel(&args.server).await?);
+    let mut client = TemplateServiceClient::new(connect(args).await?);
     let TemplatesCommand::Create { name, subject, html, html_file, text, text_file } = command;
     let template = Template {
         display_name: name,
@@ -282,7 +357,7 @@ fn print_campaign(campaign: &Campaign) {
 }
 
 pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::Result<()> {
-    let mut client = CampaignServiceClient::new(channel(&args.server).await?);
+    let mut client = CampaignServiceClient::new(connect(args).await?);
     match command {
         CampaignsCommand::Create { name, template, list, from, from_name, max_per_second } => {
             let campaign = Campaign {

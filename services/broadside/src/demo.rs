@@ -193,6 +193,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     config.data_dir = data_dir.clone();
     config.server.grpc_addr = "127.0.0.1:0".parse()?;
     config.server.admin_addr = "127.0.0.1:0".parse()?;
+    config.server.http_addr = "127.0.0.1:0".parse()?;
     config.store.url = None;
     config.smtp.url = None;
     config.validate()?;
@@ -203,7 +204,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 
     let started = Instant::now();
     let node = Node::start(&config, &Role::ALL).await?;
-    let result = drive(&node, &outbox, options.subscribers).await;
+    let key_file = crate::bootstrap::key_path(&data_dir);
+    if node.admin_key_file.is_some() {
+        println!("created tenant `default` and an admin API key in {}", key_file.display());
+    }
+    let result = drive(&node, &key_file, &outbox, options.subscribers).await;
     node.shutdown().await?;
     let summary = result?;
     let capture = count_capture(&outbox)?;
@@ -232,8 +237,11 @@ struct Summary {
     failed: i64,
 }
 
-async fn drive(node: &Node, outbox: &Path, subscribers: usize) -> anyhow::Result<Summary> {
-    let channel = tonic::transport::Channel::from_shared(node.grpc_url())?.connect().await?;
+async fn drive(node: &Node, key_file: &Path, outbox: &Path, subscribers: usize) -> anyhow::Result<Summary> {
+    let key =
+        std::fs::read_to_string(key_file).with_context(|| format!("reading the admin key {}", key_file.display()))?;
+    let args = crate::client::ClientArgs { server: node.grpc_url(), api_key: Some(key), config: None };
+    let channel = crate::client::connect(&args).await?;
     let mut lists = SubscriberServiceClient::new(channel.clone());
     let mut templates = TemplateServiceClient::new(channel.clone());
     let mut campaigns = CampaignServiceClient::new(channel.clone());
@@ -258,6 +266,7 @@ async fn drive(node: &Node, outbox: &Path, subscribers: usize) -> anyhow::Result
                     .create_subscriber(CreateSubscriberRequest {
                         subscriber: Some(subscriber),
                         request_id: format!("demo-{index}"),
+                        ..Default::default()
                     })
                     .await
             }

@@ -1,9 +1,12 @@
 //! The `broadside` binary as a library: wiring roles into a node, the demo,
 //! and the gRPC client commands. `main.rs` only parses flags.
 
+pub mod admin;
 pub mod backends;
+pub mod bootstrap;
 pub mod client;
 pub mod demo;
+pub mod import;
 pub mod node;
 
 pub use node::{Node, Role};

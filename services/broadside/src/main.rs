@@ -17,6 +17,10 @@ struct Cli {
     /// gRPC address of a running node, for the client commands.
     #[arg(long, global = true, env = "BROADSIDE_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// API key for the client commands (default: the admin key a first
+    /// single-node `serve` wrote to DATA_DIR/admin.key).
+    #[arg(long, global = true, env = "BROADSIDE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +44,12 @@ enum Command {
     },
     /// Create or upgrade the store schema and bus log, then exit.
     Migrate,
+    /// Tenants (works on the store named by the config, like `migrate`).
+    #[command(subcommand)]
+    Tenants(broadside::admin::TenantsCommand),
+    /// API keys (works on the store named by the config, like `migrate`).
+    #[command(subcommand)]
+    Keys(broadside::admin::KeysCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -86,12 +96,19 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let load = || Config::load(cli.config.as_deref());
-    let client_args = ClientArgs { server: cli.server.clone() };
+    let client_args =
+        ClientArgs { server: cli.server.clone(), api_key: cli.api_key.clone(), config: cli.config.clone() };
     match cli.command {
         Command::Serve { roles } => {
             let roles = Role::parse_list(&roles)?;
             let config = load()?;
             let node = Node::start(&config, &roles).await?;
+            if let Some(path) = &node.admin_key_file {
+                eprintln!("first start: created tenant `default` and an admin API key in {}", path.display());
+                eprintln!(
+                    "client commands read it from there; other machines pass it with --api-key or BROADSIDE_API_KEY"
+                );
+            }
             node.run_until(shutdown_signal()).await?;
         }
         Command::Demo { data_dir, subscribers } => {
@@ -107,6 +124,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("kafka topics ready on {brokers}: {}", broadside::backends::topic_names(&config).join(", "));
             }
         }
+        Command::Tenants(command) => broadside::admin::tenants(&load()?, command).await?,
+        Command::Keys(command) => broadside::admin::keys(&load()?, command).await?,
         Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
         Command::Lists(command) => client::lists(&client_args, command).await?,
         Command::Subscribers(command) => client::subscribers(&client_args, command).await?,

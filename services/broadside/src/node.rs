@@ -76,6 +76,10 @@ impl FromStr for Role {
 pub struct Node {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The public HTTP listener (confirmation links), when the subscribers role runs here.
+    pub http_addr: Option<SocketAddr>,
+    /// Set when this start created the bootstrap admin key and wrote it here.
+    pub admin_key_file: Option<std::path::PathBuf>,
     pub metrics: Metrics,
     readiness: Readiness,
     health: tonic_health::server::HealthReporter,
@@ -98,13 +102,30 @@ impl Node {
         let mut workers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
         let prefix = &config.bus.topic_prefix;
 
+        let mut http_routes = axum::Router::new();
+        let mut admin_key_file = None;
         if roles.contains(&Role::Subscribers) {
-            let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), prefix);
+            admin_key_file = crate::bootstrap::ensure_admin_key(&backends.store, &config.data_dir).await?;
+            let settings = broadside_subscribers::SubscriberSettings {
+                topic_prefix: prefix.clone(),
+                public_url: config.mail.public_url.clone(),
+                confirm_from: config
+                    .mail
+                    .confirm_from
+                    .clone()
+                    .unwrap_or_else(|| format!("lists@{}", config.mail.domain)),
+                domain: config.mail.domain.clone(),
+                signer: backends::token_signer(config)?,
+                transport: backends::transport(config)?,
+            };
+            let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), settings);
+            http_routes = http_routes.merge(broadside_subscribers::http_routes(api.clone()));
             routes.add_service(api.into_service());
+            routes.add_service(broadside_subscribers::ApiKeyApi::new(backends.store.clone()).into_service());
             health.set_serving::<SubscriberServiceServer<broadside_subscribers::SubscriberApi>>().await;
         }
         if roles.contains(&Role::Segmentation) {
-            routes.add_service(broadside_segmentation::SegmentApi.into_service());
+            routes.add_service(broadside_segmentation::SegmentApi::new(backends.store.clone()).into_service());
             health.set_serving::<SegmentServiceServer<broadside_segmentation::SegmentApi>>().await;
         }
         if roles.contains(&Role::Dispatch) {
@@ -123,7 +144,7 @@ impl Node {
             workers.push(("dispatch", tokio::spawn(dispatch.run(workers_stop.clone()))));
         }
         if roles.contains(&Role::Feedback) {
-            routes.add_service(broadside_feedback::FeedbackApi.into_service());
+            routes.add_service(broadside_feedback::FeedbackApi::new(backends.store.clone()).into_service());
             health.set_serving::<FeedbackServiceServer<broadside_feedback::FeedbackApi>>().await;
         }
         if roles.contains(&Role::Sender) {
@@ -178,9 +199,25 @@ impl Node {
             servers_stop.clone(),
         )
         .await?;
+        let mut servers = vec![grpc, admin];
+        let mut http_addr = None;
+        if roles.contains(&Role::Subscribers) {
+            let listener = tokio::net::TcpListener::bind(config.server.http_addr)
+                .await
+                .with_context(|| format!("server.http_addr {}: cannot listen", config.server.http_addr))?;
+            http_addr = Some(listener.local_addr()?);
+            let stop = servers_stop.clone();
+            let app = http_routes.into_make_service_with_connect_info::<SocketAddr>();
+            servers.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "public HTTP server failed");
+                }
+            }));
+        }
         readiness.set(true);
         let names: Vec<String> = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
-        tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, "broadside node started");
+        tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, http = ?http_addr, "broadside node started");
         Ok(Node {
             grpc_addr,
             admin_addr,
@@ -190,7 +227,9 @@ impl Node {
             workers_stop,
             servers_stop,
             workers,
-            servers: vec![grpc, admin],
+            servers,
+            http_addr,
+            admin_key_file,
         })
     }
 

@@ -1,10 +1,12 @@
 //! CampaignService: create, inspect and start campaigns.
 
+use broadside_auth::{Authenticator, Caller};
 use broadside_mail::address::{check_header_value, validate_address};
 use broadside_proto::v1::campaign_service_server::{CampaignService, CampaignServiceServer};
 use broadside_proto::v1::*;
 use broadside_proto::{ServiceError, names};
-use broadside_store::{CampaignState as State, DEFAULT_TENANT, PageRequest, new_id, now_millis};
+use broadside_store::Scope;
+use broadside_store::{CampaignState as State, PageRequest, new_id, now_millis};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -14,18 +16,23 @@ use crate::convert::campaign_to_proto;
 #[derive(Clone)]
 pub struct CampaignApi {
     dispatch: Dispatch,
+    auth: Authenticator,
 }
 
 impl CampaignApi {
     pub(crate) fn new(dispatch: Dispatch) -> Self {
-        Self { dispatch }
+        Self { auth: Authenticator::new(dispatch.store.clone()), dispatch }
     }
 
     pub fn into_service(self) -> CampaignServiceServer<Self> {
         CampaignServiceServer::new(self)
     }
 
-    pub async fn create_campaign(&self, request: CreateCampaignRequest) -> Result<Campaign, ServiceError> {
+    pub async fn create_campaign(
+        &self,
+        caller: &Caller,
+        request: CreateCampaignRequest,
+    ) -> Result<Campaign, ServiceError> {
         let campaign = request.campaign.unwrap_or_default();
         let store = &self.dispatch.store;
         let template_id = names::parse("campaign.template", &campaign.template, "templates")?;
@@ -44,16 +51,16 @@ impl CampaignApi {
             validate_address("campaign.reply_to", &campaign.reply_to).map_err(|e| e.into_service_error(""))?;
         }
         let template = store
-            .get_template(DEFAULT_TENANT, template_id)
+            .get_template(&caller.tenant, template_id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("campaign.template: {}", campaign.template)))?;
-        if store.get_list(DEFAULT_TENANT, list_id).await?.is_none() {
+        if store.get_list(&caller.tenant, list_id).await?.is_none() {
             return Err(ServiceError::NotFound(format!("campaign.list: {}", campaign.list)));
         }
         let stored = store
             .create_campaign(
                 broadside_store::Campaign {
-                    tenant: DEFAULT_TENANT.into(),
+                    tenant: caller.tenant.clone(),
                     id: new_id(),
                     display_name: campaign.display_name,
                     template_id: template.id,
@@ -79,18 +86,22 @@ impl CampaignApi {
         Ok(campaign_to_proto(&stored))
     }
 
-    pub async fn get_campaign(&self, request: GetCampaignRequest) -> Result<Campaign, ServiceError> {
+    pub async fn get_campaign(&self, caller: &Caller, request: GetCampaignRequest) -> Result<Campaign, ServiceError> {
         let id = names::parse("name", &request.name, "campaigns")?;
         let campaign =
-            self.dispatch.store.get_campaign(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
+            self.dispatch.store.get_campaign(&caller.tenant, id).await?.ok_or(ServiceError::NotFound(request.name))?;
         Ok(campaign_to_proto(&campaign))
     }
 
-    pub async fn list_campaigns(&self, request: ListCampaignsRequest) -> Result<ListCampaignsResponse, ServiceError> {
+    pub async fn list_campaigns(
+        &self,
+        caller: &Caller,
+        request: ListCampaignsRequest,
+    ) -> Result<ListCampaignsResponse, ServiceError> {
         let page = self
             .dispatch
             .store
-            .list_campaigns(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token))
+            .list_campaigns(&caller.tenant, PageRequest::new(request.page_size.into(), &request.page_token))
             .await?;
         Ok(ListCampaignsResponse {
             campaigns: page.items.iter().map(campaign_to_proto).collect(),
@@ -100,11 +111,15 @@ impl CampaignApi {
 
     /// Moves a draft to SENDING and wakes the fan-out worker. Starting a
     /// campaign that is already sending or done is FAILED_PRECONDITION.
-    pub async fn start_campaign(&self, request: StartCampaignRequest) -> Result<Campaign, ServiceError> {
+    pub async fn start_campaign(
+        &self,
+        caller: &Caller,
+        request: StartCampaignRequest,
+    ) -> Result<Campaign, ServiceError> {
         let id = names::parse("name", &request.name, "campaigns")?;
         let store = &self.dispatch.store;
         let campaign = store
-            .get_campaign(DEFAULT_TENANT, id)
+            .get_campaign(&caller.tenant, id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
         if campaign.state != State::Draft {
@@ -114,7 +129,7 @@ impl CampaignApi {
             )));
         }
         let first =
-            store.list_members(DEFAULT_TENANT, &campaign.list_id, true, PageRequest { size: 1, token: None }).await?;
+            store.list_members(&caller.tenant, &campaign.list_id, true, PageRequest { size: 1, token: None }).await?;
         if first.items.is_empty() {
             return Err(ServiceError::invalid(
                 "list",
@@ -122,7 +137,7 @@ impl CampaignApi {
             ));
         }
         let started = store
-            .transition_campaign(DEFAULT_TENANT, id, &[State::Draft], State::Sending)
+            .transition_campaign(&caller.tenant, id, &[State::Draft], State::Sending)
             .await?
             .ok_or_else(|| ServiceError::FailedPrecondition(format!("{} was started concurrently", request.name)))?;
         publish_campaign_event(&self.dispatch, &started, "started").await;
@@ -168,27 +183,34 @@ async fn publish_campaign_event(dispatch: &Dispatch, campaign: &broadside_store:
 #[tonic::async_trait]
 impl CampaignService for CampaignApi {
     async fn create_campaign(&self, request: Request<CreateCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        Ok(Response::new(CampaignApi::create_campaign(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        Ok(Response::new(CampaignApi::create_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn get_campaign(&self, request: Request<GetCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        Ok(Response::new(CampaignApi::get_campaign(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        Ok(Response::new(CampaignApi::get_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn list_campaigns(
         &self,
         request: Request<ListCampaignsRequest>,
     ) -> Result<Response<ListCampaignsResponse>, Status> {
-        Ok(Response::new(CampaignApi::list_campaigns(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        Ok(Response::new(CampaignApi::list_campaigns(self, &caller, request.into_inner()).await?))
     }
     async fn start_campaign(&self, request: Request<StartCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        Ok(Response::new(CampaignApi::start_campaign(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        Ok(Response::new(CampaignApi::start_campaign(self, &caller, request.into_inner()).await?))
     }
-    async fn pause_campaign(&self, _: Request<PauseCampaignRequest>) -> Result<Response<Campaign>, Status> {
+    async fn pause_campaign(&self, request: Request<PauseCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("PauseCampaign").into())
     }
-    async fn resume_campaign(&self, _: Request<ResumeCampaignRequest>) -> Result<Response<Campaign>, Status> {
+    async fn resume_campaign(&self, request: Request<ResumeCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("ResumeCampaign").into())
     }
-    async fn cancel_campaign(&self, _: Request<CancelCampaignRequest>) -> Result<Response<Campaign>, Status> {
+    async fn cancel_campaign(&self, request: Request<CancelCampaignRequest>) -> Result<Response<Campaign>, Status> {
+        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("CancelCampaign").into())
     }
 }

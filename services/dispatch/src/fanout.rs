@@ -35,10 +35,11 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
                     }
                     let idle_ms = now - campaign.progress_time.max(campaign.start_time);
                     let unfinished = campaign.stats.delivered + campaign.stats.failed < campaign.stats.recipients;
-                    if unfinished && idle_ms > dispatch.reconcile_after.as_millis() as i64 {
-                        if let Err(error) = reconcile(&dispatch, &campaign).await {
-                            tracing::warn!(%error, "reconciliation failed, will retry");
-                        }
+                    if unfinished
+                        && idle_ms > dispatch.reconcile_after.as_millis() as i64
+                        && let Err(error) = reconcile(&dispatch, &campaign).await
+                    {
+                        tracing::warn!(%error, "reconciliation failed, will retry");
                     }
                 }
             }

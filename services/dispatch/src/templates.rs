@@ -1,11 +1,13 @@
 //! TemplateService: templates are compiled and test-rendered when created,
 //! and immutable afterwards.
 
+use broadside_auth::{Authenticator, Caller};
 use broadside_mail::template::{TemplateEngine, TemplateSource};
 use broadside_proto::v1::template_service_server::{TemplateService, TemplateServiceServer};
 use broadside_proto::v1::*;
 use broadside_proto::{ServiceError, names};
-use broadside_store::{DEFAULT_TENANT, PageRequest, new_id, now_millis};
+use broadside_store::Scope;
+use broadside_store::{PageRequest, new_id, now_millis};
 use tonic::{Request, Response, Status};
 
 use crate::Dispatch;
@@ -29,18 +31,23 @@ pub fn sample_context() -> minijinja::Value {
 #[derive(Clone)]
 pub struct TemplateApi {
     dispatch: Dispatch,
+    auth: Authenticator,
 }
 
 impl TemplateApi {
     pub(crate) fn new(dispatch: Dispatch) -> Self {
-        Self { dispatch }
+        Self { auth: Authenticator::new(dispatch.store.clone()), dispatch }
     }
 
     pub fn into_service(self) -> TemplateServiceServer<Self> {
         TemplateServiceServer::new(self)
     }
 
-    pub async fn create_template(&self, request: CreateTemplateRequest) -> Result<Template, ServiceError> {
+    pub async fn create_template(
+        &self,
+        caller: &Caller,
+        request: CreateTemplateRequest,
+    ) -> Result<Template, ServiceError> {
         let template = request.template.unwrap_or_default();
         let source = TemplateSource {
             subject: &template.subject,
@@ -53,7 +60,7 @@ impl TemplateApi {
             .store
             .create_template(
                 broadside_store::Template {
-                    tenant: DEFAULT_TENANT.into(),
+                    tenant: caller.tenant.clone(),
                     id: new_id(),
                     version: 1,
                     display_name: template.display_name,
@@ -69,18 +76,22 @@ impl TemplateApi {
         Ok(template_to_proto(&stored))
     }
 
-    pub async fn get_template(&self, request: GetTemplateRequest) -> Result<Template, ServiceError> {
+    pub async fn get_template(&self, caller: &Caller, request: GetTemplateRequest) -> Result<Template, ServiceError> {
         let id = names::parse("name", &request.name, "templates")?;
         let template =
-            self.dispatch.store.get_template(DEFAULT_TENANT, id).await?.ok_or(ServiceError::NotFound(request.name))?;
+            self.dispatch.store.get_template(&caller.tenant, id).await?.ok_or(ServiceError::NotFound(request.name))?;
         Ok(template_to_proto(&template))
     }
 
-    pub async fn list_templates(&self, request: ListTemplatesRequest) -> Result<ListTemplatesResponse, ServiceError> {
+    pub async fn list_templates(
+        &self,
+        caller: &Caller,
+        request: ListTemplatesRequest,
+    ) -> Result<ListTemplatesResponse, ServiceError> {
         let page = self
             .dispatch
             .store
-            .list_templates(DEFAULT_TENANT, PageRequest::new(request.page_size.into(), &request.page_token))
+            .list_templates(&caller.tenant, PageRequest::new(request.page_size.into(), &request.page_token))
             .await?;
         Ok(ListTemplatesResponse {
             templates: page.items.iter().map(template_to_proto).collect(),
@@ -92,15 +103,18 @@ impl TemplateApi {
 #[tonic::async_trait]
 impl TemplateService for TemplateApi {
     async fn create_template(&self, request: Request<CreateTemplateRequest>) -> Result<Response<Template>, Status> {
-        Ok(Response::new(TemplateApi::create_template(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        Ok(Response::new(TemplateApi::create_template(self, &caller, request.into_inner()).await?))
     }
     async fn get_template(&self, request: Request<GetTemplateRequest>) -> Result<Response<Template>, Status> {
-        Ok(Response::new(TemplateApi::get_template(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        Ok(Response::new(TemplateApi::get_template(self, &caller, request.into_inner()).await?))
     }
     async fn list_templates(
         &self,
         request: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
-        Ok(Response::new(TemplateApi::list_templates(self, request.into_inner()).await?))
+        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        Ok(Response::new(TemplateApi::list_templates(self, &caller, request.into_inner()).await?))
     }
 }

@@ -171,6 +171,7 @@ impl Sender {
             subscriber_id: job.subscriber_id.clone(),
             list_id: job.list_id.clone(),
             campaign_id: job.campaign_id.clone(),
+            purpose: String::new(),
         });
         let settings = &self.settings;
         let unsubscribe_url = format!("{}/u/{token}", settings.public_url.trim_end_matches('/'));

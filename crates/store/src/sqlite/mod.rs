@@ -10,6 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::*;
 
+mod access;
+mod subscribers;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -62,6 +65,31 @@ ALTER TABLE campaigns ADD COLUMN max_messages_per_second REAL NOT NULL DEFAULT 0
 "#,
     r#"
 ALTER TABLE campaigns ADD COLUMN progress_time INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+CREATE TABLE tenants (
+    id TEXT NOT NULL PRIMARY KEY, display_name TEXT NOT NULL, create_time INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO tenants (id, display_name, create_time) SELECT DISTINCT tenant, tenant, 0 FROM lists;
+CREATE TABLE api_keys (
+    id TEXT NOT NULL PRIMARY KEY, tenant TEXT NOT NULL, secret_hash BLOB NOT NULL, scopes TEXT NOT NULL,
+    description TEXT NOT NULL, create_time INTEGER NOT NULL, revoke_time INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, id);
+ALTER TABLE lists ADD COLUMN opt_in INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE memberships ADD COLUMN status INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE memberships ADD COLUMN update_time INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE subscribers ADD COLUMN email_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE subscribers ADD COLUMN domain_hash TEXT NOT NULL DEFAULT '';
+CREATE TABLE consent_log (
+    tenant TEXT NOT NULL, subscriber_id TEXT NOT NULL, time INTEGER NOT NULL, action TEXT NOT NULL,
+    list_id TEXT NOT NULL, source TEXT NOT NULL, ip TEXT NOT NULL, user_agent TEXT NOT NULL);
+CREATE INDEX consent_by_subscriber ON consent_log (tenant, subscriber_id, time);
+CREATE TABLE suppressions (
+    tenant TEXT NOT NULL, email_hash TEXT NOT NULL, list_id TEXT NOT NULL, target TEXT NOT NULL,
+    reason TEXT NOT NULL, create_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, email_hash, list_id)) WITHOUT ROWID;
+CREATE TABLE import_jobs (
+    tenant TEXT NOT NULL, request_id TEXT NOT NULL, job TEXT NOT NULL, update_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, request_id)) WITHOUT ROWID;
 "#,
 ];
 
@@ -129,6 +157,26 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.commit()?;
         tracing::info!(version = index + 1, "applied store migration");
     }
+    backfill_email_hashes(conn)
+}
+
+/// Subscribers stored before migration 4 get their suppression-lookup hashes.
+fn backfill_email_hashes(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction()?;
+    let rows: Vec<(String, String, String)> = tx
+        .prepare("SELECT tenant, id, email_norm FROM subscribers WHERE email_hash = ''")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (tenant, id, email) in &rows {
+        tx.execute(
+            "UPDATE subscribers SET email_hash = ?3, domain_hash = ?4 WHERE tenant = ?1 AND id = ?2",
+            params![tenant, id, email_hash(email), domain_hash(email)],
+        )?;
+    }
+    tx.commit()?;
+    if !rows.is_empty() {
+        tracing::info!(subscribers = rows.len(), "backfilled suppression hashes");
+    }
     Ok(())
 }
 
@@ -168,6 +216,7 @@ fn list_from_row(row: &Row<'_>) -> rusqlite::Result<MailingList> {
         id: row.get("id")?,
         display_name: row.get("display_name")?,
         description: row.get("description")?,
+        opt_in: OptIn::from_i64(row.get("opt_in")?),
         create_time: row.get("create_time")?,
     })
 }
@@ -185,6 +234,7 @@ fn subscriber_from_row(row: &Row<'_>) -> rusqlite::Result<Subscriber> {
         attributes: serde_json::from_str(&attributes).unwrap_or_default(),
         status: SubscriberStatus::from_i64(row.get("status")?),
         lists: Vec::new(),
+        subscriptions: Vec::new(),
         create_time: row.get("create_time")?,
         update_time: row.get("update_time")?,
     })
@@ -242,9 +292,24 @@ fn get_subscriber_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Opt
     let Some(mut subscriber) = tx.query_row(&sql, params![tenant, id], subscriber_from_row).optional()? else {
         return Ok(None);
     };
-    let mut statement =
-        tx.prepare_cached("SELECT list_id FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id")?;
-    subscriber.lists = statement.query_map(params![tenant, id], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let mut statement = tx.prepare_cached(
+        "SELECT list_id, status, update_time FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id",
+    )?;
+    subscriber.subscriptions = statement
+        .query_map(params![tenant, id], |row| {
+            Ok(Subscription {
+                list_id: row.get(0)?,
+                status: SubscriptionStatus::from_i64(row.get(1)?),
+                update_time: row.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    subscriber.lists = subscriber
+        .subscriptions
+        .iter()
+        .filter(|s| s.status != SubscriptionStatus::Unsubscribed)
+        .map(|s| s.list_id.clone())
+        .collect();
     Ok(Some(subscriber))
 }
 
@@ -292,8 +357,8 @@ impl ListStore for SqliteStore {
                 return get_list_tx(tx, &list.tenant, &id)?.ok_or_else(|| StoreError::NotFound(format!("lists/{id}")));
             }
             tx.execute(
-                "INSERT INTO lists (tenant, id, display_name, description, create_time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![list.tenant, list.id, list.display_name, list.description, list.create_time],
+                "INSERT INTO lists (tenant, id, display_name, description, create_time, opt_in) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![list.tenant, list.id, list.display_name, list.description, list.create_time, list.opt_in as i64],
             )?;
             remember(tx, &list.tenant, &request_id, "list", &list.id)?;
             Ok(list)
@@ -329,93 +394,6 @@ impl ListStore for SqliteStore {
             Ok(tx.execute("DELETE FROM lists WHERE tenant = ?1 AND id = ?2", params![tenant, id])? > 0)
         })
         .await
-    }
-}
-
-#[async_trait]
-impl SubscriberStore for SqliteStore {
-    async fn upsert_subscriber(
-        &self,
-        subscriber: Subscriber,
-        request_id: Option<String>,
-    ) -> Result<(Subscriber, bool)> {
-        self.tx(move |tx| {
-            let tenant = subscriber.tenant.clone();
-            if let Some(id) = remembered(tx, &tenant, &request_id, "subscriber")? {
-                let existing = get_subscriber_tx(tx, &tenant, &id)?;
-                return existing.map(|s| (s, false)).ok_or_else(|| StoreError::NotFound(format!("subscribers/{id}")));
-            }
-            for list_id in &subscriber.lists {
-                if get_list_tx(tx, &tenant, list_id)?.is_none() {
-                    return Err(StoreError::NotFound(format!("lists/{list_id}")));
-                }
-            }
-            let email_norm = normalize_email(&subscriber.email);
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
-                    params![tenant, email_norm],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let attributes = serde_json::Value::Object(subscriber.attributes.clone()).to_string();
-            let now = now_millis();
-            let (id, created) = match existing {
-                Some(id) => {
-                    tx.execute(
-                        "UPDATE subscribers SET email = ?3, display_name = ?4, attributes = ?5, update_time = ?6 WHERE tenant = ?1 AND id = ?2",
-                        params![tenant, id, subscriber.email, subscriber.display_name, attributes, now],
-                    )?;
-                    (id, false)
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO subscribers (tenant, id, email, email_norm, display_name, attributes, status, create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                        params![tenant, subscriber.id, subscriber.email, email_norm, subscriber.display_name, attributes, subscriber.status as i64, now],
-                    )?;
-                    (subscriber.id.clone(), true)
-                }
-            };
-            for list_id in &subscriber.lists {
-                tx.execute(
-                    "INSERT OR IGNORE INTO memberships (tenant, list_id, subscriber_id, create_time) VALUES (?1, ?2, ?3, ?4)",
-                    params![tenant, list_id, id, now],
-                )?;
-            }
-            remember(tx, &tenant, &request_id, "subscriber", &id)?;
-            let stored = get_subscriber_tx(tx, &tenant, &id)?.ok_or_else(|| StoreError::Backend("subscriber vanished".into()))?;
-            Ok((stored, created))
-        })
-        .await
-    }
-
-    async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>> {
-        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
-        self.tx(move |tx| get_subscriber_tx(tx, &tenant, &id)).await
-    }
-
-    async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>> {
-        let tenant = tenant.to_owned();
-        let sql = format!(
-            "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id > ?2 ORDER BY s.id LIMIT ?3"
-        );
-        self.tx(move |tx| paged(tx, &sql, &tenant, None, &page, subscriber_from_row, |s| &s.id)).await
-    }
-
-    async fn list_members(
-        &self,
-        tenant: &str,
-        list_id: &str,
-        active_only: bool,
-        page: PageRequest,
-    ) -> Result<Page<Subscriber>> {
-        let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
-        let status_filter = if active_only { "AND s.status = 1" } else { "" };
-        let sql = format!(
-            "SELECT {SUBSCRIBER_COLUMNS} FROM memberships m JOIN subscribers s ON s.tenant = m.tenant AND s.id = m.subscriber_id \
-             WHERE m.tenant = ?1 AND m.list_id = ?2 AND m.subscriber_id > ?3 {status_filter} ORDER BY m.subscriber_id LIMIT ?4"
-        );
-        self.tx(move |tx| paged(tx, &sql, &tenant, Some(&list_id), &page, subscriber_from_row, |s| &s.id)).await
     }
 }
 

@@ -1,0 +1,477 @@
+//! Subscribers, memberships, the consent ledger, imports, export and erasure.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::{Map, Value};
+
+use super::{SUBSCRIBER_COLUMNS, get_list_tx, get_subscriber_tx, paged, remember, remembered, subscriber_from_row};
+use crate::*;
+
+/// What one upsert did, before the stored subscriber is read back.
+struct Applied {
+    id: String,
+    created: bool,
+    changed: bool,
+    /// Status of the membership in each list joined.
+    statuses: Vec<SubscriptionStatus>,
+    pending_confirmation: Vec<String>,
+    /// Stored state after the upsert.
+    display_name: String,
+    attributes: Map<String, Value>,
+    status: SubscriberStatus,
+}
+
+/// Opt-in mode of every list in `list_ids`; `NotFound` names the first missing one.
+fn list_modes(tx: &Transaction<'_>, tenant: &str, list_ids: &[String]) -> Result<HashMap<String, OptIn>> {
+    let mut modes = HashMap::new();
+    for list_id in list_ids {
+        let list = get_list_tx(tx, tenant, list_id)?.ok_or_else(|| StoreError::NotFound(format!("lists/{list_id}")))?;
+        modes.insert(list_id.clone(), list.opt_in);
+    }
+    Ok(modes)
+}
+
+fn append_consent(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    subscriber_id: &str,
+    action: ConsentAction,
+    list_id: &str,
+    consent: &ConsentContext,
+    now: i64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO consent_log (tenant, subscriber_id, time, action, list_id, source, ip, user_agent) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        tenant,
+        subscriber_id,
+        now,
+        action.as_str(),
+        list_id,
+        consent.source,
+        consent.ip,
+        consent.user_agent
+    ])?;
+    Ok(())
+}
+
+/// Upserts one subscriber and its memberships inside `tx`.
+fn apply_upsert(
+    tx: &Transaction<'_>,
+    subscriber: &Subscriber,
+    options: &UpsertOptions,
+    modes: &HashMap<String, OptIn>,
+    now: i64,
+) -> Result<Applied> {
+    let tenant = &subscriber.tenant;
+    let email_norm = normalize_email(&subscriber.email);
+    let existing: Option<(String, String, String, i64)> = tx
+        .prepare_cached(
+            "SELECT id, display_name, attributes, status FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
+        )?
+        .query_row(params![tenant, email_norm], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .optional()?;
+    let mut state = (subscriber.display_name.clone(), subscriber.attributes.clone(), subscriber.status);
+    let (id, created, changed) = match existing {
+        Some((id, old_name, old_attributes, status)) if options.mode == UpsertMode::SkipExisting => {
+            state = (
+                old_name,
+                serde_json::from_str(&old_attributes).unwrap_or_default(),
+                SubscriberStatus::from_i64(status),
+            );
+            (id, false, false)
+        }
+        Some((id, old_name, old_attributes, status)) => {
+            let mut attributes: Map<String, Value> = serde_json::from_str(&old_attributes).unwrap_or_default();
+            attributes.extend(subscriber.attributes.clone());
+            let name = if subscriber.display_name.is_empty() { old_name } else { subscriber.display_name.clone() };
+            tx.prepare_cached(
+                "UPDATE subscribers SET email = ?3, display_name = ?4, attributes = ?5, update_time = ?6 \
+                 WHERE tenant = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                tenant,
+                id,
+                subscriber.email,
+                name,
+                Value::Object(attributes.clone()).to_string(),
+                now
+            ])?;
+            state = (name, attributes, SubscriberStatus::from_i64(status));
+            (id, false, true)
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO subscribers (tenant, id, email, email_norm, email_hash, domain_hash, display_name, \
+                 attributes, status, create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            )?
+            .execute(params![
+                tenant,
+                subscriber.id,
+                subscriber.email,
+                email_norm,
+                email_hash(&email_norm),
+                domain_hash(&email_norm),
+                subscriber.display_name,
+                Value::Object(subscriber.attributes.clone()).to_string(),
+                subscriber.status as i64,
+                now
+            ])?;
+            (subscriber.id.clone(), true, true)
+        }
+    };
+    let mut statuses = Vec::with_capacity(subscriber.lists.len());
+    let mut pending_confirmation = Vec::new();
+    for list_id in &subscriber.lists {
+        let fresh = if modes.get(list_id) == Some(&OptIn::Double) {
+            SubscriptionStatus::Unconfirmed
+        } else {
+            SubscriptionStatus::Confirmed
+        };
+        let current: Option<i64> = if created {
+            None
+        } else {
+            tx.prepare_cached(
+                "SELECT status FROM memberships WHERE tenant = ?1 AND list_id = ?2 AND subscriber_id = ?3",
+            )?
+            .query_row(params![tenant, list_id, id], |row| row.get(0))
+            .optional()?
+        };
+        let current = current.map(SubscriptionStatus::from_i64);
+        let join = match current {
+            None => true,
+            Some(SubscriptionStatus::Unsubscribed) => options.resubscribe,
+            Some(SubscriptionStatus::Unconfirmed) => {
+                // A repeated sign-up re-sends the confirmation, it does not confirm.
+                if options.resubscribe {
+                    pending_confirmation.push(list_id.clone());
+                }
+                false
+            }
+            Some(SubscriptionStatus::Confirmed) => false,
+        };
+        if !join {
+            statuses.push(current.unwrap_or(fresh));
+            continue;
+        }
+        tx.prepare_cached(
+            "INSERT INTO memberships (tenant, list_id, subscriber_id, create_time, status, update_time) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?4) \
+             ON CONFLICT (tenant, list_id, subscriber_id) DO UPDATE SET status = ?5, update_time = ?4",
+        )?
+        .execute(params![tenant, list_id, id, now, fresh as i64])?;
+        append_consent(tx, tenant, &id, ConsentAction::Subscribe, list_id, &options.consent, now)?;
+        if fresh == SubscriptionStatus::Unconfirmed {
+            pending_confirmation.push(list_id.clone());
+        }
+        statuses.push(fresh);
+    }
+    let (display_name, attributes, status) = state;
+    Ok(Applied { id, created, changed, statuses, pending_confirmation, display_name, attributes, status })
+}
+
+fn consent_tx(tx: &Transaction<'_>, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
+    let mut statement = tx.prepare_cached(
+        "SELECT subscriber_id, time, action, list_id, source, ip, user_agent FROM consent_log \
+         WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY time, rowid",
+    )?;
+    let rows = statement.query_map(params![tenant, subscriber_id], |row| {
+        Ok(ConsentRecord {
+            subscriber_id: row.get(0)?,
+            time: row.get(1)?,
+            action: ConsentAction::parse(&row.get::<_, String>(2)?),
+            list_id: row.get(3)?,
+            context: ConsentContext { source: row.get(4)?, ip: row.get(5)?, user_agent: row.get(6)? },
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn hashes_of(tx: &Transaction<'_>, tenant: &str, subscriber_id: &str) -> Result<Option<(String, String)>> {
+    Ok(tx
+        .query_row(
+            "SELECT email_hash, domain_hash FROM subscribers WHERE tenant = ?1 AND id = ?2",
+            params![tenant, subscriber_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?)
+}
+
+#[async_trait]
+impl SubscriberStore for SqliteStore {
+    async fn upsert_subscriber(
+        &self,
+        subscriber: Subscriber,
+        options: UpsertOptions,
+        request_id: Option<String>,
+    ) -> Result<Upserted> {
+        self.tx(move |tx| {
+            let tenant = subscriber.tenant.clone();
+            if let Some(id) = remembered(tx, &tenant, &request_id, "subscriber")? {
+                let existing = get_subscriber_tx(tx, &tenant, &id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("subscribers/{id}")))?;
+                return Ok(Upserted {
+                    subscriber: existing,
+                    created: false,
+                    changed: false,
+                    pending_confirmation: vec![],
+                });
+            }
+            let modes = list_modes(tx, &tenant, &subscriber.lists)?;
+            let applied = apply_upsert(tx, &subscriber, &options, &modes, now_millis())?;
+            remember(tx, &tenant, &request_id, "subscriber", &applied.id)?;
+            let stored = get_subscriber_tx(tx, &tenant, &applied.id)?
+                .ok_or_else(|| StoreError::Backend("subscriber vanished".into()))?;
+            Ok(Upserted {
+                subscriber: stored,
+                created: applied.created,
+                changed: applied.changed,
+                pending_confirmation: applied.pending_confirmation,
+            })
+        })
+        .await
+    }
+
+    async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>> {
+        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| get_subscriber_tx(tx, &tenant, &id)).await
+    }
+
+    async fn find_subscriber(&self, tenant: &str, email: &str) -> Result<Option<Subscriber>> {
+        let (tenant, email_norm) = (tenant.to_owned(), normalize_email(email));
+        self.tx(move |tx| {
+            let id: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
+                    params![tenant, email_norm],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match id {
+                Some(id) => get_subscriber_tx(tx, &tenant, &id),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>> {
+        let tenant = tenant.to_owned();
+        let sql = format!(
+            "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id > ?2 ORDER BY s.id LIMIT ?3"
+        );
+        self.tx(move |tx| paged(tx, &sql, &tenant, None, &page, subscriber_from_row, |s| &s.id)).await
+    }
+
+    async fn list_members(
+        &self,
+        tenant: &str,
+        list_id: &str,
+        sendable_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<Subscriber>> {
+        let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
+        let filter = if sendable_only {
+            "AND s.status = 1 AND m.status = 2 AND NOT EXISTS (SELECT 1 FROM suppressions x \
+             WHERE x.tenant = m.tenant AND x.email_hash IN (s.email_hash, s.domain_hash) AND x.list_id IN ('', m.list_id))"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {SUBSCRIBER_COLUMNS} FROM memberships m JOIN subscribers s ON s.tenant = m.tenant AND s.id = m.subscriber_id \
+             WHERE m.tenant = ?1 AND m.list_id = ?2 AND m.subscriber_id > ?3 {filter} ORDER BY m.subscriber_id LIMIT ?4"
+        );
+        self.tx(move |tx| paged(tx, &sql, &tenant, Some(&list_id), &page, subscriber_from_row, |s| &s.id)).await
+    }
+
+    async fn update_subscriber(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+        update: SubscriberUpdate,
+    ) -> Result<Option<Subscriber>> {
+        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| {
+            let Some(current) = get_subscriber_tx(tx, &tenant, &id)? else { return Ok(None) };
+            let name = update.display_name.unwrap_or(current.display_name);
+            let attributes = update.attributes.unwrap_or(current.attributes);
+            let status = update.status.unwrap_or(current.status);
+            tx.execute(
+                "UPDATE subscribers SET display_name = ?3, attributes = ?4, status = ?5, update_time = ?6 \
+                 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, name, Value::Object(attributes).to_string(), status as i64, now_millis()],
+            )?;
+            get_subscriber_tx(tx, &tenant, &id)
+        })
+        .await
+    }
+
+    async fn set_subscription(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+        list_id: &str,
+        status: SubscriptionStatus,
+        consent: ConsentContext,
+    ) -> Result<Option<Subscriber>> {
+        let (tenant, id, list_id) = (tenant.to_owned(), subscriber_id.to_owned(), list_id.to_owned());
+        self.tx(move |tx| {
+            let now = now_millis();
+            let changed = tx.execute(
+                "UPDATE memberships SET status = ?4, update_time = ?5 \
+                 WHERE tenant = ?1 AND list_id = ?2 AND subscriber_id = ?3 AND status != ?4",
+                params![tenant, list_id, id, status as i64, now],
+            )?;
+            let exists: bool = tx
+                .prepare_cached("SELECT 1 FROM memberships WHERE tenant = ?1 AND list_id = ?2 AND subscriber_id = ?3")?
+                .exists(params![tenant, list_id, id])?;
+            if !exists {
+                return Ok(None);
+            }
+            if changed > 0 {
+                let action = match status {
+                    SubscriptionStatus::Confirmed => ConsentAction::Confirm,
+                    SubscriptionStatus::Unsubscribed => ConsentAction::Unsubscribe,
+                    SubscriptionStatus::Unconfirmed => ConsentAction::Subscribe,
+                };
+                append_consent(tx, &tenant, &id, action, &list_id, &consent, now)?;
+            }
+            get_subscriber_tx(tx, &tenant, &id)
+        })
+        .await
+    }
+
+    async fn consent_records(&self, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
+        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| consent_tx(tx, &tenant, &id)).await
+    }
+
+    async fn existing_emails(&self, tenant: &str, emails: Vec<String>) -> Result<HashSet<String>> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            let mut statement = tx.prepare_cached("SELECT 1 FROM subscribers WHERE tenant = ?1 AND email_norm = ?2")?;
+            let mut found = HashSet::new();
+            for email in emails {
+                let email = normalize_email(&email);
+                if statement.exists(params![tenant, email])? {
+                    found.insert(email);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn import_batch(
+        &self,
+        tenant: &str,
+        job: ImportJob,
+        rows: Vec<ImportRow>,
+        options: UpsertOptions,
+    ) -> Result<(Vec<ImportedRow>, ImportJob)> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            let mut job = job;
+            let modes = list_modes(tx, &tenant, std::slice::from_ref(&job.list_id))?;
+            let now = now_millis();
+            let mut results = Vec::with_capacity(rows.len());
+            for row in rows {
+                let applied = apply_upsert(tx, &row.subscriber, &options, &modes, now)?;
+                match (applied.created, applied.changed) {
+                    (true, _) => job.imported += 1,
+                    (false, true) => job.updated += 1,
+                    (false, false) => job.skipped += 1,
+                }
+                results.push(ImportedRow {
+                    line: row.line,
+                    subscriber_id: applied.id,
+                    created: applied.created,
+                    changed: applied.changed,
+                    status: applied.statuses.first().copied().unwrap_or(SubscriptionStatus::Confirmed),
+                    email: row.subscriber.email,
+                    display_name: applied.display_name,
+                    attributes: applied.attributes,
+                    subscriber_status: applied.status,
+                });
+            }
+            if !job.request_id.is_empty() {
+                let encoded = serde_json::to_string(&job).map_err(|e| StoreError::Backend(e.to_string()))?;
+                tx.prepare_cached(
+                    "INSERT INTO import_jobs (tenant, request_id, job, update_time) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (tenant, request_id) DO UPDATE SET job = ?3, update_time = ?4",
+                )?
+                .execute(params![tenant, job.request_id, encoded, now])?;
+            }
+            Ok((results, job))
+        })
+        .await
+    }
+
+    async fn import_job(&self, tenant: &str, request_id: &str) -> Result<Option<ImportJob>> {
+        let (tenant, request_id) = (tenant.to_owned(), request_id.to_owned());
+        self.tx(move |tx| {
+            let encoded: Option<String> = tx
+                .query_row(
+                    "SELECT job FROM import_jobs WHERE tenant = ?1 AND request_id = ?2",
+                    params![tenant, request_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            encoded
+                .map(|text| serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("import job: {e}"))))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn export_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<SubscriberExport>> {
+        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| {
+            let Some(subscriber) = get_subscriber_tx(tx, &tenant, &id)? else { return Ok(None) };
+            let (hash, domain) = hashes_of(tx, &tenant, &id)?.unwrap_or_default();
+            let suppressions = super::access::suppressions_tx(tx, &tenant, &[hash, domain])?;
+            let mut statement = tx.prepare_cached(
+                "SELECT campaign_id, state, message_id, update_time FROM send_ledger WHERE subscriber_id = ?1 ORDER BY campaign_id",
+            )?;
+            let deliveries = statement
+                .query_map(params![id], |row| {
+                    Ok(Delivery {
+                        campaign_id: row.get(0)?,
+                        state: row.get(1)?,
+                        message_id: row.get(2)?,
+                        update_time: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Some(SubscriberExport { consent: consent_tx(tx, &tenant, &id)?, subscriber, suppressions, deliveries }))
+        })
+        .await
+    }
+
+    async fn erase_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<String>> {
+        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        self.tx(move |tx| {
+            let Some((hash, _)) = hashes_of(tx, &tenant, &id)? else { return Ok(None) };
+            tx.execute("DELETE FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
+            tx.execute("DELETE FROM consent_log WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
+            tx.execute("DELETE FROM subscribers WHERE tenant = ?1 AND id = ?2", params![tenant, id])?;
+            // Suppressions by this address keep working, but no longer say whose they are.
+            tx.execute(
+                "UPDATE suppressions SET target = '' WHERE tenant = ?1 AND email_hash = ?2",
+                params![tenant, hash],
+            )?;
+            tx.execute(
+                "INSERT INTO suppressions (tenant, email_hash, list_id, target, reason, create_time) \
+                 VALUES (?1, ?2, '', '', 'erased', ?3) \
+                 ON CONFLICT (tenant, email_hash, list_id) DO UPDATE SET reason = 'erased'",
+                params![tenant, hash, now_millis()],
+            )?;
+            Ok(Some(hash))
+        })
+        .await
+    }
+}

@@ -1,0 +1,110 @@
+//! Operator commands that work on the store directly (like `migrate`):
+//! tenants and API keys. They need the config of the deployment, not a key:
+//! whoever holds the store credentials is the root of trust.
+
+use anyhow::bail;
+use broadside_config::Config;
+use broadside_store::{Tenant, now_millis};
+use clap::Subcommand;
+
+use crate::backends;
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant and print an admin key for it (shown once).
+    Create {
+        /// Tenant id: lowercase letters, digits and '-'.
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Show every tenant.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it (shown once, only its hash is stored).
+    Create {
+        #[arg(long, default_value = broadside_store::DEFAULT_TENANT)]
+        tenant: String,
+        /// Comma-separated: admin, subscribers:write, campaigns:write, read.
+        #[arg(long, default_value = "read")]
+        scopes: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show a tenant's keys (never their secrets).
+    List {
+        #[arg(long, default_value = broadside_store::DEFAULT_TENANT)]
+        tenant: String,
+    },
+    /// Revoke a key at once (`apiKeys/ID` or `ID`).
+    Revoke {
+        key: String,
+        #[arg(long, default_value = broadside_store::DEFAULT_TENANT)]
+        tenant: String,
+    },
+}
+
+fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.starts_with('-')
+}
+
+pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result<()> {
+    let store = backends::open(config)?.store;
+    match command {
+        TenantsCommand::Create { id, name } => {
+            if !valid_tenant_id(&id) {
+                bail!("tenant id {id:?}: use 1 to 63 lowercase letters, digits and '-' (not first)");
+            }
+            let display_name = if name.is_empty() { id.clone() } else { name };
+            store.create_tenant(Tenant { id: id.clone(), display_name, create_time: now_millis() }).await?;
+            let key = broadside_auth::generate(&id, vec![broadside_store::Scope::Admin], "created with the tenant");
+            store.create_api_key(key.record.clone()).await?;
+            println!("tenant {id} created");
+            println!("admin key (shown once, store it now): {}", key.secret);
+        }
+        TenantsCommand::List => {
+            for tenant in store.list_tenants().await? {
+                println!("{}\t{}", tenant.id, tenant.display_name);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let store = backends::open(config)?.store;
+    match command {
+        KeysCommand::Create { tenant, scopes, description } => {
+            let scopes =
+                broadside_subscribers::parse_scopes("--scopes", &[scopes]).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if store.get_tenant(&tenant).await?.is_none() {
+                bail!("--tenant {tenant:?} does not exist (create it with `broadside tenants create {tenant}`)");
+            }
+            let key = broadside_auth::generate(&tenant, scopes, &description);
+            store.create_api_key(key.record.clone()).await?;
+            eprintln!("key apiKeys/{} created for tenant {tenant}; it is shown only once:", key.record.id);
+            println!("{}", key.secret);
+        }
+        KeysCommand::List { tenant } => {
+            for key in store.list_api_keys(&tenant).await? {
+                let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+                let state = if key.revoke_time > 0 { "revoked" } else { "active" };
+                println!("apiKeys/{}\t{state}\t{}\t{}", key.id, scopes.join(","), key.description);
+            }
+        }
+        KeysCommand::Revoke { key, tenant } => {
+            let id = key.strip_prefix("apiKeys/").unwrap_or(&key);
+            if !store.revoke_api_key(&tenant, id).await? {
+                bail!("apiKeys/{id} is not an active key of tenant {tenant}");
+            }
+            println!("apiKeys/{id} revoked");
+        }
+    }
+    Ok(())
+}

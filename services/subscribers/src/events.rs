@@ -1,0 +1,67 @@
+//! Publishing subscriber-events. The store write happens first; events run
+//! again on a retried request, so consumers see every change at least once.
+
+use broadside_bus::Record;
+use broadside_proto::ServiceError;
+use broadside_proto::convert::{json_to_struct, millis_to_timestamp};
+use broadside_proto::v1::{SubscriberEvent, SubscriberUpserted, SubscriptionChanged, subscriber_event::Change};
+use broadside_store::{Subscriber, SubscriptionStatus, now_millis};
+use prost::Message as _;
+
+use crate::SubscriberApi;
+
+pub(crate) fn status_name(status: SubscriptionStatus) -> &'static str {
+    match status {
+        SubscriptionStatus::Unconfirmed => "unconfirmed",
+        SubscriptionStatus::Confirmed => "confirmed",
+        SubscriptionStatus::Unsubscribed => "unsubscribed",
+    }
+}
+
+/// The full state of a subscriber after a change.
+pub(crate) fn upserted(subscriber: &Subscriber) -> Change {
+    Change::Upserted(SubscriberUpserted {
+        email: subscriber.email.clone(),
+        display_name: subscriber.display_name.clone(),
+        attributes: Some(json_to_struct(&subscriber.attributes)),
+        status: subscriber.status.as_str().into(),
+        subscriptions: subscriber
+            .subscriptions
+            .iter()
+            .map(|s| (s.list_id.clone(), status_name(s.status).to_owned()))
+            .collect(),
+    })
+}
+
+pub(crate) fn subscription_changed(list_id: &str, status: SubscriptionStatus, source: &str) -> Change {
+    Change::SubscriptionChanged(SubscriptionChanged {
+        list_id: list_id.to_owned(),
+        subscribed: status != SubscriptionStatus::Unsubscribed,
+        source: source.to_owned(),
+        status: status_name(status).into(),
+    })
+}
+
+impl SubscriberApi {
+    /// Publishes changes of subscribers as `(tenant, subscriber id, change)`.
+    pub(crate) async fn publish(&self, changes: Vec<(String, String, Change)>) -> Result<(), ServiceError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let time = millis_to_timestamp(now_millis());
+        let records = changes
+            .into_iter()
+            .map(|(tenant, subscriber_id, change)| {
+                let event = SubscriberEvent {
+                    tenant: tenant.clone(),
+                    subscriber_id: subscriber_id.clone(),
+                    time,
+                    change: Some(change),
+                };
+                Record::event(&subscriber_id, &tenant, "broadside.v1.SubscriberEvent", event.encode_to_vec(), None)
+            })
+            .collect();
+        self.bus.publish(&self.events_topic, records).await?;
+        Ok(())
+    }
+}

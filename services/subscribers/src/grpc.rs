@@ -1,0 +1,105 @@
+//! The tonic adapter: authenticate, check the scope each RPC needs, call the API.
+
+use broadside_proto::v1::subscriber_service_server::SubscriberService;
+use broadside_proto::v1::*;
+use broadside_store::Scope;
+use tonic::{Request, Response, Status};
+
+use crate::SubscriberApi;
+
+/// `call!(self, request, Scope, method)`: authorize, then run `method(caller, body)`.
+macro_rules! call {
+    ($self:ident, $request:ident, $scope:expr, $method:ident) => {{
+        let caller = $self.auth.authorize($request.metadata(), $scope).await?;
+        Ok(Response::new(SubscriberApi::$method($self, &caller, $request.into_inner()).await?))
+    }};
+}
+
+#[tonic::async_trait]
+impl SubscriberService for SubscriberApi {
+    async fn create_list(&self, request: Request<CreateListRequest>) -> Result<Response<MailingList>, Status> {
+        call!(self, request, Scope::SubscribersWrite, create_list)
+    }
+    async fn get_list(&self, request: Request<GetListRequest>) -> Result<Response<MailingList>, Status> {
+        call!(self, request, Scope::Read, get_list)
+    }
+    async fn list_lists(&self, request: Request<ListListsRequest>) -> Result<Response<ListListsResponse>, Status> {
+        call!(self, request, Scope::Read, list_lists)
+    }
+    async fn delete_list(&self, request: Request<DeleteListRequest>) -> Result<Response<()>, Status> {
+        call!(self, request, Scope::SubscribersWrite, delete_list)
+    }
+    async fn create_subscriber(
+        &self,
+        request: Request<CreateSubscriberRequest>,
+    ) -> Result<Response<Subscriber>, Status> {
+        call!(self, request, Scope::SubscribersWrite, create_subscriber)
+    }
+    async fn get_subscriber(&self, request: Request<GetSubscriberRequest>) -> Result<Response<Subscriber>, Status> {
+        call!(self, request, Scope::Read, get_subscriber)
+    }
+    async fn list_subscribers(
+        &self,
+        request: Request<ListSubscribersRequest>,
+    ) -> Result<Response<ListSubscribersResponse>, Status> {
+        call!(self, request, Scope::Read, list_subscribers)
+    }
+    async fn update_subscriber(
+        &self,
+        request: Request<UpdateSubscriberRequest>,
+    ) -> Result<Response<Subscriber>, Status> {
+        call!(self, request, Scope::SubscribersWrite, update_subscriber)
+    }
+    async fn unsubscribe(&self, request: Request<UnsubscribeRequest>) -> Result<Response<Subscriber>, Status> {
+        call!(self, request, Scope::SubscribersWrite, unsubscribe)
+    }
+    async fn confirm_subscription(
+        &self,
+        request: Request<ConfirmSubscriptionRequest>,
+    ) -> Result<Response<Subscriber>, Status> {
+        let caller = self.auth.authorize(request.metadata(), Scope::SubscribersWrite).await?;
+        Ok(Response::new(SubscriberApi::confirm_subscription(self, Some(&caller), request.into_inner()).await?))
+    }
+    async fn list_consent_records(
+        &self,
+        request: Request<ListConsentRecordsRequest>,
+    ) -> Result<Response<ListConsentRecordsResponse>, Status> {
+        call!(self, request, Scope::Read, list_consent_records)
+    }
+    async fn export_subscriber(
+        &self,
+        request: Request<ExportSubscriberRequest>,
+    ) -> Result<Response<ExportSubscriberResponse>, Status> {
+        call!(self, request, Scope::Admin, export_subscriber)
+    }
+    async fn erase_subscriber(
+        &self,
+        request: Request<EraseSubscriberRequest>,
+    ) -> Result<Response<EraseSubscriberResponse>, Status> {
+        call!(self, request, Scope::Admin, erase_subscriber)
+    }
+    async fn import_subscribers(
+        &self,
+        request: Request<tonic::Streaming<ImportSubscribersRequest>>,
+    ) -> Result<Response<ImportSubscribersResponse>, Status> {
+        call!(self, request, Scope::SubscribersWrite, import_subscribers)
+    }
+    async fn add_suppression(&self, request: Request<AddSuppressionRequest>) -> Result<Response<Suppression>, Status> {
+        call!(self, request, Scope::SubscribersWrite, add_suppression)
+    }
+    async fn remove_suppression(&self, request: Request<RemoveSuppressionRequest>) -> Result<Response<()>, Status> {
+        call!(self, request, Scope::SubscribersWrite, remove_suppression)
+    }
+    async fn list_suppressions(
+        &self,
+        request: Request<ListSuppressionsRequest>,
+    ) -> Result<Response<ListSuppressionsResponse>, Status> {
+        call!(self, request, Scope::Read, list_suppressions)
+    }
+    async fn check_suppression(
+        &self,
+        request: Request<CheckSuppressionRequest>,
+    ) -> Result<Response<CheckSuppressionResponse>, Status> {
+        call!(self, request, Scope::Read, check_suppression)
+    }
+}

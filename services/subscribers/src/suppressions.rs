@@ -1,0 +1,115 @@
+//! Suppressions: addresses and domains that must not be mailed, tenant-wide
+//! or per list. Kept by hash, so erasure can keep one without the address.
+
+use broadside_auth::Caller;
+use broadside_proto::v1::subscriber_event::Change;
+use broadside_proto::v1::*;
+use broadside_proto::{ServiceError, names};
+use broadside_store::{PageRequest, email_hash, normalize_email as unique_key, now_millis};
+
+use crate::convert::{reason_from_proto, suppression_to_proto};
+use crate::validate::normalize_email;
+use crate::{SubscriberApi, tenant};
+
+/// Normalizes a suppression target: an address, or `@domain` for a whole domain.
+fn normalize_target(field: &str, target: &str) -> Result<String, ServiceError> {
+    let target = target.trim();
+    if let Some(domain) = target.strip_prefix('@') {
+        let probe = normalize_email(field, &format!("postmaster@{domain}"))?;
+        return Ok(format!("@{}", probe.rsplit_once('@').map_or("", |(_, d)| d)));
+    }
+    normalize_email(field, target)
+}
+
+fn list_id_of<'a>(field: &str, list: &'a str) -> Result<&'a str, ServiceError> {
+    if list.is_empty() { Ok("") } else { names::parse(field, list, "lists") }
+}
+
+impl SubscriberApi {
+    async fn publish_suppression(
+        &self,
+        caller: &Caller,
+        hash: &str,
+        reason: &str,
+        added: bool,
+    ) -> Result<(), ServiceError> {
+        let change = SuppressionChanged { email_hash: hash.to_owned(), reason: reason.to_owned() };
+        let change = if added { Change::SuppressionAdded(change) } else { Change::SuppressionRemoved(change) };
+        // Keyed by the hash: a suppression may name no subscriber (or an erased one).
+        self.publish(vec![(caller.tenant.clone(), hash.to_owned(), change)]).await
+    }
+
+    pub async fn add_suppression(
+        &self,
+        caller: &Caller,
+        request: AddSuppressionRequest,
+    ) -> Result<Suppression, ServiceError> {
+        let suppression = request.suppression.unwrap_or_default();
+        let target = normalize_target("suppression.target", &suppression.target)?;
+        let list_id = list_id_of("suppression.list", &suppression.list)?;
+        if !list_id.is_empty() && self.store.get_list(tenant(caller), list_id).await?.is_none() {
+            return Err(ServiceError::NotFound(suppression.list));
+        }
+        let reason = reason_from_proto(suppression.reason).ok_or_else(|| {
+            ServiceError::invalid("suppression.reason", format!("unknown value {}", suppression.reason))
+        })?;
+        let stored = self
+            .store
+            .add_suppression(broadside_store::Suppression {
+                tenant: caller.tenant.clone(),
+                email_hash: email_hash(&target),
+                list_id: list_id.to_owned(),
+                target,
+                reason,
+                create_time: now_millis(),
+            })
+            .await?;
+        self.publish_suppression(caller, &stored.email_hash, reason.as_str(), true).await?;
+        tracing::info!(tenant = %caller.tenant, hash = %stored.email_hash, list = %list_id, reason = reason.as_str(), "suppression added");
+        Ok(suppression_to_proto(&stored))
+    }
+
+    pub async fn remove_suppression(
+        &self,
+        caller: &Caller,
+        request: RemoveSuppressionRequest,
+    ) -> Result<(), ServiceError> {
+        let target = normalize_target("target", &request.target)?;
+        let list_id = list_id_of("list", &request.list)?;
+        let hash = email_hash(&target);
+        if !self.store.remove_suppression(tenant(caller), &hash, list_id).await? {
+            return Err(ServiceError::NotFound(format!("suppression of {target:?}")));
+        }
+        self.publish_suppression(caller, &hash, "", false).await?;
+        tracing::info!(tenant = %caller.tenant, %hash, list = %list_id, "suppression removed");
+        Ok(())
+    }
+
+    pub async fn list_suppressions(
+        &self,
+        caller: &Caller,
+        request: ListSuppressionsRequest,
+    ) -> Result<ListSuppressionsResponse, ServiceError> {
+        let page = PageRequest::new(request.page_size.into(), &request.page_token);
+        let page = self.store.list_suppressions(tenant(caller), page).await?;
+        Ok(ListSuppressionsResponse {
+            suppressions: page.items.iter().map(suppression_to_proto).collect(),
+            next_page_token: page.next_token.unwrap_or_default(),
+        })
+    }
+
+    pub async fn check_suppression(
+        &self,
+        caller: &Caller,
+        request: CheckSuppressionRequest,
+    ) -> Result<CheckSuppressionResponse, ServiceError> {
+        let email = normalize_email("email", &request.email)?;
+        let list_id = list_id_of("list", &request.list)?;
+        let key = unique_key(&email);
+        let domain = format!("@{}", key.rsplit_once('@').map_or("", |(_, d)| d));
+        let found = self.store.suppressions_for(tenant(caller), vec![email_hash(&key), email_hash(&domain)]).await?;
+        let matching: Vec<Suppression> =
+            found.iter().filter(|s| s.list_id.is_empty() || s.list_id == list_id).map(suppression_to_proto).collect();
+        Ok(CheckSuppressionResponse { suppressed: !matching.is_empty(), suppressions: matching })
+    }
+}
