@@ -51,7 +51,9 @@ async fn valid_rows_commit_and_each_bad_row_is_reported_with_its_line() {
     csv.extend_from_slice(b"carl@example.com,Carl,old,no,,,\n"); // 4
     csv.extend_from_slice(b"ADA@EXAMPLE.COM,Ada again,1,no,,,\n"); // 5
     csv.extend_from_slice(b"\n"); // 6: blank
-    csv.extend_from_slice("dora@Bücher.example,\"Dora, \"\"the\"\" Explorer\",7,true,,,\"Line one\nline two\"\n".as_bytes()); // 7-8
+    csv.extend_from_slice(
+        "dora@Bücher.example,\"Dora, \"\"the\"\" Explorer\",7,true,,,\"Line one\nline two\"\n".as_bytes(),
+    ); // 7-8
     csv.extend_from_slice(b"eve@example.com,Eve,1,no,,,x,extra\n"); // 9
     csv.extend_from_slice(format!("fay@example.com,Fay,1,no,,,{}\n", "y".repeat(10 * 1024 * 1024)).as_bytes()); // 10
     csv.extend_from_slice(b"gus@example.com,G\xe9rard,1,no,,,\n"); // 11: Latin-1, not UTF-8
@@ -145,12 +147,11 @@ async fn modes_dry_run_and_idempotent_resume() {
     // A client that dies mid-upload: the stream stalls after part of the file, then is dropped.
     let request_id = "import-resume-test".to_string();
     let cut = csv.len() * 3 / 4;
-    let mut first_part = chunks(&list, &csv[..cut], ImportSubscribersRequest { request_id: request_id.clone(), ..Default::default() });
+    let mut first_part =
+        chunks(&list, &csv[..cut], ImportSubscribersRequest { request_id: request_id.clone(), ..Default::default() });
     let head = first_part.remove(0);
-    let stalled = tokio_stream::StreamExt::chain(
-        tokio_stream::iter(std::iter::once(head).chain(first_part)),
-        futures_pending(),
-    );
+    let stalled =
+        tokio_stream::StreamExt::chain(tokio_stream::iter(std::iter::once(head).chain(first_part)), futures_pending());
     let mut client = sandbox.subscribers.clone();
     let upload = tokio::spawn(async move { client.import_subscribers(stalled).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -103,13 +103,37 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
-    async fn erase_key(&self, key: &str) -> Result<u64> {
-        let key = key.to_owned();
+    async fn redact(&self, topic: &str, needle: &[u8], redact: Redactor) -> Result<u64> {
+        let (topic, needle) = (topic.to_owned(), needle.to_vec());
         self.run(move |conn| {
-            Ok(conn.execute(
-                "UPDATE bus_log SET payload = x'', headers = '' WHERE key = ?1 AND length(payload) > 0",
-                params![key],
-            )? as u64)
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut changed = 0;
+            {
+                let mut select = tx.prepare(
+                    "SELECT partition, offset, key, payload, headers FROM bus_log WHERE topic = ?1 AND instr(payload, ?2) > 0",
+                )?;
+                let mut update = tx.prepare(
+                    "UPDATE bus_log SET payload = ?4, headers = CASE WHEN length(?4) = 0 THEN '' ELSE headers END \
+                     WHERE topic = ?1 AND partition = ?2 AND offset = ?3",
+                )?;
+                let rows: Vec<(u32, i64, Record)> = select
+                    .query_map(params![topic, needle], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            Record { key: row.get(2)?, payload: row.get(3)?, headers: decode_headers(&row.get::<_, String>(4)?) },
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (partition, offset, record) in rows {
+                    let payload = redact(&record);
+                    if payload != record.payload {
+                        changed += update.execute(params![topic, partition, offset, payload])? as u64;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(changed)
         })
         .await
     }

@@ -111,8 +111,8 @@ impl KafkaBus {
 
 #[async_trait]
 impl Bus for KafkaBus {
-    async fn erase_key(&self, key: &str) -> Result<u64> {
-        tracing::info!(%key, "kafka records cannot be rewritten: erased data ages out with topic retention");
+    async fn redact(&self, topic: &str, _: &[u8], _: crate::Redactor) -> Result<u64> {
+        tracing::info!(%topic, "kafka records cannot be rewritten: erased data ages out with the topic's retention");
         Ok(0)
     }
 
@@ -122,8 +122,14 @@ impl Bus for KafkaBus {
             for (key, value) in &record.headers {
                 headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
             }
-            let future_record =
-                FutureRecord::to(topic).key(record.key.as_bytes()).payload(&record.payload).headers(headers);
+            // Our partitioner, not librdkafka's: the same key lands in the same
+            // partition on every backend, which batched records rely on.
+            let partition = crate::partition_for(&record.key, self.settings.partitions) as i32;
+            let future_record = FutureRecord::to(topic)
+                .key(record.key.as_bytes())
+                .partition(partition)
+                .payload(&record.payload)
+                .headers(headers);
             self.producer.send(future_record, Duration::from_secs(120))
         });
         for result in join_all(sends).await {

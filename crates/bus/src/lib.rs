@@ -110,12 +110,16 @@ pub trait Bus: Send + Sync {
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
     /// Partitions per topic.
     fn partitions(&self) -> u32;
-    /// Blanks the payload of every retained record with `key` (erasure of
-    /// personal data); offsets stay, consumers skip blanked records. Returns
-    /// how many were blanked. Kafka cannot rewrite its log: there, records
-    /// age out with the topics' retention, which is documented as the bound.
-    async fn erase_key(&self, key: &str) -> Result<u64>;
+    /// Erasure of personal data: every retained record of `topic` whose
+    /// payload contains `needle` gets the payload `redact(record)` returns
+    /// (empty blanks it; consumers skip blank records). Offsets stay. Returns
+    /// how many records changed. Kafka cannot rewrite its log: there,
+    /// records age out with the topics' retention, the documented bound.
+    async fn redact(&self, topic: &str, needle: &[u8], redact: Redactor) -> Result<u64>;
 }
+
+/// Rewrites a record's payload for [`Bus::redact`].
+pub type Redactor = std::sync::Arc<dyn Fn(&Record) -> Vec<u8> + Send + Sync>;
 
 /// A member of a consumer group.
 #[async_trait]

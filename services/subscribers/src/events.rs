@@ -1,10 +1,14 @@
 //! Publishing subscriber-events. The store write happens first; events run
 //! again on a retried request, so consumers see every change at least once.
 
-use broadside_bus::Record;
+use std::collections::BTreeMap;
+
+use broadside_bus::{Record, partition_for};
 use broadside_proto::ServiceError;
 use broadside_proto::convert::{json_to_struct, millis_to_timestamp};
-use broadside_proto::v1::{SubscriberEvent, SubscriberUpserted, SubscriptionChanged, subscriber_event::Change};
+use broadside_proto::v1::{
+    SubscriberEvent, SubscriberEventBatch, SubscriberUpserted, SubscriptionChanged, subscriber_event::Change,
+};
 use broadside_store::{Subscriber, SubscriptionStatus, now_millis};
 use prost::Message as _;
 
@@ -44,21 +48,32 @@ pub(crate) fn subscription_changed(list_id: &str, status: SubscriptionStatus, so
 
 impl SubscriberApi {
     /// Publishes changes of subscribers as `(tenant, subscriber id, change)`.
+    /// Several events for one partition travel as one `SubscriberEventBatch`
+    /// record: an import publishes a handful of records per batch, not one
+    /// per row.
     pub(crate) async fn publish(&self, changes: Vec<(String, String, Change)>) -> Result<(), ServiceError> {
         if changes.is_empty() {
             return Ok(());
         }
         let time = millis_to_timestamp(now_millis());
-        let records = changes
+        let partitions = self.bus.partitions();
+        let mut groups: BTreeMap<(String, u32), Vec<SubscriberEvent>> = BTreeMap::new();
+        for (tenant, subscriber_id, change) in changes {
+            let partition = partition_for(&subscriber_id, partitions);
+            let event = SubscriberEvent { tenant: tenant.clone(), subscriber_id, time, change: Some(change) };
+            groups.entry((tenant, partition)).or_default().push(event);
+        }
+        let records = groups
             .into_iter()
-            .map(|(tenant, subscriber_id, change)| {
-                let event = SubscriberEvent {
-                    tenant: tenant.clone(),
-                    subscriber_id: subscriber_id.clone(),
-                    time,
-                    change: Some(change),
-                };
-                Record::event(&subscriber_id, &tenant, "broadside.v1.SubscriberEvent", event.encode_to_vec(), None)
+            .map(|((tenant, _), mut events)| {
+                let key = events[0].subscriber_id.clone();
+                if events.len() == 1 {
+                    let event = events.pop().expect("one event");
+                    Record::event(&key, &tenant, "broadside.v1.SubscriberEvent", event.encode_to_vec(), None)
+                } else {
+                    let batch = SubscriberEventBatch { events };
+                    Record::event(&key, &tenant, "broadside.v1.SubscriberEventBatch", batch.encode_to_vec(), None)
+                }
             })
             .collect();
         self.bus.publish(&self.events_topic, records).await?;

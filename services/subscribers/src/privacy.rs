@@ -5,9 +5,38 @@ use broadside_proto::ServiceError;
 use broadside_proto::v1::subscriber_event::Change;
 use broadside_proto::v1::*;
 
+use std::sync::Arc;
+
+use broadside_bus::{Record, Redactor, Topic, headers};
+use prost::Message as _;
+
 use crate::{SubscriberApi, tenant};
 
+const BATCH_TYPE: &str = "broadside.v1.SubscriberEventBatch";
+
 impl SubscriberApi {
+    /// Removes the subscriber's records from every topic of the embedded
+    /// bus: single records are blanked, batches lose only its events.
+    async fn redact_bus(&self, subscriber_id: &str) -> Result<u64, ServiceError> {
+        let mut changed = 0;
+        for topic in Topic::ALL {
+            let name = topic.name(&self.settings.topic_prefix);
+            let id = subscriber_id.to_owned();
+            let redactor: Redactor = Arc::new(move |record: &Record| {
+                let is_batch = record.headers.iter().any(|(k, v)| k == headers::TYPE && v == BATCH_TYPE);
+                match SubscriberEventBatch::decode(record.payload.as_slice()) {
+                    Ok(mut batch) if is_batch => {
+                        batch.events.retain(|event| event.subscriber_id != id);
+                        if batch.events.is_empty() { Vec::new() } else { batch.encode_to_vec() }
+                    }
+                    _ => Vec::new(),
+                }
+            });
+            changed += self.bus.redact(&name, subscriber_id.as_bytes(), redactor).await?;
+        }
+        Ok(changed)
+    }
+
     pub async fn export_subscriber(
         &self,
         caller: &Caller,
@@ -43,7 +72,7 @@ impl SubscriberApi {
             .erase_subscriber(tenant(caller), &subscriber.id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("subscribers/{}", subscriber.id)))?;
-        let purged = self.bus.erase_key(&subscriber.id).await?;
+        let purged = self.redact_bus(&subscriber.id).await?;
         self.publish(vec![(caller.tenant.clone(), subscriber.id.clone(), Change::Erased(SubscriberErased {}))]).await?;
         tracing::info!(tenant = %caller.tenant, key = %caller.key_id, subscriber = %subscriber.id, bus_records_purged = purged, "subscriber erased");
         Ok(EraseSubscriberResponse { email_hash: hash })

@@ -102,7 +102,7 @@ pub(crate) fn check_attributes(field: &str, attributes: &Map<String, Value>) -> 
             ));
         }
     }
-    let size = Value::Object(attributes.clone()).to_string().len();
+    let size = json_size(attributes);
     if size > MAX_ATTRIBUTE_BYTES {
         return Err(ServiceError::invalid(
             field,
@@ -110,6 +110,23 @@ pub(crate) fn check_attributes(field: &str, attributes: &Map<String, Value>) -> 
         ));
     }
     Ok(())
+}
+
+/// Bytes of `value` as JSON, counted without building the string.
+fn json_size(value: &impl serde::Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// Checks a display name: no CR/LF/NUL, at most [`MAX_DISPLAY_NAME`] characters.

@@ -91,6 +91,35 @@ CREATE TABLE import_jobs (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, job TEXT NOT NULL, update_time INTEGER NOT NULL,
     PRIMARY KEY (tenant, request_id)) WITHOUT ROWID;
 "#,
+    // Clustered by primary key (WITHOUT ROWID): one b-tree per table instead
+    // of a rowid table plus a primary-key index. Halves import writes.
+    r#"
+CREATE TABLE subscribers_v5 (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, email TEXT NOT NULL, email_norm TEXT NOT NULL,
+    email_hash TEXT NOT NULL, domain_hash TEXT NOT NULL, display_name TEXT NOT NULL, attributes TEXT NOT NULL,
+    status INTEGER NOT NULL, create_time INTEGER NOT NULL, update_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+INSERT INTO subscribers_v5 SELECT tenant, id, email, email_norm, email_hash, domain_hash, display_name, attributes,
+    status, create_time, update_time FROM subscribers;
+DROP TABLE subscribers;
+ALTER TABLE subscribers_v5 RENAME TO subscribers;
+CREATE UNIQUE INDEX subscribers_by_email ON subscribers (tenant, email_norm);
+CREATE TABLE memberships_v5 (
+    tenant TEXT NOT NULL, list_id TEXT NOT NULL, subscriber_id TEXT NOT NULL, create_time INTEGER NOT NULL,
+    status INTEGER NOT NULL, update_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, list_id, subscriber_id)) WITHOUT ROWID;
+INSERT INTO memberships_v5 SELECT tenant, list_id, subscriber_id, create_time, status, update_time FROM memberships;
+DROP TABLE memberships;
+ALTER TABLE memberships_v5 RENAME TO memberships;
+CREATE INDEX memberships_by_subscriber ON memberships (tenant, subscriber_id);
+CREATE TABLE consent_v5 (
+    tenant TEXT NOT NULL, subscriber_id TEXT NOT NULL, time INTEGER NOT NULL, seq INTEGER NOT NULL,
+    action TEXT NOT NULL, list_id TEXT NOT NULL, source TEXT NOT NULL, ip TEXT NOT NULL, user_agent TEXT NOT NULL,
+    PRIMARY KEY (tenant, subscriber_id, time, seq)) WITHOUT ROWID;
+INSERT INTO consent_v5 SELECT tenant, subscriber_id, time, rowid, action, list_id, source, ip, user_agent FROM consent_log;
+DROP TABLE consent_log;
+ALTER TABLE consent_v5 RENAME TO consent_log;
+"#,
 ];
 
 /// Opens a SQLite connection with the pragmas every Broadside connection uses.
@@ -98,10 +127,16 @@ CREATE TABLE import_jobs (
 /// guarantee); `FULL` would also survive power loss at a write-speed cost.
 pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // Larger pages suit rows of a few hundred bytes (subscribers with
+    // attributes, bus records); only takes effect on a new, empty file.
+    conn.pragma_update(None, "page_size", 8192)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 64 MiB of page cache (the default is 2 MiB): index inserts at random
+    // keys (emails) otherwise re-read pages from the OS on every row.
+    conn.pragma_update(None, "cache_size", -65536)?;
     Ok(conn)
 }
 

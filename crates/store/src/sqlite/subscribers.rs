@@ -17,10 +17,9 @@ struct Applied {
     /// Status of the membership in each list joined.
     statuses: Vec<SubscriptionStatus>,
     pending_confirmation: Vec<String>,
-    /// Stored state after the upsert.
-    display_name: String,
-    attributes: Map<String, Value>,
-    status: SubscriberStatus,
+    /// Stored (name, attributes, status) after the upsert, when it differs
+    /// from the input (an existing subscriber); `None` means "as given".
+    state: Option<(String, Map<String, Value>, SubscriberStatus)>,
 }
 
 /// Opt-in mode of every list in `list_ids`; `NotFound` names the first missing one.
@@ -43,8 +42,8 @@ fn append_consent(
     now: i64,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO consent_log (tenant, subscriber_id, time, action, list_id, source, ip, user_agent) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO consent_log (tenant, subscriber_id, time, seq, action, list_id, source, ip, user_agent) \
+         VALUES (?1, ?2, ?3, ?9, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         tenant,
@@ -54,12 +53,24 @@ fn append_consent(
         list_id,
         consent.source,
         consent.ip,
-        consent.user_agent
+        consent.user_agent,
+        next_consent_seq()
     ])?;
     Ok(())
 }
 
-/// Upserts one subscriber and its memberships inside `tx`.
+/// Orders consent records within one millisecond: increasing in this process,
+/// and starting above any earlier process's values (microseconds at start).
+fn next_consent_seq() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static SEQ: AtomicI64 = AtomicI64::new(0);
+    let _ = SEQ.compare_exchange(0, now_millis() * 1000, Ordering::Relaxed, Ordering::Relaxed);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Upserts one subscriber and its memberships inside `tx`. New addresses
+/// (the common case of an import) cost one insert: the existing row is read
+/// only when the insert hits the unique email index.
 fn apply_upsert(
     tx: &Transaction<'_>,
     subscriber: &Subscriber,
@@ -69,25 +80,42 @@ fn apply_upsert(
 ) -> Result<Applied> {
     let tenant = &subscriber.tenant;
     let email_norm = normalize_email(&subscriber.email);
-    let existing: Option<(String, String, String, i64)> = tx
-        .prepare_cached(
-            "SELECT id, display_name, attributes, status FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
+    let attributes_json =
+        serde_json::to_string(&subscriber.attributes).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let inserted =
+        tx.prepare_cached(
+            "INSERT INTO subscribers (tenant, id, email, email_norm, email_hash, domain_hash, display_name, \
+             attributes, status, create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) \
+             ON CONFLICT (tenant, email_norm) DO NOTHING",
         )?
-        .query_row(params![tenant, email_norm], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
-        .optional()?;
-    let mut state = (subscriber.display_name.clone(), subscriber.attributes.clone(), subscriber.status);
-    let (id, created, changed) = match existing {
-        Some((id, old_name, old_attributes, status)) if options.mode == UpsertMode::SkipExisting => {
-            state = (
-                old_name,
-                serde_json::from_str(&old_attributes).unwrap_or_default(),
-                SubscriberStatus::from_i64(status),
-            );
+        .execute(params![
+            tenant,
+            subscriber.id,
+            subscriber.email,
+            email_norm,
+            email_hash(&email_norm),
+            domain_hash(&email_norm),
+            subscriber.display_name,
+            attributes_json,
+            subscriber.status as i64,
+            now
+        ])? > 0;
+    let mut state = None;
+    let (id, created, changed) = if inserted {
+        (subscriber.id.clone(), true, true)
+    } else {
+        let (id, old_name, old_attributes, status): (String, String, String, i64) = tx
+            .prepare_cached(
+                "SELECT id, display_name, attributes, status FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
+            )?
+            .query_row(params![tenant, email_norm], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+        let mut attributes: Map<String, Value> = serde_json::from_str(&old_attributes).unwrap_or_default();
+        let status = SubscriberStatus::from_i64(status);
+        if options.mode == UpsertMode::SkipExisting {
+            state = Some((old_name, attributes, status));
             (id, false, false)
-        }
-        Some((id, old_name, old_attributes, status)) => {
-            let mut attributes: Map<String, Value> = serde_json::from_str(&old_attributes).unwrap_or_default();
-            attributes.extend(subscriber.attributes.clone());
+        } else {
+            attributes.extend(subscriber.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
             let name = if subscriber.display_name.is_empty() { old_name } else { subscriber.display_name.clone() };
             tx.prepare_cached(
                 "UPDATE subscribers SET email = ?3, display_name = ?4, attributes = ?5, update_time = ?6 \
@@ -101,27 +129,8 @@ fn apply_upsert(
                 Value::Object(attributes.clone()).to_string(),
                 now
             ])?;
-            state = (name, attributes, SubscriberStatus::from_i64(status));
+            state = Some((name, attributes, status));
             (id, false, true)
-        }
-        None => {
-            tx.prepare_cached(
-                "INSERT INTO subscribers (tenant, id, email, email_norm, email_hash, domain_hash, display_name, \
-                 attributes, status, create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-            )?
-            .execute(params![
-                tenant,
-                subscriber.id,
-                subscriber.email,
-                email_norm,
-                email_hash(&email_norm),
-                domain_hash(&email_norm),
-                subscriber.display_name,
-                Value::Object(subscriber.attributes.clone()).to_string(),
-                subscriber.status as i64,
-                now
-            ])?;
-            (subscriber.id.clone(), true, true)
         }
     };
     let mut statuses = Vec::with_capacity(subscriber.lists.len());
@@ -170,14 +179,13 @@ fn apply_upsert(
         }
         statuses.push(fresh);
     }
-    let (display_name, attributes, status) = state;
-    Ok(Applied { id, created, changed, statuses, pending_confirmation, display_name, attributes, status })
+    Ok(Applied { id, created, changed, statuses, pending_confirmation, state })
 }
 
 fn consent_tx(tx: &Transaction<'_>, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
     let mut statement = tx.prepare_cached(
         "SELECT subscriber_id, time, action, list_id, source, ip, user_agent FROM consent_log \
-         WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY time, rowid",
+         WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY time, seq",
     )?;
     let rows = statement.query_map(params![tenant, subscriber_id], |row| {
         Ok(ConsentRecord {
@@ -386,16 +394,19 @@ impl SubscriberStore for SqliteStore {
                     (false, true) => job.updated += 1,
                     (false, false) => job.skipped += 1,
                 }
+                let subscriber = row.subscriber;
+                let (display_name, attributes, subscriber_status) =
+                    applied.state.unwrap_or((subscriber.display_name, subscriber.attributes, subscriber.status));
                 results.push(ImportedRow {
                     line: row.line,
                     subscriber_id: applied.id,
                     created: applied.created,
                     changed: applied.changed,
                     status: applied.statuses.first().copied().unwrap_or(SubscriptionStatus::Confirmed),
-                    email: row.subscriber.email,
-                    display_name: applied.display_name,
-                    attributes: applied.attributes,
-                    subscriber_status: applied.status,
+                    email: subscriber.email,
+                    display_name,
+                    attributes,
+                    subscriber_status,
                 });
             }
             if !job.request_id.is_empty() {

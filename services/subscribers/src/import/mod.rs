@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 use parse::{ChunkReader, Parsed};
 pub use parse::{MAX_LINE_BYTES, MAX_ROW_BYTES};
 
-use crate::events::{status_name, subscription_changed};
+use broadside_proto::v1::subscriber_event::Change;
+use broadside_store::ImportedRow;
+
+use crate::events::{status_name, subscription_changed, upserted};
 use crate::{SubscriberApi, tenant};
 
 /// Rejections listed in the response (all are counted).
@@ -97,6 +100,16 @@ impl SubscriberApi {
             }
         });
 
+        let (publisher, mut to_publish) = mpsc::channel::<Vec<ImportedRow>>(1);
+        let publishing = {
+            let (api, tenant, list_id) = (self.clone(), caller.tenant.clone(), list_id.clone());
+            tokio::spawn(async move {
+                while let Some(done) = to_publish.recv().await {
+                    api.publish(import_events(&tenant, &list_id, done)).await?;
+                }
+                Ok::<(), ServiceError>(())
+            })
+        };
         let options = UpsertOptions {
             mode,
             resubscribe: false,
@@ -132,39 +145,18 @@ impl SubscriberApi {
             }
             let (done, updated_job) = self.store.import_batch(tenant(caller), job, rows, options.clone()).await?;
             job = updated_job;
-            let changes = done
-                .into_iter()
-                .map(|row| {
-                    let change = if row.changed {
-                        crate::events::upserted(&broadside_store::Subscriber {
-                            tenant: caller.tenant.clone(),
-                            id: row.subscriber_id.clone(),
-                            email: row.email,
-                            display_name: row.display_name,
-                            attributes: row.attributes,
-                            status: row.subscriber_status,
-                            lists: Vec::new(),
-                            subscriptions: Vec::new(),
-                            create_time: 0,
-                            update_time: 0,
-                        })
-                    } else {
-                        subscription_changed(&list_id, row.status, "import")
-                    };
-                    (caller.tenant.clone(), row.subscriber_id, change, row.status)
-                })
-                .map(|(tenant, id, mut change, status)| {
-                    if let broadside_proto::v1::subscriber_event::Change::Upserted(upserted) = &mut change {
-                        upserted.subscriptions.insert(list_id.clone(), status_name(status).into());
-                    }
-                    (tenant, id, change)
-                })
-                .collect();
-            self.publish(changes).await?;
+            // Events are built and published by a second task while this one
+            // writes the next batch; a publish failure stops the import.
+            if publisher.send(done).await.is_err() {
+                break;
+            }
         }
+        drop(publisher);
+        let published = publishing.await.map_err(|e| ServiceError::Internal(format!("import publisher: {e}")))?;
         drop(batch_rx);
         let _ = parser.await;
         let fed = feeder.await.map_err(|e| ServiceError::Internal(format!("import feeder: {e}")))?;
+        published?;
         if let Some(error) = fatal {
             tracing::warn!(tenant = %caller.tenant, list = %list_id, %error, imported = job.imported, "import stopped");
             return Err(error);
@@ -180,6 +172,36 @@ impl SubscriberApi {
         );
         Ok(response(&job, lines as i64, dry_run, resumed as i64))
     }
+}
+
+/// State-carrying events for imported rows: the full state of changed
+/// subscribers, the membership of those left as they were.
+fn import_events(tenant: &str, list_id: &str, done: Vec<ImportedRow>) -> Vec<(String, String, Change)> {
+    done.into_iter()
+        .map(|row| {
+            let change = if row.changed {
+                let mut change = upserted(&broadside_store::Subscriber {
+                    tenant: tenant.to_owned(),
+                    id: row.subscriber_id.clone(),
+                    email: row.email,
+                    display_name: row.display_name,
+                    attributes: row.attributes,
+                    status: row.subscriber_status,
+                    lists: Vec::new(),
+                    subscriptions: Vec::new(),
+                    create_time: 0,
+                    update_time: 0,
+                });
+                if let Change::Upserted(upserted) = &mut change {
+                    upserted.subscriptions.insert(list_id.to_owned(), status_name(row.status).into());
+                }
+                change
+            } else {
+                subscription_changed(list_id, row.status, "import")
+            };
+            (tenant.to_owned(), row.subscriber_id, change)
+        })
+        .collect()
 }
 
 fn response(job: &ImportJob, lines: i64, dry_run: bool, resumed_lines: i64) -> ImportSubscribersResponse {
