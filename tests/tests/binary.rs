@@ -160,3 +160,77 @@ fn bad_config_names_the_key() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && stdout.contains("[redacted]") && !stdout.contains("hunter2"), "{stdout}");
 }
+
+/// Runs the binary with `args` and `BROADSIDE__DATA_DIR`; returns (success, stdout, stderr).
+fn run(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(broadside_binary()).args(args).env("BROADSIDE__DATA_DIR", data_dir).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_imports_a_csv_once_and_keys_are_managed_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let child = Command::new(broadside_binary())
+        .args(["serve", "--roles", "subscribers"])
+        .env("BROADSIDE__DATA_DIR", dir.path())
+        .env("BROADSIDE__SERVER__GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("BROADSIDE__SERVER__ADMIN_ADDR", "127.0.0.1:0")
+        .env("BROADSIDE__SERVER__HTTP_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = KillOnDrop(child);
+    wait_for_port(port);
+    let server = format!("http://127.0.0.1:{port}");
+    let list = cli(&server, dir.path(), &["lists", "create", "Imported"]);
+    let list = list.split('\t').next().unwrap().trim().to_owned();
+    let csv = dir.path().join("people.csv");
+    let mut data = String::from("email,name,age:number\n");
+    for i in 0..3000 {
+        data.push_str(&format!("person{i}@example.com,Person {i},{i}\n"));
+    }
+    data.push_str("broken,Nobody,1\n");
+    std::fs::write(&csv, data).unwrap();
+    let csv = csv.to_str().unwrap();
+
+    let (ok, out, err) =
+        run(dir.path(), &["--server", &server, "subscribers", "import", csv, "--list", &list, "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("dry run: would have imported 3000, updated 0, skipped 0, rejected 1 of 3001 lines"),
+        "{out}"
+    );
+    let (ok, out, err) = run(dir.path(), &["--server", &server, "subscribers", "import", csv, "--list", &list]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("imported 3000, updated 0, skipped 0, rejected 1 of 3001 lines"), "{out}");
+    assert!(err.contains("line 3002: email: \"broken\" has no '@'"), "{err}");
+    let (ok, out, _) = run(dir.path(), &["--server", &server, "subscribers", "import", csv, "--list", &list]);
+    assert!(ok && out.starts_with("already imported under request id import-"), "{out}");
+
+    // Keys: create a read-only key, use it, revoke it.
+    let (ok, key, err) = run(dir.path(), &["keys", "create", "--scopes", "read", "--description", "dashboards"]);
+    assert!(ok, "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("bsk_"), "{key}");
+    let (ok, listed, _) = run(dir.path(), &["--server", &server, "--api-key", &key, "lists", "list"]);
+    assert!(ok && listed.contains("Imported"), "{listed}");
+    let (ok, _, err) = run(dir.path(), &["--server", &server, "--api-key", &key, "lists", "create", "Nope"]);
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    let (_, keys, _) = run(dir.path(), &["keys", "list"]);
+    assert!(keys.lines().any(|l| l.contains("active\tread\tdashboards")), "{keys}");
+    let id = key.split('_').nth(1).unwrap().to_owned();
+    let (ok, _, err) = run(dir.path(), &["keys", "revoke", &id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(dir.path(), &["--server", &server, "--api-key", &key, "lists", "list"]);
+    assert!(!ok && err.contains("revoked"), "{err}");
+    let (ok, out, _) = run(dir.path(), &["tenants", "create", "acme"]);
+    assert!(ok && out.contains("admin key (shown once"), "{out}");
+    let (ok, _, err) = run(dir.path(), &["tenants", "create", "Bad Name"]);
+    assert!(!ok && err.contains("lowercase"), "{err}");
+}
