@@ -287,3 +287,48 @@ async fn double_opt_in_mails_a_link_and_only_a_post_confirms() {
     let done = sandbox.wait_for_completion(&campaign, Duration::from_secs(30)).await.unwrap();
     assert_eq!(done.stats.unwrap().delivered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suppression_during_a_campaign_stops_mail_not_yet_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
+    let list = sandbox.create_list("Slow").await.unwrap();
+    let mut last = String::new();
+    for i in 0..20 {
+        last = sandbox
+            .add_subscriber(&list, &format!("slow{i:02}@example.com"), "S", serde_json::json!({}))
+            .await
+            .unwrap()
+            .email;
+    }
+    let template = sandbox
+        .templates
+        .create_template(CreateTemplateRequest { template: Some(simple_template()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let campaign = Campaign {
+        template: template.name,
+        list: list.clone(),
+        from_address: "news@example.com".into(),
+        max_messages_per_second: 5.0,
+        ..Default::default()
+    };
+    let campaign = sandbox
+        .campaigns
+        .create_campaign(CreateCampaignRequest { campaign: Some(campaign), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .name;
+    sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
+    let suppression =
+        Suppression { target: last.clone(), reason: SuppressionReason::Complaint as i32, ..Default::default() };
+    sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
+    let done = sandbox.wait_for_completion(&campaign, Duration::from_secs(60)).await.unwrap();
+    let stats = done.stats.unwrap();
+    assert_eq!((stats.recipients, stats.delivered, stats.failed), (20, 19, 1), "fanned out before, skipped at send");
+    let messages = read_messages(&sandbox.outbox()).unwrap();
+    assert_eq!(messages.len(), 19);
+    assert!(!messages.iter().any(|m| m.contains(&last)), "{last} was suppressed before its turn");
+}

@@ -79,6 +79,10 @@ pub trait SubscriberStore: Send + Sync {
         sendable_only: bool,
         page: PageRequest,
     ) -> Result<Page<Subscriber>>;
+    /// Whether one member may be mailed now: the same rule as
+    /// `list_members(sendable_only)`, checked again just before sending so a
+    /// suppression or unsubscribe during a long campaign takes effect at once.
+    async fn is_sendable(&self, tenant: &str, subscriber_id: &str, list_id: &str) -> Result<bool>;
     /// Changes name, attributes (replaced) or status; `None` leaves a field alone.
     async fn update_subscriber(
         &self,

@@ -190,6 +190,10 @@ pub async fn sendable_members_and_consent(store: &dyn Store) {
     let sendable = store.list_members("t5", "single", true, PageRequest::new(100, "")).await.unwrap();
     let emails: Vec<_> = sendable.items.iter().map(|s| s.email.as_str()).collect();
     assert_eq!(emails, vec!["ok@example.com"]);
+    for (index, id) in ids.iter().enumerate() {
+        assert_eq!(store.is_sendable("t5", id, "single").await.unwrap(), index == 0, "subscriber {index}");
+    }
+    assert!(!store.is_sendable("t5", &ids[0], "double").await.unwrap(), "not a member");
     assert_eq!(store.list_members("t5", "single", false, PageRequest::new(100, "")).await.unwrap().items.len(), 6);
 
     let double = store.upsert_subscriber(subscriber("t5", "ok@example.com", &["double"]), opts(), None).await.unwrap();

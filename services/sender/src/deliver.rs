@@ -163,6 +163,11 @@ impl Sender {
     /// Renders, builds and sends. Bad data is a permanent failure of this
     /// recipient; a store outage is an error (the batch is retried).
     async fn attempt(&self, job: &SendJob) -> anyhow::Result<Attempt> {
+        if !self.store.is_sendable(&job.tenant, &job.subscriber_id, &job.list_id).await? {
+            return Ok(Attempt::failed(
+                "not sent: the recipient unsubscribed, was suppressed, deactivated or erased after the campaign started",
+            ));
+        }
         let Some(template) = self.template(&job.tenant, &job.template_id).await? else {
             return Ok(Attempt::failed(format!("template {} no longer exists", job.template_id)));
         };

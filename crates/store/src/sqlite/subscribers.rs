@@ -9,6 +9,11 @@ use serde_json::{Map, Value};
 use super::{SUBSCRIBER_COLUMNS, get_list_tx, get_subscriber_tx, paged, remember, remembered, subscriber_from_row};
 use crate::*;
 
+/// The members a campaign may mail: active, confirmed, and not suppressed
+/// tenant-wide, for the list, or for their domain.
+const SENDABLE: &str = "AND s.status = 1 AND m.status = 2 AND NOT EXISTS (SELECT 1 FROM suppressions x \
+     WHERE x.tenant = m.tenant AND x.email_hash IN (s.email_hash, s.domain_hash) AND x.list_id IN ('', m.list_id))";
+
 /// What one upsert did, before the stored subscriber is read back.
 struct Applied {
     id: String,
@@ -283,17 +288,24 @@ impl SubscriberStore for SqliteStore {
         page: PageRequest,
     ) -> Result<Page<Subscriber>> {
         let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
-        let filter = if sendable_only {
-            "AND s.status = 1 AND m.status = 2 AND NOT EXISTS (SELECT 1 FROM suppressions x \
-             WHERE x.tenant = m.tenant AND x.email_hash IN (s.email_hash, s.domain_hash) AND x.list_id IN ('', m.list_id))"
-        } else {
-            ""
-        };
+        let filter = if sendable_only { SENDABLE } else { "" };
         let sql = format!(
             "SELECT {SUBSCRIBER_COLUMNS} FROM memberships m JOIN subscribers s ON s.tenant = m.tenant AND s.id = m.subscriber_id \
              WHERE m.tenant = ?1 AND m.list_id = ?2 AND m.subscriber_id > ?3 {filter} ORDER BY m.subscriber_id LIMIT ?4"
         );
         self.tx(move |tx| paged(tx, &sql, &tenant, Some(&list_id), &page, subscriber_from_row, |s| &s.id)).await
+    }
+
+    async fn is_sendable(&self, tenant: &str, subscriber_id: &str, list_id: &str) -> Result<bool> {
+        let (tenant, id, list_id) = (tenant.to_owned(), subscriber_id.to_owned(), list_id.to_owned());
+        self.tx(move |tx| {
+            let sql = format!(
+                "SELECT 1 FROM memberships m JOIN subscribers s ON s.tenant = m.tenant AND s.id = m.subscriber_id \
+                 WHERE m.tenant = ?1 AND m.subscriber_id = ?2 AND m.list_id = ?3 {SENDABLE}"
+            );
+            Ok(tx.prepare_cached(&sql)?.exists(params![tenant, id, list_id])?)
+        })
+        .await
     }
 
     async fn update_subscriber(
