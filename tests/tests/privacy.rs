@@ -293,13 +293,11 @@ async fn a_suppression_during_a_campaign_stops_mail_not_yet_sent() {
     let dir = tempfile::tempdir().unwrap();
     let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
     let list = sandbox.create_list("Slow").await.unwrap();
-    let mut last = String::new();
+    let mut emails = Vec::new();
     for i in 0..20 {
-        last = sandbox
-            .add_subscriber(&list, &format!("slow{i:02}@example.com"), "S", serde_json::json!({}))
-            .await
-            .unwrap()
-            .email;
+        let email = format!("slow{i:02}@example.com");
+        sandbox.add_subscriber(&list, &email, "S", serde_json::json!({})).await.unwrap();
+        emails.push(email);
     }
     let template = sandbox
         .templates
@@ -307,11 +305,12 @@ async fn a_suppression_during_a_campaign_stops_mail_not_yet_sent() {
         .await
         .unwrap()
         .into_inner();
+    // 4 messages per second: the campaign takes about 5 seconds.
     let campaign = Campaign {
         template: template.name,
         list: list.clone(),
         from_address: "news@example.com".into(),
-        max_messages_per_second: 5.0,
+        max_messages_per_second: 4.0,
         ..Default::default()
     };
     let campaign = sandbox
@@ -322,13 +321,24 @@ async fn a_suppression_during_a_campaign_stops_mail_not_yet_sent() {
         .into_inner()
         .name;
     sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
+    // Once sending has begun, suppress someone who has not had a message yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sent = loop {
+        let sent = read_messages(&sandbox.outbox()).unwrap();
+        if !sent.is_empty() {
+            break sent;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let target = emails.iter().rev().find(|e| !sent.iter().any(|m| m.contains(e.as_str()))).unwrap().clone();
     let suppression =
-        Suppression { target: last.clone(), reason: SuppressionReason::Complaint as i32, ..Default::default() };
+        Suppression { target: target.clone(), reason: SuppressionReason::Complaint as i32, ..Default::default() };
     sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
     let done = sandbox.wait_for_completion(&campaign, Duration::from_secs(60)).await.unwrap();
     let stats = done.stats.unwrap();
     assert_eq!((stats.recipients, stats.delivered, stats.failed), (20, 19, 1), "fanned out before, skipped at send");
     let messages = read_messages(&sandbox.outbox()).unwrap();
     assert_eq!(messages.len(), 19);
-    assert!(!messages.iter().any(|m| m.contains(&last)), "{last} was suppressed before its turn");
+    assert!(!messages.iter().any(|m| m.contains(&target)), "{target} was suppressed before its turn");
 }
