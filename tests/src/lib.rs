@@ -172,7 +172,7 @@ impl Sandbox {
 /// (fast setup for large campaigns). Returns the list's resource name.
 pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> {
     use broadside_store::*;
-    let store = SqliteStore::open(&data_dir.join("broadside.db"))?;
+    let store = open_store(data_dir)?;
     let list_id = new_id();
     store
         .create_list(
@@ -210,6 +210,11 @@ pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> 
             .await?;
     }
     Ok(format!("lists/{list_id}"))
+}
+
+/// The store of a sandbox's data dir, opened as the node opens it (same master key).
+pub fn open_store(data_dir: &Path) -> anyhow::Result<broadside_store::DynStore> {
+    Ok(broadside::backends::open(&test_config(data_dir))?.store)
 }
 
 /// A simple template using subscriber fields.

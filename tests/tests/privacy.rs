@@ -7,9 +7,20 @@ use broadside_proto::v1::*;
 use broadside_tests::{Sandbox, read_messages, simple_template, test_config};
 
 /// Every value of every table in the SQLite file that contains `needle`
-/// (case-insensitive), as `table: value`.
-fn rows_containing(db: &std::path::Path, needle: &str) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
+/// (case-insensitive), as `table: value`. Sealed values are looked into too
+/// (with the store's keys), so erasure is proven, not hidden by encryption;
+/// `plaintext_only` looks only at the bytes in the file.
+fn rows_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    scan(dir, needle, false)
+}
+
+fn scan(dir: &std::path::Path, needle: &str, plaintext_only: bool) -> Vec<String> {
+    let store = broadside_store::SqliteStore::open(
+        &dir.join("broadside.db"),
+        broadside::backends::master_keys(&test_config(dir)).unwrap(),
+    )
+    .unwrap();
+    let conn = rusqlite::Connection::open(dir.join("broadside.db")).unwrap();
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
         .unwrap()
@@ -28,7 +39,8 @@ fn rows_containing(db: &std::path::Path, needle: &str) -> Vec<String> {
             for index in 0..columns {
                 let text = match row.get_ref(index).unwrap() {
                     rusqlite::types::ValueRef::Text(bytes) | rusqlite::types::ValueRef::Blob(bytes) => {
-                        String::from_utf8_lossy(bytes).to_lowercase()
+                        let revealed = if plaintext_only { None } else { store.reveal(bytes) };
+                        String::from_utf8_lossy(&revealed.unwrap_or_else(|| bytes.to_vec())).to_lowercase()
                     }
                     _ => continue,
                 };
@@ -100,9 +112,10 @@ async fn export_holds_everything_and_erase_leaves_only_a_hash() {
     assert_eq!(store["consent"][0]["user_agent"], "Firefox/140");
     assert_eq!(store["deliveries"][0]["state"], "sent");
 
-    let db = dir.path().join("broadside.db");
-    for needle in ["erin.erasure", "zylberstein", "quuxville"] {
-        assert!(!rows_containing(&db, needle).is_empty(), "{needle} should be stored before erasure");
+    let db = dir.path();
+    for needle in ["erin.erasure", "zylberstein", "quuxville", "203.0.113.9", "example.org"] {
+        assert!(!rows_containing(db, needle).is_empty(), "{needle} should be stored (sealed) before erasure");
+        assert!(scan(db, needle, true).is_empty(), "{needle} is in the file in the clear");
     }
     let erased = sandbox
         .subscribers
@@ -111,11 +124,11 @@ async fn export_holds_everything_and_erase_leaves_only_a_hash() {
         .unwrap()
         .into_inner();
     for needle in ["erin.erasure", "zylberstein", "quuxville", "203.0.113.9", "firefox/140"] {
-        let left = rows_containing(&db, needle);
+        let left = rows_containing(db, needle);
         assert!(left.is_empty(), "{needle} is still stored after erasure: {left:#?}");
     }
-    assert!(!rows_containing(&db, "other@example.org").is_empty(), "other subscribers are untouched");
-    let mates_on_the_bus = rows_containing(&db, "batchmate-").iter().filter(|row| row.starts_with("bus_log")).count();
+    assert!(!rows_containing(db, "other@example.org").is_empty(), "other subscribers are untouched");
+    let mates_on_the_bus = rows_containing(db, "batchmate-").iter().filter(|row| row.starts_with("bus_log")).count();
     assert!(mates_on_the_bus > 0, "batched events of other subscribers stay on the bus");
     let check = CheckSuppressionRequest { email: email.into(), ..Default::default() };
     let check = sandbox.subscribers.check_suppression(check).await.unwrap().into_inner();

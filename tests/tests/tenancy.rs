@@ -10,7 +10,7 @@ use broadside_proto::v1::segment_service_client::SegmentServiceClient;
 use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
 use broadside_proto::v1::template_service_client::TemplateServiceClient;
 use broadside_proto::v1::*;
-use broadside_store::{AccessStore, Scope, SqliteStore, Tenant};
+use broadside_store::{Scope, Tenant};
 use broadside_tests::{Sandbox, authed, simple_template, test_config};
 use tonic::Code;
 
@@ -191,7 +191,7 @@ async fn call(rpc: &str, channel: Authed, f: &Fixture) -> Result<(), tonic::Stat
 }
 
 /// Creates a key of `tenant` with `scopes` straight in the store.
-async fn key(store: &SqliteStore, tenant: &str, scopes: Vec<Scope>) -> String {
+async fn key(store: &broadside_store::DynStore, tenant: &str, scopes: Vec<Scope>) -> String {
     let key = broadside_auth::generate(tenant, scopes, "test");
     store.create_api_key(key.record).await.unwrap();
     key.secret
@@ -210,7 +210,7 @@ async fn every_rpc_needs_a_valid_key_with_its_scope() {
     let dir = tempfile::tempdir().unwrap();
     let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
     let f = fixture(&mut sandbox).await;
-    let store = SqliteStore::open(&dir.path().join("broadside.db")).unwrap();
+    let store = broadside_tests::open_store(dir.path()).unwrap();
     let node = sandbox.node.as_ref().unwrap();
 
     // No authorization header at all.
@@ -255,7 +255,7 @@ async fn a_key_of_tenant_b_sees_and_changes_nothing_of_tenant_a() {
     let f = fixture(&mut sandbox).await;
     let suppression = Suppression { target: "blocked@example.com".into(), ..Default::default() };
     sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
-    let store = SqliteStore::open(&dir.path().join("broadside.db")).unwrap();
+    let store = broadside_tests::open_store(dir.path()).unwrap();
     store.create_tenant(Tenant { id: "tenant-b".into(), display_name: "B".into(), create_time: 0 }).await.unwrap();
     let b_key = key(&store, "tenant-b", vec![Scope::Admin]).await;
     let b = authed(sandbox.node.as_ref().unwrap(), &b_key).await.unwrap();

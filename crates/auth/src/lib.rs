@@ -145,7 +145,9 @@ mod tests {
     #[tokio::test]
     async fn keys_authenticate_until_revoked_and_scopes_are_enforced() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        let master =
+            broadside_store::crypto::MasterKeys::new(broadside_store::crypto::MasterKey::new("m", [1; 32]), vec![]);
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db"), master).unwrap());
         store.create_tenant(Tenant { id: "t".into(), display_name: "T".into(), create_time: 0 }).await.unwrap();
         let key = generate("t", vec![Scope::Read], "test");
         store.create_api_key(key.record.clone()).await.unwrap();

@@ -27,6 +27,7 @@ pub struct EmbeddedBus {
     conn: Arc<Mutex<Connection>>,
     partitions: u32,
     appended: Arc<Notify>,
+    cipher: Option<Arc<dyn PayloadCipher>>,
 }
 
 impl EmbeddedBus {
@@ -36,8 +37,36 @@ impl EmbeddedBus {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Blanked (erased) payloads are overwritten, not left in free space.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), partitions: partitions.max(1), appended: Arc::new(Notify::new()) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            partitions: partitions.max(1),
+            appended: Arc::new(Notify::new()),
+            cipher: None,
+        })
+    }
+
+    /// Seals payloads with `cipher` from now on (records written without one
+    /// cannot be read with one: set it before the first publish).
+    pub fn with_cipher(mut self, cipher: Arc<dyn PayloadCipher>) -> Self {
+        self.cipher = Some(cipher);
+        self
+    }
+
+    fn seal(&self, payload: Vec<u8>) -> Vec<u8> {
+        match &self.cipher {
+            Some(cipher) if !payload.is_empty() => cipher.seal(&payload),
+            _ => payload,
+        }
+    }
+
+    fn open_payload(cipher: &Option<Arc<dyn PayloadCipher>>, payload: Vec<u8>) -> Result<Vec<u8>> {
+        match cipher {
+            Some(cipher) if !payload.is_empty() => cipher.open(&payload),
+            _ => Ok(payload),
+        }
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T>
@@ -74,6 +103,7 @@ impl Bus for EmbeddedBus {
             return Ok(());
         }
         let (topic, partitions) = (topic.to_owned(), self.partitions);
+        let records: Vec<Record> = records.into_iter().map(|r| Record { payload: self.seal(r.payload), ..r }).collect();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut heads: HashMap<u32, i64> = HashMap::new();
@@ -103,32 +133,36 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
-    async fn redact(&self, topic: &str, needle: &[u8], redact: Redactor) -> Result<u64> {
-        let (topic, needle) = (topic.to_owned(), needle.to_vec());
+    async fn redact(&self, topic: &str, key: &str, redact: Redactor) -> Result<u64> {
+        let (topic, key, cipher) = (topic.to_owned(), key.to_owned(), self.cipher.clone());
+        let partition = partition_for(&key, self.partitions);
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut changed = 0;
             {
                 let mut select = tx.prepare(
-                    "SELECT partition, offset, key, payload, headers FROM bus_log WHERE topic = ?1 AND instr(payload, ?2) > 0",
+                    "SELECT offset, key, payload, headers FROM bus_log WHERE topic = ?1 AND partition = ?2 AND length(payload) > 0",
                 )?;
                 let mut update = tx.prepare(
                     "UPDATE bus_log SET payload = ?4, headers = CASE WHEN length(?4) = 0 THEN '' ELSE headers END \
                      WHERE topic = ?1 AND partition = ?2 AND offset = ?3",
                 )?;
-                let rows: Vec<(u32, i64, Record)> = select
-                    .query_map(params![topic, needle], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            Record { key: row.get(2)?, payload: row.get(3)?, headers: decode_headers(&row.get::<_, String>(4)?) },
-                        ))
-                    })?
+                let rows: Vec<(i64, String, Vec<u8>, String)> = select
+                    .query_map(params![topic, partition], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
                     .collect::<rusqlite::Result<_>>()?;
-                for (partition, offset, record) in rows {
-                    let payload = redact(&record);
-                    if payload != record.payload {
-                        changed += update.execute(params![topic, partition, offset, payload])? as u64;
+                for (offset, record_key, payload, headers) in rows {
+                    let payload = Self::open_payload(&cipher, payload)?;
+                    if !payload.windows(key.len()).any(|window| window == key.as_bytes()) {
+                        continue;
+                    }
+                    let record = Record { key: record_key, payload, headers: decode_headers(&headers) };
+                    let redacted = redact(&record);
+                    if redacted != record.payload {
+                        let sealed = match &cipher {
+                            Some(cipher) if !redacted.is_empty() => cipher.seal(&redacted),
+                            _ => redacted,
+                        };
+                        changed += update.execute(params![topic, partition, offset, sealed])? as u64;
                     }
                 }
             }
@@ -205,6 +239,10 @@ impl EmbeddedConsumer {
         // Records blanked by an erasure are passed over (their offsets are consumed).
         let mut batch = batch;
         batch.retain(|delivered| !delivered.record.payload.is_empty());
+        for delivered in &mut batch {
+            delivered.record.payload =
+                EmbeddedBus::open_payload(&self.bus.cipher, std::mem::take(&mut delivered.record.payload))?;
+        }
         Ok(batch)
     }
 }

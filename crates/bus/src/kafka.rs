@@ -111,7 +111,7 @@ impl KafkaBus {
 
 #[async_trait]
 impl Bus for KafkaBus {
-    async fn redact(&self, topic: &str, _: &[u8], _: crate::Redactor) -> Result<u64> {
+    async fn redact(&self, topic: &str, _: &str, _: crate::Redactor) -> Result<u64> {
         tracing::info!(%topic, "kafka records cannot be rewritten: erased data ages out with the topic's retention");
         Ok(0)
     }

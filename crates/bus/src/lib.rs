@@ -110,12 +110,20 @@ pub trait Bus: Send + Sync {
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
     /// Partitions per topic.
     fn partitions(&self) -> u32;
-    /// Erasure of personal data: every retained record of `topic` whose
-    /// payload contains `needle` gets the payload `redact(record)` returns
-    /// (empty blanks it; consumers skip blank records). Offsets stay. Returns
-    /// how many records changed. Kafka cannot rewrite its log: there,
-    /// records age out with the topics' retention, the documented bound.
-    async fn redact(&self, topic: &str, needle: &[u8], redact: Redactor) -> Result<u64>;
+    /// Erasure of personal data: every retained record of `topic` in `key`'s
+    /// partition whose payload contains `key` gets the payload
+    /// `redact(record)` returns (empty blanks it; consumers skip blank
+    /// records). Offsets stay. Returns how many records changed. Kafka cannot
+    /// rewrite its log: there, records age out with the topics' retention,
+    /// the documented bound.
+    async fn redact(&self, topic: &str, key: &str, redact: Redactor) -> Result<u64>;
+}
+
+/// Seals record payloads at rest: the embedded log lives in the store's
+/// file, which must hold no personal data in the clear.
+pub trait PayloadCipher: Send + Sync {
+    fn seal(&self, plain: &[u8]) -> Vec<u8>;
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>>;
 }
 
 /// Rewrites a record's payload for [`Bus::redact`].

@@ -36,6 +36,20 @@ pub struct Config {
     pub sender: SenderConfig,
     pub dispatch: DispatchConfig,
     pub mail: MailConfig,
+    pub security: SecurityConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// The master key (64 hex characters) that wraps every tenant's data
+    /// keys. Default: `{data_dir}/master.key`, generated on first start.
+    /// Production mounts it from a secret; every process of a deployment
+    /// needs the same file.
+    pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys, still able to unwrap until `broadside keys
+    /// rewrap` has run. The file name (without extension) is the key's id.
+    pub old_master_key_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +78,7 @@ impl Default for Config {
             sender: SenderConfig::default(),
             dispatch: DispatchConfig::default(),
             mail: MailConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `sqlite://PATH` is the embedded backend. `scylla://` arrives with the
 //! ScyllaDB issue and implements the same traits.
 
+pub mod crypto;
 mod model;
 mod sqlite;
 #[doc(hidden)]
@@ -123,17 +124,32 @@ pub trait SubscriberStore: Send + Sync {
     async fn erase_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<String>>;
 }
 
-/// Suppressions by (tenant, email hash, list).
+/// Suppressions by (tenant, blind index of the target, list). Targets are
+/// addresses or `@domain`s; the store keys them by the tenant's blind index
+/// and seals the target itself.
 #[async_trait]
 pub trait SuppressionStore: Send + Sync {
-    /// Adds or replaces a suppression.
+    /// Adds or replaces a suppression (`email_hash` is computed, not read).
     async fn add_suppression(&self, suppression: Suppression) -> Result<Suppression>;
     /// Returns false when there was none.
-    async fn remove_suppression(&self, tenant: &str, email_hash: &str, list_id: &str) -> Result<bool>;
-    /// Keyset-paged by (hash, list).
+    async fn remove_suppression(&self, tenant: &str, target: &str, list_id: &str) -> Result<bool>;
+    /// Keyset-paged by (blind index, list).
     async fn list_suppressions(&self, tenant: &str, page: PageRequest) -> Result<Page<Suppression>>;
-    /// Every suppression whose hash is one of `hashes`.
-    async fn suppressions_for(&self, tenant: &str, hashes: Vec<String>) -> Result<Vec<Suppression>>;
+    /// Every suppression of one of `targets` (addresses or `@domain`s).
+    async fn suppressions_for(&self, tenant: &str, targets: Vec<String>) -> Result<Vec<Suppression>>;
+}
+
+/// Key management of the encryption at rest (see [`crypto`]).
+#[async_trait]
+pub trait KeyManagement: Send + Sync {
+    /// Re-wraps every tenant key with the current master key (after adding a
+    /// new master key file); returns how many keys were re-wrapped.
+    async fn rewrap_keys(&self) -> Result<u64>;
+    /// Makes a new data key the tenant's active one; returns its id.
+    async fn rotate_data_key(&self, tenant: &str) -> Result<String>;
+    /// Re-seals up to `limit` of the tenant's rows that are sealed with an
+    /// older data key; returns how many (0 when done).
+    async fn reencrypt(&self, tenant: &str, limit: usize) -> Result<u64>;
 }
 
 /// Tenants and their API keys.
@@ -218,8 +234,14 @@ pub trait SendLedger: Send + Sync {
 }
 
 /// Everything a role may need from the store.
-pub trait Store: ListStore + SubscriberStore + SuppressionStore + AccessStore + CampaignStore + SendLedger {}
-impl<T: ListStore + SubscriberStore + SuppressionStore + AccessStore + CampaignStore + SendLedger> Store for T {}
+pub trait Store:
+    ListStore + SubscriberStore + SuppressionStore + AccessStore + KeyManagement + CampaignStore + SendLedger
+{
+}
+impl<T: ListStore + SubscriberStore + SuppressionStore + AccessStore + KeyManagement + CampaignStore + SendLedger> Store
+    for T
+{
+}
 
 /// Shared handle to the configured store backend.
 pub type DynStore = Arc<dyn Store>;

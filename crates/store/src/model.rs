@@ -137,20 +137,6 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// SHA-256 (hex) of a unique key: an address's [`normalize_email`] form or
-/// `@domain`. Suppressions are kept by this hash so an erased address can
-/// stay suppressed without being stored.
-pub fn email_hash(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(normalize_email(key).as_bytes()))
-}
-
-/// The hash of the `@domain` of an address, for domain-wide suppressions.
-pub fn domain_hash(email: &str) -> String {
-    let domain = email.rsplit_once('@').map_or("", |(_, domain)| domain);
-    email_hash(&format!("@{domain}"))
-}
-
 /// Who consented how: recorded with every subscribe, confirm and unsubscribe.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ConsentContext {
@@ -309,7 +295,7 @@ impl SuppressionReason {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Suppression {
     pub tenant: String,
-    /// [`email_hash`] of the target.
+    /// The tenant's blind index of the normalized target (computed by the store).
     pub email_hash: String,
     /// Empty for tenant-wide.
     pub list_id: String,

@@ -178,7 +178,7 @@ pub async fn sendable_members_and_consent(store: &dyn Store) {
         store
             .add_suppression(Suppression {
                 tenant: "t5".into(),
-                email_hash: email_hash(target),
+                email_hash: String::new(),
                 list_id: list_id.into(),
                 target: target.into(),
                 reason: SuppressionReason::Manual,
@@ -215,7 +215,7 @@ pub async fn sendable_members_and_consent(store: &dyn Store) {
     let again =
         store.upsert_subscriber(subscriber("t5", "unsub@example.com", &["single"]), opts(), None).await.unwrap();
     assert_eq!(again.subscriber.subscriptions[0].status, SubscriptionStatus::Unsubscribed);
-    assert!(store.remove_suppression("t5", &email_hash("@blocked.example"), "").await.unwrap());
+    assert!(store.remove_suppression("t5", "@Blocked.Example", "").await.unwrap());
     assert_eq!(store.list_members("t5", "single", true, PageRequest::new(100, "")).await.unwrap().items.len(), 2);
 }
 
@@ -230,11 +230,12 @@ pub async fn export_and_erase(store: &dyn Store) {
     assert_eq!(export.consent.len(), 1);
     assert_eq!(export.deliveries.len(), 1);
     let hash = store.erase_subscriber("t6", &id).await.unwrap().unwrap();
-    assert_eq!(hash, email_hash("erase.me@example.com"));
+    let before = store.suppressions_for("t6", vec!["erase.me@example.com".into()]).await.unwrap();
+    assert_eq!(before[0].email_hash, hash, "the erasure suppression is keyed by the address's blind index");
     assert!(store.get_subscriber("t6", &id).await.unwrap().is_none());
     assert!(store.find_subscriber("t6", "erase.me@example.com").await.unwrap().is_none());
     assert!(store.consent_records("t6", &id).await.unwrap().is_empty());
-    let left = store.suppressions_for("t6", vec![hash]).await.unwrap();
+    let left = store.suppressions_for("t6", vec!["Erase.Me@example.com".into()]).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!((left[0].reason, left[0].target.as_str()), (SuppressionReason::Erased, ""));
     assert!(store.erase_subscriber("t6", &id).await.unwrap().is_none());
@@ -292,6 +293,32 @@ pub async fn tenants_and_keys(store: &dyn Store) {
     assert_eq!(store.list_api_keys("acme").await.unwrap().len(), 1);
 }
 
+/// A data key rotation leaves old rows readable; re-encryption moves them.
+pub async fn data_key_rotation(store: &dyn Store) {
+    store.create_list(list("t8", "l1"), None).await.unwrap();
+    let old = store.upsert_subscriber(subscriber("t8", "old@example.com", &["l1"]), opts(), None).await.unwrap();
+    let first = store.rotate_data_key("t8").await.unwrap();
+    let new = store.upsert_subscriber(subscriber("t8", "new@example.com", &["l1"]), opts(), None).await.unwrap();
+    for (id, email) in [(&old.subscriber.id, "old@example.com"), (&new.subscriber.id, "new@example.com")] {
+        assert_eq!(store.get_subscriber("t8", id).await.unwrap().unwrap().email, email);
+    }
+    assert!(store.find_subscriber("t8", "OLD@example.com").await.unwrap().is_some(), "blind index survives rotation");
+    let second = store.rotate_data_key("t8").await.unwrap();
+    assert_ne!(first, second);
+    let mut moved = 0;
+    loop {
+        let batch = store.reencrypt("t8", 1).await.unwrap();
+        if batch == 0 {
+            break;
+        }
+        moved += batch;
+    }
+    assert!(moved >= 4, "two subscribers and two consent records move to the new key, moved {moved}");
+    assert_eq!(store.reencrypt("t8", 100).await.unwrap(), 0);
+    assert_eq!(store.get_subscriber("t8", &old.subscriber.id).await.unwrap().unwrap().email, "old@example.com");
+    assert_eq!(store.consent_records("t8", &old.subscriber.id).await.unwrap().len(), 1);
+}
+
 /// Runs every case of the suite against `store`.
 pub async fn run_all(store: &dyn Store) {
     idempotent_creates(store).await;
@@ -303,14 +330,85 @@ pub async fn run_all(store: &dyn Store) {
     export_and_erase(store).await;
     import_batches_record_progress(store).await;
     tenants_and_keys(store).await;
+    data_key_rotation(store).await;
 }
 
 #[cfg(test)]
 mod sqlite {
+    use crate::crypto::{MasterKey, MasterKeys};
+    use crate::*;
+
+    fn master(id: &str, byte: u8) -> MasterKey {
+        MasterKey::new(id, [byte; 32])
+    }
+
     #[tokio::test]
     async fn sqlite_passes_the_store_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::SqliteStore::open(&dir.path().join("store.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), MasterKeys::new(master("m1", 1), vec![])).unwrap();
         super::run_all(&store).await;
+    }
+
+    /// The raw file holds no address, name or attribute in the clear, and a
+    /// master key rotation re-wraps keys so the old master can be retired.
+    #[tokio::test]
+    async fn the_file_holds_no_plaintext_and_the_master_key_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path, MasterKeys::new(master("m1", 1), vec![])).unwrap();
+        let list = MailingList {
+            tenant: "t".into(),
+            id: "l".into(),
+            display_name: "L".into(),
+            description: String::new(),
+            opt_in: OptIn::Single,
+            create_time: 0,
+        };
+        store.create_list(list, None).await.unwrap();
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("city".into(), "Quuxville".into());
+        let ada = Subscriber {
+            tenant: "t".into(),
+            id: new_id(),
+            email: "ada.lovelace@example.com".into(),
+            display_name: "Ada Zylberstein".into(),
+            attributes,
+            status: SubscriberStatus::Active,
+            lists: vec!["l".into()],
+            subscriptions: vec![],
+            create_time: 0,
+            update_time: 0,
+        };
+        let consent = ConsentContext { source: "web".into(), ip: "198.51.100.7".into(), user_agent: "Mozilla".into() };
+        let options = UpsertOptions { consent, ..Default::default() };
+        let id = store.upsert_subscriber(ada, options, None).await.unwrap().subscriber.id;
+        let suppression = Suppression {
+            tenant: "t".into(),
+            email_hash: String::new(),
+            list_id: String::new(),
+            target: "grace.hopper@example.com".into(),
+            reason: SuppressionReason::Manual,
+            create_time: 0,
+        };
+        store.add_suppression(suppression).await.unwrap();
+        drop(store);
+        // Everything the WAL held is in the main file after a clean close; read both anyway.
+        let mut raw = std::fs::read(&path).unwrap();
+        raw.extend(std::fs::read(dir.path().join("store.db-wal")).unwrap_or_default());
+        for needle in ["ada.lovelace", "Zylberstein", "Quuxville", "198.51.100.7", "grace.hopper", "example.com"] {
+            assert!(!raw.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} is in the file in the clear");
+        }
+
+        // Rotate the master: open with m2 current and m1 still known, re-wrap, then drop m1.
+        let rotated = SqliteStore::open(&path, MasterKeys::new(master("m2", 2), vec![master("m1", 1)])).unwrap();
+        assert!(rotated.rewrap_keys().await.unwrap() >= 2, "the tenant's data and index keys");
+        drop(rotated);
+        let only_new = SqliteStore::open(&path, MasterKeys::new(master("m2", 2), vec![])).unwrap();
+        let ada = only_new.get_subscriber("t", &id).await.unwrap().unwrap();
+        assert_eq!((ada.email.as_str(), ada.display_name.as_str()), ("ada.lovelace@example.com", "Ada Zylberstein"));
+        drop(only_new);
+        let wrong = SqliteStore::open(&path, MasterKeys::new(master("m3", 3), vec![])).unwrap();
+        let error = wrong.get_subscriber("t", &id).await.unwrap_err();
+        assert!(error.to_string().contains("m2"), "names the missing master key: {error}");
     }
 }

@@ -47,6 +47,57 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum EncryptionCommand {
+    /// Re-wrap every tenant key with the current master key (after moving
+    /// `security.master_key_file` to a new key and the old one to
+    /// `security.old_master_key_files`). Rows are not touched.
+    Rewrap,
+    /// Give a tenant a new active data key; rows sealed with older keys stay
+    /// readable until `reencrypt` moves them.
+    Rotate {
+        #[arg(long, default_value = broadside_store::DEFAULT_TENANT)]
+        tenant: String,
+    },
+    /// Re-seal a tenant's rows still sealed with an older data key, in
+    /// batches (safe to interrupt and run again).
+    Reencrypt {
+        #[arg(long, default_value = broadside_store::DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
+}
+
+pub async fn encryption(config: &Config, command: EncryptionCommand) -> anyhow::Result<()> {
+    let store = backends::open(config)?.store;
+    match command {
+        EncryptionCommand::Rewrap => {
+            let count = store.rewrap_keys().await?;
+            println!("re-wrapped {count} keys with master key {:?}", backends::master_keys(config)?.current().id);
+        }
+        EncryptionCommand::Rotate { tenant } => {
+            let id = store.rotate_data_key(&tenant).await?;
+            println!(
+                "tenant {tenant}: data key {id} is now active; run `broadside encryption reencrypt --tenant {tenant}`"
+            );
+        }
+        EncryptionCommand::Reencrypt { tenant, batch } => {
+            let mut total = 0;
+            loop {
+                let done = store.reencrypt(&tenant, batch.max(1)).await?;
+                if done == 0 {
+                    break;
+                }
+                total += done;
+                eprintln!("re-sealed {total} values so far");
+            }
+            println!("tenant {tenant}: {total} values re-sealed with the active data key");
+        }
+    }
+    Ok(())
+}
+
 fn valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 63

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use broadside_bus::PayloadCipher;
 use broadside_bus::{DynBus, EmbeddedBus, KafkaBus, KafkaSettings, Topic};
 use broadside_config::{BusUrl, Config, SmtpUrl, StoreUrl};
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::{RelayOptions, Transport};
+use broadside_store::crypto::{MasterKey, MasterKeys, TenantKeys};
 use broadside_store::{DynStore, SqliteStore};
 
 /// The backends one process uses.
@@ -26,16 +28,60 @@ pub fn open(config: &Config) -> anyhow::Result<Backends> {
             bail!("store.url: the scylla:// backend is not available in this build yet; use sqlite://PATH")
         }
     };
-    let store =
-        SqliteStore::open(&path).with_context(|| format!("store.url: cannot open sqlite://{}", path.display()))?;
+    let store = SqliteStore::open(&path, master_keys(config)?)
+        .with_context(|| format!("store.url: cannot open sqlite://{}", path.display()))?;
     let bus: DynBus = match config.bus_url()? {
-        BusUrl::Embedded => Arc::new(
-            EmbeddedBus::open(&path, config.bus.partitions)
-                .with_context(|| format!("bus.url: cannot open the embedded log in {}", path.display()))?,
-        ),
+        BusUrl::Embedded => {
+            let keys = store.bus_keys().context("loading the embedded bus key")?;
+            Arc::new(
+                EmbeddedBus::open(&path, config.bus.partitions)
+                    .with_context(|| format!("bus.url: cannot open the embedded log in {}", path.display()))?
+                    .with_cipher(Arc::new(SealedPayloads(keys))),
+            )
+        }
         BusUrl::Kafka(_) => Arc::new(kafka(config)?),
     };
     Ok(Backends { store: Arc::new(store), bus })
+}
+
+/// The master keys: `security.master_key_file` (or `{data_dir}/master.key`,
+/// generated on first use) and `security.old_master_key_files`.
+pub fn master_keys(config: &Config) -> anyhow::Result<MasterKeys> {
+    let path = match &config.security.master_key_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = config.data_dir.join("master.key");
+            if !path.exists() {
+                std::fs::create_dir_all(&config.data_dir)
+                    .with_context(|| format!("creating {}", config.data_dir.display()))?;
+                MasterKey::generate_file(&path)?;
+                tracing::info!(path = %path.display(), "generated the master key (set security.master_key_file to keep it elsewhere)");
+            }
+            path
+        }
+    };
+    let current = MasterKey::from_file(&path, None).context("security.master_key_file")?;
+    let older = config
+        .security
+        .old_master_key_files
+        .iter()
+        .map(|path| MasterKey::from_file(path, None))
+        .collect::<Result<Vec<_>, _>>()
+        .context("security.old_master_key_files")?;
+    Ok(MasterKeys::new(current, older))
+}
+
+/// Embedded bus payloads sealed with the store's bus key.
+struct SealedPayloads(Arc<TenantKeys>);
+
+impl PayloadCipher for SealedPayloads {
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        self.0.seal(plain)
+    }
+
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, broadside_bus::BusError> {
+        self.0.open(sealed).map_err(|error| broadside_bus::BusError::Backend(error.to_string()))
+    }
 }
 
 /// The Kafka bus named by `bus.url` (which must be `kafka://`).

@@ -32,7 +32,7 @@ impl SubscriberApi {
                     _ => Vec::new(),
                 }
             });
-            changed += self.bus.redact(&name, subscriber_id.as_bytes(), redactor).await?;
+            changed += self.bus.redact(&name, subscriber_id, redactor).await?;
         }
         Ok(changed)
     }

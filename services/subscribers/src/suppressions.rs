@@ -5,7 +5,7 @@ use broadside_auth::Caller;
 use broadside_proto::v1::subscriber_event::Change;
 use broadside_proto::v1::*;
 use broadside_proto::{ServiceError, names};
-use broadside_store::{PageRequest, email_hash, normalize_email as unique_key, now_millis};
+use broadside_store::{PageRequest, normalize_email as unique_key, now_millis};
 
 use crate::convert::{reason_from_proto, suppression_to_proto};
 use crate::validate::normalize_email;
@@ -57,7 +57,7 @@ impl SubscriberApi {
             .store
             .add_suppression(broadside_store::Suppression {
                 tenant: caller.tenant.clone(),
-                email_hash: email_hash(&target),
+                email_hash: String::new(),
                 list_id: list_id.to_owned(),
                 target,
                 reason,
@@ -76,8 +76,11 @@ impl SubscriberApi {
     ) -> Result<(), ServiceError> {
         let target = normalize_target("target", &request.target)?;
         let list_id = list_id_of("list", &request.list)?;
-        let hash = email_hash(&target);
-        if !self.store.remove_suppression(tenant(caller), &hash, list_id).await? {
+        let existing = self.store.suppressions_for(tenant(caller), vec![target.clone()]).await?;
+        let Some(hash) = existing.iter().find(|s| s.list_id == list_id).map(|s| s.email_hash.clone()) else {
+            return Err(ServiceError::NotFound(format!("suppression of {target:?}")));
+        };
+        if !self.store.remove_suppression(tenant(caller), &target, list_id).await? {
             return Err(ServiceError::NotFound(format!("suppression of {target:?}")));
         }
         self.publish_suppression(caller, &hash, "", false).await?;
@@ -107,7 +110,7 @@ impl SubscriberApi {
         let list_id = list_id_of("list", &request.list)?;
         let key = unique_key(&email);
         let domain = format!("@{}", key.rsplit_once('@').map_or("", |(_, d)| d));
-        let found = self.store.suppressions_for(tenant(caller), vec![email_hash(&key), email_hash(&domain)]).await?;
+        let found = self.store.suppressions_for(tenant(caller), vec![key, domain]).await?;
         let matching: Vec<Suppression> =
             found.iter().filter(|s| s.list_id.is_empty() || s.list_id == list_id).map(suppression_to_proto).collect();
         Ok(CheckSuppressionResponse { suppressed: !matching.is_empty(), suppressions: matching })

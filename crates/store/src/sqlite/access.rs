@@ -3,30 +3,52 @@
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
+use super::encrypt::{email_key, open_text, seal_text};
+use super::keys::Crypto;
 use super::page_of;
+use crate::crypto::TenantKeys;
 use crate::*;
 
-fn suppression_from_row(row: &Row<'_>) -> rusqlite::Result<Suppression> {
+/// A suppression row with its target still sealed.
+fn suppression_from_row(row: &Row<'_>) -> rusqlite::Result<(Suppression, Vec<u8>)> {
     let reason: String = row.get("reason")?;
-    Ok(Suppression {
+    let suppression = Suppression {
         tenant: row.get("tenant")?,
         email_hash: row.get("email_hash")?,
         list_id: row.get("list_id")?,
-        target: row.get("target")?,
+        target: String::new(),
         reason: SuppressionReason::parse(&reason).unwrap_or(SuppressionReason::Manual),
         create_time: row.get("create_time")?,
-    })
+    };
+    Ok((suppression, row.get("target")?))
 }
 
-/// Every suppression of the tenant whose hash is in `hashes`.
-pub(super) fn suppressions_tx(tx: &Transaction<'_>, tenant: &str, hashes: &[String]) -> Result<Vec<Suppression>> {
+fn open_suppression(
+    tx: &Transaction<'_>,
+    crypto: &Crypto,
+    (mut suppression, sealed): (Suppression, Vec<u8>),
+) -> Result<Suppression> {
+    let keys = crypto.keys(tx, &suppression.tenant, TenantKeys::key_id_of(&sealed))?;
+    suppression.target = open_text(&keys, &sealed)?;
+    Ok(suppression)
+}
+
+/// Every suppression of the tenant whose blind index is in `keys`.
+pub(super) fn suppressions_tx(
+    tx: &Transaction<'_>,
+    crypto: &Crypto,
+    tenant: &str,
+    keys: &[String],
+) -> Result<Vec<Suppression>> {
     let mut statement =
         tx.prepare_cached("SELECT * FROM suppressions WHERE tenant = ?1 AND email_hash = ?2 ORDER BY list_id")?;
     let mut found = Vec::new();
-    for hash in hashes.iter().filter(|h| !h.is_empty()) {
-        found.extend(
-            statement.query_map(params![tenant, hash], suppression_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+    for key in keys.iter().filter(|h| !h.is_empty()) {
+        for row in
+            statement.query_map(params![tenant, key], suppression_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?
+        {
+            found.push(open_suppression(tx, crypto, row)?);
+        }
     }
     Ok(found)
 }
@@ -51,54 +73,61 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
 #[async_trait]
 impl SuppressionStore for SqliteStore {
     async fn add_suppression(&self, suppression: Suppression) -> Result<Suppression> {
+        let crypto = self.crypto.clone();
         self.tx(move |tx| {
+            let keys = crypto.keys(tx, &suppression.tenant, None)?;
+            let key = email_key(&keys, &suppression.target);
             tx.execute(
                 "INSERT INTO suppressions (tenant, email_hash, list_id, target, reason, create_time) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (tenant, email_hash, list_id) DO UPDATE SET reason = ?5, \
-                 target = CASE WHEN target = '' AND reason = 'erased' THEN '' ELSE ?4 END",
+                 target = CASE WHEN reason = 'erased' THEN target ELSE ?4 END",
                 params![
                     suppression.tenant,
-                    suppression.email_hash,
+                    key,
                     suppression.list_id,
-                    suppression.target,
+                    seal_text(&keys, &suppression.target),
                     suppression.reason.as_str(),
                     suppression.create_time
                 ],
             )?;
-            Ok(tx.query_row(
+            let row = tx.query_row(
                 "SELECT * FROM suppressions WHERE tenant = ?1 AND email_hash = ?2 AND list_id = ?3",
-                params![suppression.tenant, suppression.email_hash, suppression.list_id],
+                params![suppression.tenant, key, suppression.list_id],
                 suppression_from_row,
-            )?)
+            )?;
+            open_suppression(tx, &crypto, row)
         })
         .await
     }
 
-    async fn remove_suppression(&self, tenant: &str, email_hash: &str, list_id: &str) -> Result<bool> {
-        let (tenant, hash, list_id) = (tenant.to_owned(), email_hash.to_owned(), list_id.to_owned());
+    async fn remove_suppression(&self, tenant: &str, target: &str, list_id: &str) -> Result<bool> {
+        let (tenant, target, list_id, crypto) =
+            (tenant.to_owned(), target.to_owned(), list_id.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
+            let key = email_key(&*crypto.keys(tx, &tenant, None)?, &target);
             Ok(tx.execute(
                 "DELETE FROM suppressions WHERE tenant = ?1 AND email_hash = ?2 AND list_id = ?3",
-                params![tenant, hash, list_id],
+                params![tenant, key, list_id],
             )? > 0)
         })
         .await
     }
 
     async fn list_suppressions(&self, tenant: &str, page: PageRequest) -> Result<Page<Suppression>> {
-        let tenant = tenant.to_owned();
+        let (tenant, crypto) = (tenant.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
-            // The token is `hash/list`: the last key of the previous page.
+            // The token is `key/list`: the last key of the previous page.
             let token = page.token.clone().unwrap_or_default();
-            let (after_hash, after_list) = token.split_once('/').unwrap_or((&token, ""));
+            let (after_key, after_list) = token.split_once('/').unwrap_or((&token, ""));
             let mut statement = tx.prepare_cached(
                 "SELECT * FROM suppressions WHERE tenant = ?1 AND (email_hash, list_id) > (?2, ?3) \
                  ORDER BY email_hash, list_id LIMIT ?4",
             )?;
             let rows = statement
-                .query_map(params![tenant, after_hash, after_list, (page.size + 1) as i64], suppression_from_row)?
+                .query_map(params![tenant, after_key, after_list, (page.size + 1) as i64], suppression_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = rows.into_iter().map(|row| open_suppression(tx, &crypto, row)).collect::<Result<Vec<_>>>()?;
             let mut page = page_of(rows, page.size, |s| &s.email_hash);
             if page.next_token.is_some() {
                 page.next_token = page.items.last().map(|s| format!("{}/{}", s.email_hash, s.list_id));
@@ -108,9 +137,14 @@ impl SuppressionStore for SqliteStore {
         .await
     }
 
-    async fn suppressions_for(&self, tenant: &str, hashes: Vec<String>) -> Result<Vec<Suppression>> {
-        let tenant = tenant.to_owned();
-        self.tx(move |tx| suppressions_tx(tx, &tenant, &hashes)).await
+    async fn suppressions_for(&self, tenant: &str, targets: Vec<String>) -> Result<Vec<Suppression>> {
+        let (tenant, crypto) = (tenant.to_owned(), self.crypto.clone());
+        self.tx(move |tx| {
+            let keys = crypto.keys(tx, &tenant, None)?;
+            let blind: Vec<String> = targets.iter().map(|target| email_key(&keys, target)).collect();
+            suppressions_tx(tx, &crypto, &tenant, &blind)
+        })
+        .await
     }
 }
 

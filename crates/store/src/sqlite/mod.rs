@@ -8,9 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
+use crate::crypto::{MasterKeys, TenantKeys};
 use crate::*;
+use keys::Crypto;
 
 mod access;
+mod encrypt;
+mod keys;
 mod subscribers;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
@@ -134,30 +138,59 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows (erasure) are overwritten, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     // 64 MiB of page cache (the default is 2 MiB): index inserts at random
     // keys (emails) otherwise re-read pages from the OS on every row.
     conn.pragma_update(None, "cache_size", -65536)?;
     Ok(conn)
 }
 
-/// The embedded store backend.
+/// The embedded store backend. Personal data is sealed with the tenant's
+/// keys before it reaches the file (see [`crate::crypto`]).
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    crypto: Arc<Crypto>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and migrates it.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the database at `path` and migrates it;
+    /// `master` wraps the tenant keys.
+    pub fn open(path: &Path, master: MasterKeys) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", parent.display())))?;
         }
         let mut conn =
             open_connection(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
-        migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+        let crypto = Arc::new(Crypto::new(master));
+        migrate(&mut conn, &crypto)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned(), crypto })
+    }
+
+    /// Opens a sealed value found anywhere in the file, whichever tenant's
+    /// key sealed it; `None` when it is not one. For audits and the tests
+    /// that prove erasure: they must look inside sealed values too.
+    pub fn reveal(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let key_id = TenantKeys::key_id_of(value)?;
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().ok()?;
+        let tenant: String =
+            tx.query_row("SELECT tenant FROM tenant_keys WHERE id = ?1", params![key_id], |row| row.get(0)).ok()?;
+        let keys = self.crypto.keys(&tx, &tenant, Some(key_id)).ok()?;
+        keys.open(value).ok()
+    }
+
+    /// The keys that seal the embedded bus log (created on first use). Call
+    /// at start-up: it blocks on the database.
+    pub fn bus_keys(&self) -> Result<Arc<TenantKeys>> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let keys = self.crypto.keys(&tx, keys::BUS_KEYS, None)?;
+        tx.commit()?;
+        Ok(keys)
     }
 
     pub fn path(&self) -> &Path {
@@ -183,7 +216,7 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+fn migrate(conn: &mut Connection, crypto: &Crypto) -> Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
@@ -192,25 +225,14 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.commit()?;
         tracing::info!(version = index + 1, "applied store migration");
     }
-    backfill_email_hashes(conn)
-}
-
-/// Subscribers stored before migration 4 get their suppression-lookup hashes.
-fn backfill_email_hashes(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction()?;
-    let rows: Vec<(String, String, String)> = tx
-        .prepare("SELECT tenant, id, email_norm FROM subscribers WHERE email_hash = ''")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (tenant, id, email) in &rows {
-        tx.execute(
-            "UPDATE subscribers SET email_hash = ?3, domain_hash = ?4 WHERE tenant = ?1 AND id = ?2",
-            params![tenant, id, email_hash(email), domain_hash(email)],
-        )?;
-    }
-    tx.commit()?;
-    if !rows.is_empty() {
-        tracing::info!(subscribers = rows.len(), "backfilled suppression hashes");
+    if version <= MIGRATIONS.len() {
+        let tx = conn.transaction()?;
+        encrypt::migrate(&tx, crypto)?;
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() + 1)?;
+        tx.commit()?;
+        // Old plaintext may sit in freed pages and in the WAL: rewrite the file.
+        conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        tracing::info!(version = MIGRATIONS.len() + 1, "applied store migration: personal data sealed");
     }
     Ok(())
 }
@@ -256,23 +278,47 @@ fn list_from_row(row: &Row<'_>) -> rusqlite::Result<MailingList> {
     })
 }
 
-const SUBSCRIBER_COLUMNS: &str =
-    "s.tenant, s.id, s.email, s.display_name, s.attributes, s.status, s.create_time, s.update_time";
+const SUBSCRIBER_COLUMNS: &str = "s.tenant, s.id, s.pii, s.status, s.create_time, s.update_time";
 
-fn subscriber_from_row(row: &Row<'_>) -> rusqlite::Result<Subscriber> {
-    let attributes: String = row.get("attributes")?;
-    Ok(Subscriber {
-        tenant: row.get("tenant")?,
-        id: row.get("id")?,
-        email: row.get("email")?,
-        display_name: row.get("display_name")?,
-        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-        status: SubscriberStatus::from_i64(row.get("status")?),
-        lists: Vec::new(),
-        subscriptions: Vec::new(),
-        create_time: row.get("create_time")?,
-        update_time: row.get("update_time")?,
+/// A subscriber row whose personal data is still sealed.
+struct SealedSubscriber {
+    subscriber: Subscriber,
+    pii: Vec<u8>,
+}
+
+fn subscriber_from_row(row: &Row<'_>) -> rusqlite::Result<SealedSubscriber> {
+    Ok(SealedSubscriber {
+        subscriber: Subscriber {
+            tenant: row.get("tenant")?,
+            id: row.get("id")?,
+            email: String::new(),
+            display_name: String::new(),
+            attributes: serde_json::Map::new(),
+            status: SubscriberStatus::from_i64(row.get("status")?),
+            lists: Vec::new(),
+            subscriptions: Vec::new(),
+            create_time: row.get("create_time")?,
+            update_time: row.get("update_time")?,
+        },
+        pii: row.get("pii")?,
     })
+}
+
+impl SealedSubscriber {
+    /// Opens the personal data with the tenant's keys.
+    fn open(self, tx: &Transaction<'_>, crypto: &Crypto) -> Result<Subscriber> {
+        let mut subscriber = self.subscriber;
+        let keys = crypto.keys(tx, &subscriber.tenant, TenantKeys::key_id_of(&self.pii))?;
+        let pii = encrypt::open_pii(&keys, &self.pii)?;
+        (subscriber.email, subscriber.display_name, subscriber.attributes) = (pii.email, pii.name, pii.attributes);
+        Ok(subscriber)
+    }
+}
+
+/// Opens every subscriber of a page.
+fn open_page(tx: &Transaction<'_>, crypto: &Crypto, page: Page<SealedSubscriber>) -> Result<Page<Subscriber>> {
+    let items = page.items.into_iter().map(|sealed| sealed.open(tx, crypto)).collect::<Result<_>>()?;
+    Ok(Page { items, next_token: page.next_token })
 }
 
 fn template_from_row(row: &Row<'_>) -> rusqlite::Result<Template> {
@@ -322,11 +368,12 @@ fn get_list_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Option<Ma
         .optional()?)
 }
 
-fn get_subscriber_tx(tx: &Transaction<'_>, tenant: &str, id: &str) -> Result<Option<Subscriber>> {
+fn get_subscriber_tx(tx: &Transaction<'_>, crypto: &Crypto, tenant: &str, id: &str) -> Result<Option<Subscriber>> {
     let sql = format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id = ?2");
-    let Some(mut subscriber) = tx.query_row(&sql, params![tenant, id], subscriber_from_row).optional()? else {
+    let Some(sealed) = tx.query_row(&sql, params![tenant, id], subscriber_from_row).optional()? else {
         return Ok(None);
     };
+    let mut subscriber = sealed.open(tx, crypto)?;
     let mut statement = tx.prepare_cached(
         "SELECT list_id, status, update_time FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id",
     )?;
@@ -720,5 +767,55 @@ impl SendLedger for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    /// A store written before encryption at rest is sealed by the migration
+    /// and reads back the same.
+    #[tokio::test]
+    async fn migration_seals_a_store_written_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = open_connection(&path).unwrap();
+            for migration in MIGRATIONS {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", MIGRATIONS.len()).unwrap();
+            conn.execute_batch(
+                "INSERT INTO lists (tenant, id, display_name, description, create_time, opt_in) VALUES ('t', 'l', 'L', '', 0, 1);
+                 INSERT INTO subscribers (tenant, id, email, email_norm, email_hash, domain_hash, display_name, attributes, status, create_time, update_time)
+                   VALUES ('t', 's1', 'Old.Timer@example.com', 'old.timer@example.com', 'x', 'y', 'Old Timer', '{\"city\":\"Quuxville\"}', 1, 0, 0);
+                 INSERT INTO memberships (tenant, list_id, subscriber_id, create_time, status, update_time) VALUES ('t', 'l', 's1', 0, 2, 0);
+                 INSERT INTO consent_log (tenant, subscriber_id, time, seq, action, list_id, source, ip, user_agent)
+                   VALUES ('t', 's1', 1, 1, 'subscribe', 'l', 'api', '192.0.2.44', 'Lynx');
+                 INSERT INTO suppressions (tenant, email_hash, list_id, target, reason, create_time)
+                   VALUES ('t', 'h', '', 'blocked.person@example.com', 'manual', 0);
+                 INSERT INTO import_jobs (tenant, request_id, job, update_time)
+                   VALUES ('t', 'r', '{\"request_id\":\"r\",\"list_id\":\"l\",\"lines_done\":3,\"imported\":2,\"updated\":0,\"skipped\":0,\"rejected\":1,\"errors\":[\"line 3: email: \\\"bad.row@\\\"\"],\"done\":true}', 0);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, MasterKeys::new(MasterKey::new("m", [4; 32]), vec![])).unwrap();
+        let old = store.get_subscriber("t", "s1").await.unwrap().unwrap();
+        assert_eq!((old.email.as_str(), old.display_name.as_str()), ("Old.Timer@example.com", "Old Timer"));
+        assert_eq!(old.attributes["city"], "Quuxville");
+        assert_eq!(store.find_subscriber("t", "OLD.TIMER@example.com").await.unwrap().unwrap().id, "s1");
+        assert_eq!(store.consent_records("t", "s1").await.unwrap()[0].context.ip, "192.0.2.44");
+        let suppressed = store.suppressions_for("t", vec!["blocked.person@example.com".into()]).await.unwrap();
+        assert_eq!(suppressed.len(), 1);
+        assert_eq!(store.import_job("t", "r").await.unwrap().unwrap().rejected, 1);
+        assert!(store.is_sendable("t", "s1", "l").await.unwrap());
+        drop(store);
+        let mut raw = std::fs::read(&path).unwrap();
+        raw.extend(std::fs::read(dir.path().join("old.db-wal")).unwrap_or_default());
+        for needle in ["old.timer", "Quuxville", "192.0.2.44", "Lynx", "blocked.person", "bad.row"] {
+            assert!(!raw.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} is in the file in the clear");
+        }
     }
 }

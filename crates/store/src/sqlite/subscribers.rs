@@ -6,13 +6,18 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::{Map, Value};
 
-use super::{SUBSCRIBER_COLUMNS, get_list_tx, get_subscriber_tx, paged, remember, remembered, subscriber_from_row};
+use super::encrypt::{domain_key, email_key, open_pii, seal_pii};
+use super::keys::Crypto;
+use super::{
+    SUBSCRIBER_COLUMNS, get_list_tx, get_subscriber_tx, open_page, paged, remember, remembered, subscriber_from_row,
+};
+use crate::crypto::TenantKeys;
 use crate::*;
 
 /// The members a campaign may mail: active, confirmed, and not suppressed
 /// tenant-wide, for the list, or for their domain.
 const SENDABLE: &str = "AND s.status = 1 AND m.status = 2 AND NOT EXISTS (SELECT 1 FROM suppressions x \
-     WHERE x.tenant = m.tenant AND x.email_hash IN (s.email_hash, s.domain_hash) AND x.list_id IN ('', m.list_id))";
+     WHERE x.tenant = m.tenant AND x.email_hash IN (s.email_key, s.domain_key) AND x.list_id IN ('', m.list_id))";
 
 /// What one upsert did, before the stored subscriber is read back.
 struct Applied {
@@ -39,7 +44,7 @@ fn list_modes(tx: &Transaction<'_>, tenant: &str, list_ids: &[String]) -> Result
 
 fn append_consent(
     tx: &Transaction<'_>,
-    tenant: &str,
+    keys: &TenantKeys,
     subscriber_id: &str,
     action: ConsentAction,
     list_id: &str,
@@ -47,18 +52,17 @@ fn append_consent(
     now: i64,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO consent_log (tenant, subscriber_id, time, seq, action, list_id, source, ip, user_agent) \
-         VALUES (?1, ?2, ?3, ?9, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO consent_log (tenant, subscriber_id, time, seq, action, list_id, source, pii) \
+         VALUES (?1, ?2, ?3, ?8, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        tenant,
+        keys.tenant,
         subscriber_id,
         now,
         action.as_str(),
         list_id,
         consent.source,
-        consent.ip,
-        consent.user_agent,
+        keys.seal(&serde_json::to_vec(&(&consent.ip, &consent.user_agent)).expect("strings encode")),
         next_consent_seq()
     ])?;
     Ok(())
@@ -78,30 +82,26 @@ fn next_consent_seq() -> i64 {
 /// only when the insert hits the unique email index.
 fn apply_upsert(
     tx: &Transaction<'_>,
+    keys: &TenantKeys,
     subscriber: &Subscriber,
     options: &UpsertOptions,
     modes: &HashMap<String, OptIn>,
     now: i64,
 ) -> Result<Applied> {
     let tenant = &subscriber.tenant;
-    let email_norm = normalize_email(&subscriber.email);
-    let attributes_json =
-        serde_json::to_string(&subscriber.attributes).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let key = email_key(keys, &subscriber.email);
+    let pii = seal_pii(keys, &subscriber.email, &subscriber.display_name, &subscriber.attributes)?;
     let inserted =
         tx.prepare_cached(
-            "INSERT INTO subscribers (tenant, id, email, email_norm, email_hash, domain_hash, display_name, \
-             attributes, status, create_time, update_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) \
-             ON CONFLICT (tenant, email_norm) DO NOTHING",
+            "INSERT INTO subscribers (tenant, id, pii, email_key, domain_key, status, create_time, update_time) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (tenant, email_key) DO NOTHING",
         )?
         .execute(params![
             tenant,
             subscriber.id,
-            subscriber.email,
-            email_norm,
-            email_hash(&email_norm),
-            domain_hash(&email_norm),
-            subscriber.display_name,
-            attributes_json,
+            pii,
+            key,
+            domain_key(keys, &subscriber.email),
             subscriber.status as i64,
             now
         ])? > 0;
@@ -109,31 +109,20 @@ fn apply_upsert(
     let (id, created, changed) = if inserted {
         (subscriber.id.clone(), true, true)
     } else {
-        let (id, old_name, old_attributes, status): (String, String, String, i64) = tx
-            .prepare_cached(
-                "SELECT id, display_name, attributes, status FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
-            )?
-            .query_row(params![tenant, email_norm], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
-        let mut attributes: Map<String, Value> = serde_json::from_str(&old_attributes).unwrap_or_default();
+        let (id, sealed, status): (String, Vec<u8>, i64) = tx
+            .prepare_cached("SELECT id, pii, status FROM subscribers WHERE tenant = ?1 AND email_key = ?2")?
+            .query_row(params![tenant, key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        let old = open_pii(keys, &sealed)?;
+        let mut attributes = old.attributes;
         let status = SubscriberStatus::from_i64(status);
         if options.mode == UpsertMode::SkipExisting {
-            state = Some((old_name, attributes, status));
+            state = Some((old.name, attributes, status));
             (id, false, false)
         } else {
             attributes.extend(subscriber.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let name = if subscriber.display_name.is_empty() { old_name } else { subscriber.display_name.clone() };
-            tx.prepare_cached(
-                "UPDATE subscribers SET email = ?3, display_name = ?4, attributes = ?5, update_time = ?6 \
-                 WHERE tenant = ?1 AND id = ?2",
-            )?
-            .execute(params![
-                tenant,
-                id,
-                subscriber.email,
-                name,
-                Value::Object(attributes.clone()).to_string(),
-                now
-            ])?;
+            let name = if subscriber.display_name.is_empty() { old.name } else { subscriber.display_name.clone() };
+            tx.prepare_cached("UPDATE subscribers SET pii = ?3, update_time = ?4 WHERE tenant = ?1 AND id = ?2")?
+                .execute(params![tenant, id, seal_pii(keys, &subscriber.email, &name, &attributes)?, now])?;
             state = Some((name, attributes, status));
             (id, false, true)
         }
@@ -178,7 +167,7 @@ fn apply_upsert(
              ON CONFLICT (tenant, list_id, subscriber_id) DO UPDATE SET status = ?5, update_time = ?4",
         )?
         .execute(params![tenant, list_id, id, now, fresh as i64])?;
-        append_consent(tx, tenant, &id, ConsentAction::Subscribe, list_id, &options.consent, now)?;
+        append_consent(tx, keys, &id, ConsentAction::Subscribe, list_id, &options.consent, now)?;
         if fresh == SubscriptionStatus::Unconfirmed {
             pending_confirmation.push(list_id.clone());
         }
@@ -187,27 +176,40 @@ fn apply_upsert(
     Ok(Applied { id, created, changed, statuses, pending_confirmation, state })
 }
 
-fn consent_tx(tx: &Transaction<'_>, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
+fn consent_tx(tx: &Transaction<'_>, crypto: &Crypto, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
     let mut statement = tx.prepare_cached(
-        "SELECT subscriber_id, time, action, list_id, source, ip, user_agent FROM consent_log \
+        "SELECT subscriber_id, time, action, list_id, source, pii FROM consent_log \
          WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY time, seq",
     )?;
-    let rows = statement.query_map(params![tenant, subscriber_id], |row| {
-        Ok(ConsentRecord {
-            subscriber_id: row.get(0)?,
-            time: row.get(1)?,
-            action: ConsentAction::parse(&row.get::<_, String>(2)?),
-            list_id: row.get(3)?,
-            context: ConsentContext { source: row.get(4)?, ip: row.get(5)?, user_agent: row.get(6)? },
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = statement
+        .query_map(params![tenant, subscriber_id], |row| {
+            Ok((
+                ConsentRecord {
+                    subscriber_id: row.get(0)?,
+                    time: row.get(1)?,
+                    action: ConsentAction::parse(&row.get::<_, String>(2)?),
+                    list_id: row.get(3)?,
+                    context: ConsentContext { source: row.get(4)?, ip: String::new(), user_agent: String::new() },
+                },
+                row.get::<_, Vec<u8>>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut records = Vec::with_capacity(rows.len());
+    for (mut record, sealed) in rows {
+        let keys = crypto.keys(tx, tenant, TenantKeys::key_id_of(&sealed))?;
+        let (ip, user_agent): (String, String) = serde_json::from_slice(&keys.open(&sealed)?)
+            .map_err(|e| StoreError::Backend(format!("consent record: {e}")))?;
+        (record.context.ip, record.context.user_agent) = (ip, user_agent);
+        records.push(record);
+    }
+    Ok(records)
 }
 
 fn hashes_of(tx: &Transaction<'_>, tenant: &str, subscriber_id: &str) -> Result<Option<(String, String)>> {
     Ok(tx
         .query_row(
-            "SELECT email_hash, domain_hash FROM subscribers WHERE tenant = ?1 AND id = ?2",
+            "SELECT email_key, domain_key FROM subscribers WHERE tenant = ?1 AND id = ?2",
             params![tenant, subscriber_id],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
@@ -222,10 +224,11 @@ impl SubscriberStore for SqliteStore {
         options: UpsertOptions,
         request_id: Option<String>,
     ) -> Result<Upserted> {
+        let crypto = self.crypto.clone();
         self.tx(move |tx| {
             let tenant = subscriber.tenant.clone();
             if let Some(id) = remembered(tx, &tenant, &request_id, "subscriber")? {
-                let existing = get_subscriber_tx(tx, &tenant, &id)?
+                let existing = get_subscriber_tx(tx, &crypto, &tenant, &id)?
                     .ok_or_else(|| StoreError::NotFound(format!("subscribers/{id}")))?;
                 return Ok(Upserted {
                     subscriber: existing,
@@ -235,9 +238,10 @@ impl SubscriberStore for SqliteStore {
                 });
             }
             let modes = list_modes(tx, &tenant, &subscriber.lists)?;
-            let applied = apply_upsert(tx, &subscriber, &options, &modes, now_millis())?;
+            let keys = crypto.keys(tx, &tenant, None)?;
+            let applied = apply_upsert(tx, &keys, &subscriber, &options, &modes, now_millis())?;
             remember(tx, &tenant, &request_id, "subscriber", &applied.id)?;
-            let stored = get_subscriber_tx(tx, &tenant, &applied.id)?
+            let stored = get_subscriber_tx(tx, &crypto, &tenant, &applied.id)?
                 .ok_or_else(|| StoreError::Backend("subscriber vanished".into()))?;
             Ok(Upserted {
                 subscriber: stored,
@@ -250,22 +254,23 @@ impl SubscriberStore for SqliteStore {
     }
 
     async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>> {
-        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
-        self.tx(move |tx| get_subscriber_tx(tx, &tenant, &id)).await
+        let (tenant, id, crypto) = (tenant.to_owned(), subscriber_id.to_owned(), self.crypto.clone());
+        self.tx(move |tx| get_subscriber_tx(tx, &crypto, &tenant, &id)).await
     }
 
     async fn find_subscriber(&self, tenant: &str, email: &str) -> Result<Option<Subscriber>> {
-        let (tenant, email_norm) = (tenant.to_owned(), normalize_email(email));
+        let (tenant, email, crypto) = (tenant.to_owned(), email.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
+            let key = email_key(&*crypto.keys(tx, &tenant, None)?, &email);
             let id: Option<String> = tx
                 .query_row(
-                    "SELECT id FROM subscribers WHERE tenant = ?1 AND email_norm = ?2",
-                    params![tenant, email_norm],
+                    "SELECT id FROM subscribers WHERE tenant = ?1 AND email_key = ?2",
+                    params![tenant, key],
                     |row| row.get(0),
                 )
                 .optional()?;
             match id {
-                Some(id) => get_subscriber_tx(tx, &tenant, &id),
+                Some(id) => get_subscriber_tx(tx, &crypto, &tenant, &id),
                 None => Ok(None),
             }
         })
@@ -273,11 +278,15 @@ impl SubscriberStore for SqliteStore {
     }
 
     async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>> {
-        let tenant = tenant.to_owned();
+        let (tenant, crypto) = (tenant.to_owned(), self.crypto.clone());
         let sql = format!(
             "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers s WHERE s.tenant = ?1 AND s.id > ?2 ORDER BY s.id LIMIT ?3"
         );
-        self.tx(move |tx| paged(tx, &sql, &tenant, None, &page, subscriber_from_row, |s| &s.id)).await
+        self.tx(move |tx| {
+            let page = paged(tx, &sql, &tenant, None, &page, subscriber_from_row, |s| &s.subscriber.id)?;
+            open_page(tx, &crypto, page)
+        })
+        .await
     }
 
     async fn list_members(
@@ -287,13 +296,17 @@ impl SubscriberStore for SqliteStore {
         sendable_only: bool,
         page: PageRequest,
     ) -> Result<Page<Subscriber>> {
-        let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
+        let (tenant, list_id, crypto) = (tenant.to_owned(), list_id.to_owned(), self.crypto.clone());
         let filter = if sendable_only { SENDABLE } else { "" };
         let sql = format!(
             "SELECT {SUBSCRIBER_COLUMNS} FROM memberships m JOIN subscribers s ON s.tenant = m.tenant AND s.id = m.subscriber_id \
              WHERE m.tenant = ?1 AND m.list_id = ?2 AND m.subscriber_id > ?3 {filter} ORDER BY m.subscriber_id LIMIT ?4"
         );
-        self.tx(move |tx| paged(tx, &sql, &tenant, Some(&list_id), &page, subscriber_from_row, |s| &s.id)).await
+        self.tx(move |tx| {
+            let page = paged(tx, &sql, &tenant, Some(&list_id), &page, subscriber_from_row, |s| &s.subscriber.id)?;
+            open_page(tx, &crypto, page)
+        })
+        .await
     }
 
     async fn is_sendable(&self, tenant: &str, subscriber_id: &str, list_id: &str) -> Result<bool> {
@@ -314,18 +327,18 @@ impl SubscriberStore for SqliteStore {
         subscriber_id: &str,
         update: SubscriberUpdate,
     ) -> Result<Option<Subscriber>> {
-        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        let (tenant, id, crypto) = (tenant.to_owned(), subscriber_id.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
-            let Some(current) = get_subscriber_tx(tx, &tenant, &id)? else { return Ok(None) };
+            let Some(current) = get_subscriber_tx(tx, &crypto, &tenant, &id)? else { return Ok(None) };
             let name = update.display_name.unwrap_or(current.display_name);
             let attributes = update.attributes.unwrap_or(current.attributes);
             let status = update.status.unwrap_or(current.status);
+            let keys = crypto.keys(tx, &tenant, None)?;
             tx.execute(
-                "UPDATE subscribers SET display_name = ?3, attributes = ?4, status = ?5, update_time = ?6 \
-                 WHERE tenant = ?1 AND id = ?2",
-                params![tenant, id, name, Value::Object(attributes).to_string(), status as i64, now_millis()],
+                "UPDATE subscribers SET pii = ?3, status = ?4, update_time = ?5 WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id, seal_pii(&keys, &current.email, &name, &attributes)?, status as i64, now_millis()],
             )?;
-            get_subscriber_tx(tx, &tenant, &id)
+            get_subscriber_tx(tx, &crypto, &tenant, &id)
         })
         .await
     }
@@ -339,6 +352,7 @@ impl SubscriberStore for SqliteStore {
         consent: ConsentContext,
     ) -> Result<Option<Subscriber>> {
         let (tenant, id, list_id) = (tenant.to_owned(), subscriber_id.to_owned(), list_id.to_owned());
+        let crypto = self.crypto.clone();
         self.tx(move |tx| {
             let now = now_millis();
             let changed = tx.execute(
@@ -358,27 +372,28 @@ impl SubscriberStore for SqliteStore {
                     SubscriptionStatus::Unsubscribed => ConsentAction::Unsubscribe,
                     SubscriptionStatus::Unconfirmed => ConsentAction::Subscribe,
                 };
-                append_consent(tx, &tenant, &id, action, &list_id, &consent, now)?;
+                let keys = crypto.keys(tx, &tenant, None)?;
+                append_consent(tx, &keys, &id, action, &list_id, &consent, now)?;
             }
-            get_subscriber_tx(tx, &tenant, &id)
+            get_subscriber_tx(tx, &crypto, &tenant, &id)
         })
         .await
     }
 
     async fn consent_records(&self, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
-        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
-        self.tx(move |tx| consent_tx(tx, &tenant, &id)).await
+        let (tenant, id, crypto) = (tenant.to_owned(), subscriber_id.to_owned(), self.crypto.clone());
+        self.tx(move |tx| consent_tx(tx, &crypto, &tenant, &id)).await
     }
 
     async fn existing_emails(&self, tenant: &str, emails: Vec<String>) -> Result<HashSet<String>> {
-        let tenant = tenant.to_owned();
+        let (tenant, crypto) = (tenant.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
-            let mut statement = tx.prepare_cached("SELECT 1 FROM subscribers WHERE tenant = ?1 AND email_norm = ?2")?;
+            let keys = crypto.keys(tx, &tenant, None)?;
+            let mut statement = tx.prepare_cached("SELECT 1 FROM subscribers WHERE tenant = ?1 AND email_key = ?2")?;
             let mut found = HashSet::new();
             for email in emails {
-                let email = normalize_email(&email);
-                if statement.exists(params![tenant, email])? {
-                    found.insert(email);
+                if statement.exists(params![tenant, email_key(&keys, &email)])? {
+                    found.insert(normalize_email(&email));
                 }
             }
             Ok(found)
@@ -393,14 +408,15 @@ impl SubscriberStore for SqliteStore {
         rows: Vec<ImportRow>,
         options: UpsertOptions,
     ) -> Result<(Vec<ImportedRow>, ImportJob)> {
-        let tenant = tenant.to_owned();
+        let (tenant, crypto) = (tenant.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
             let mut job = job;
             let modes = list_modes(tx, &tenant, std::slice::from_ref(&job.list_id))?;
+            let keys = crypto.keys(tx, &tenant, None)?;
             let now = now_millis();
             let mut results = Vec::with_capacity(rows.len());
             for row in rows {
-                let applied = apply_upsert(tx, &row.subscriber, &options, &modes, now)?;
+                let applied = apply_upsert(tx, &keys, &row.subscriber, &options, &modes, now)?;
                 match (applied.created, applied.changed) {
                     (true, _) => job.imported += 1,
                     (false, true) => job.updated += 1,
@@ -422,12 +438,13 @@ impl SubscriberStore for SqliteStore {
                 });
             }
             if !job.request_id.is_empty() {
-                let encoded = serde_json::to_string(&job).map_err(|e| StoreError::Backend(e.to_string()))?;
+                // Sealed: its errors quote addresses.
+                let encoded = serde_json::to_vec(&job).map_err(|e| StoreError::Backend(e.to_string()))?;
                 tx.prepare_cached(
                     "INSERT INTO import_jobs (tenant, request_id, job, update_time) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT (tenant, request_id) DO UPDATE SET job = ?3, update_time = ?4",
                 )?
-                .execute(params![tenant, job.request_id, encoded, now])?;
+                .execute(params![tenant, job.request_id, keys.seal(&encoded), now])?;
             }
             Ok((results, job))
         })
@@ -435,28 +452,30 @@ impl SubscriberStore for SqliteStore {
     }
 
     async fn import_job(&self, tenant: &str, request_id: &str) -> Result<Option<ImportJob>> {
-        let (tenant, request_id) = (tenant.to_owned(), request_id.to_owned());
+        let (tenant, request_id, crypto) = (tenant.to_owned(), request_id.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
-            let encoded: Option<String> = tx
+            let sealed: Option<Vec<u8>> = tx
                 .query_row(
                     "SELECT job FROM import_jobs WHERE tenant = ?1 AND request_id = ?2",
                     params![tenant, request_id],
                     |row| row.get(0),
                 )
                 .optional()?;
-            encoded
-                .map(|text| serde_json::from_str(&text).map_err(|e| StoreError::Backend(format!("import job: {e}"))))
-                .transpose()
+            let Some(sealed) = sealed else { return Ok(None) };
+            let keys = crypto.keys(tx, &tenant, TenantKeys::key_id_of(&sealed))?;
+            serde_json::from_slice(&keys.open(&sealed)?)
+                .map(Some)
+                .map_err(|e| StoreError::Backend(format!("import job: {e}")))
         })
         .await
     }
 
     async fn export_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<SubscriberExport>> {
-        let (tenant, id) = (tenant.to_owned(), subscriber_id.to_owned());
+        let (tenant, id, crypto) = (tenant.to_owned(), subscriber_id.to_owned(), self.crypto.clone());
         self.tx(move |tx| {
-            let Some(subscriber) = get_subscriber_tx(tx, &tenant, &id)? else { return Ok(None) };
+            let Some(subscriber) = get_subscriber_tx(tx, &crypto, &tenant, &id)? else { return Ok(None) };
             let (hash, domain) = hashes_of(tx, &tenant, &id)?.unwrap_or_default();
-            let suppressions = super::access::suppressions_tx(tx, &tenant, &[hash, domain])?;
+            let suppressions = super::access::suppressions_tx(tx, &crypto, &tenant, &[hash, domain])?;
             let mut statement = tx.prepare_cached(
                 "SELECT campaign_id, state, message_id, update_time FROM send_ledger WHERE subscriber_id = ?1 ORDER BY campaign_id",
             )?;
@@ -470,7 +489,8 @@ impl SubscriberStore for SqliteStore {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            Ok(Some(SubscriberExport { consent: consent_tx(tx, &tenant, &id)?, subscriber, suppressions, deliveries }))
+            let consent = consent_tx(tx, &crypto, &tenant, &id)?;
+            Ok(Some(SubscriberExport { consent, subscriber, suppressions, deliveries }))
         })
         .await
     }
@@ -484,12 +504,12 @@ impl SubscriberStore for SqliteStore {
             tx.execute("DELETE FROM subscribers WHERE tenant = ?1 AND id = ?2", params![tenant, id])?;
             // Suppressions by this address keep working, but no longer say whose they are.
             tx.execute(
-                "UPDATE suppressions SET target = '' WHERE tenant = ?1 AND email_hash = ?2",
+                "UPDATE suppressions SET target = x'' WHERE tenant = ?1 AND email_hash = ?2",
                 params![tenant, hash],
             )?;
             tx.execute(
                 "INSERT INTO suppressions (tenant, email_hash, list_id, target, reason, create_time) \
-                 VALUES (?1, ?2, '', '', 'erased', ?3) \
+                 VALUES (?1, ?2, '', x'', 'erased', ?3) \
                  ON CONFLICT (tenant, email_hash, list_id) DO UPDATE SET reason = 'erased'",
                 params![tenant, hash, now_millis()],
             )?;
