@@ -39,11 +39,19 @@ rows, csv_path, pg_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 rng = random.Random(7)
 cities = ["Paris", "Berlin", "Lisbon", "Oslo", "Rome", "Madrid", "Vienna", "Prague"]
 plans = ["free", "pro", "team", "enterprise"]
+firsts = ["ada", "alan", "grace", "edsger", "barbara", "donald", "margaret", "ken", "dennis", "frances", "john",
+          "radia", "tim", "linus", "guido", "bjarne", "niklaus", "leslie", "shafi", "silvio"]
+lasts = ["lovelace", "turing", "hopper", "dijkstra", "liskov", "knuth", "hamilton", "thompson", "ritchie", "allen",
+         "backus", "perlman", "berners", "torvalds", "rossum", "stroustrup", "wirth", "lamport", "goldwasser", "micali"]
+domains = ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "proton.me", "gmx.de", "web.de",
+           "orange.fr", "free.fr", "example.org", "example.net"]
 with open(csv_path, "w") as csv, open(pg_path, "w") as pg:
     csv.write("email,name,city,plan,age:number,score:number,vip:bool,signup:timestamp,tags:list,country,lang,source\n")
     for i in range(rows):
-        email = f"user{i}@example{i % 97}.com"
-        name = f"User {i}"
+        # Realistic addresses: random order, so both sides' unique indexes take random inserts.
+        first, last = rng.choice(firsts), rng.choice(lasts)
+        email = f"{first}.{last}.{i:x}@{rng.choice(domains)}"
+        name = f"{first.title()} {last.title()}"
         city, plan = rng.choice(cities), rng.choice(plans)
         age, score, vip = 18 + i % 60, round(rng.random() * 100, 2), "true" if i % 7 == 0 else "false"
         signup = f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00Z"

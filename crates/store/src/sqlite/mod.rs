@@ -131,18 +131,19 @@ ALTER TABLE consent_v5 RENAME TO consent_log;
 /// guarantee); `FULL` would also survive power loss at a write-speed cost.
 pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    // Larger pages suit rows of a few hundred bytes (subscribers with
-    // attributes, bus records); only takes effect on a new, empty file.
-    conn.pragma_update(None, "page_size", 8192)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Deleted rows (erasure) are overwritten, not left in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
-    // 64 MiB of page cache (the default is 2 MiB): index inserts at random
-    // keys (emails) otherwise re-read pages from the OS on every row.
-    conn.pragma_update(None, "cache_size", -65536)?;
+    // Checkpoint every 64 MiB of WAL instead of 4 MiB: random index pages
+    // dirtied by consecutive batches are then copied to the file once.
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+    // 128 MiB of page cache at most (the default is 2 MiB): the unique
+    // index on blind-indexed addresses takes inserts at random keys, which
+    // otherwise re-read pages from the OS on every row (4x slower at 1M rows).
+    conn.pragma_update(None, "cache_size", -131072)?;
     Ok(conn)
 }
 

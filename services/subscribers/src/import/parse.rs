@@ -22,7 +22,7 @@ pub const MAX_ROW_BYTES: usize = 64 * 1024;
 /// stops the import: it is not a CSV file we can read in bounded memory.
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// Rows per store transaction.
-pub(crate) const BATCH_ROWS: usize = 5000;
+pub(crate) const BATCH_ROWS: usize = 20_000;
 
 /// What the parser hands to the writer.
 pub(crate) enum Parsed {
