@@ -4,6 +4,7 @@
 
 use broadside::client::Authed;
 use broadside_proto::v1::api_key_service_client::ApiKeyServiceClient;
+use broadside_proto::v1::audit_service_client::AuditServiceClient;
 use broadside_proto::v1::campaign_service_client::CampaignServiceClient;
 use broadside_proto::v1::feedback_service_client::FeedbackServiceClient;
 use broadside_proto::v1::segment_service_client::SegmentServiceClient;
@@ -46,6 +47,7 @@ const RPCS: &[(&str, Scope)] = &[
     ("CreateApiKey", Scope::Admin),
     ("ListApiKeys", Scope::Admin),
     ("RevokeApiKey", Scope::Admin),
+    ("ListAuditEvents", Scope::Admin),
     ("CreateTemplate", Scope::CampaignsWrite),
     ("GetTemplate", Scope::Read),
     ("ListTemplates", Scope::Read),
@@ -73,6 +75,7 @@ fn ok<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, tonic::
 async fn call(rpc: &str, channel: Authed, f: &Fixture) -> Result<(), tonic::Status> {
     let mut subs = SubscriberServiceClient::new(channel.clone());
     let mut keys = ApiKeyServiceClient::new(channel.clone());
+    let mut audit = AuditServiceClient::new(channel.clone());
     let mut templates = TemplateServiceClient::new(channel.clone());
     let mut campaigns = CampaignServiceClient::new(channel.clone());
     let mut segments = SegmentServiceClient::new(channel.clone());
@@ -146,6 +149,7 @@ async fn call(rpc: &str, channel: Authed, f: &Fixture) -> Result<(), tonic::Stat
         }
         "ListApiKeys" => ok(keys.list_api_keys(ListApiKeysRequest {}).await).map(drop),
         "RevokeApiKey" => ok(keys.revoke_api_key(RevokeApiKeyRequest { name: "apiKeys/none".into() }).await).map(drop),
+        "ListAuditEvents" => ok(audit.list_audit_events(ListAuditEventsRequest::default()).await).map(drop),
         "CreateTemplate" => {
             let request = CreateTemplateRequest { template: Some(simple_template()), ..Default::default() };
             ok(templates.create_template(request).await).map(drop)

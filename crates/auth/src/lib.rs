@@ -22,6 +22,9 @@ pub struct Caller {
     pub tenant: String,
     pub key_id: String,
     pub scopes: Vec<Scope>,
+    /// Where the call came from: the first `x-forwarded-for` hop, else the
+    /// peer address (for the audit log).
+    pub peer: String,
 }
 
 impl Caller {
@@ -97,6 +100,24 @@ impl Authenticator {
         Ok(caller)
     }
 
+    /// [`Self::authorize`] for a tonic request, recording where it came from.
+    pub async fn authorize_request<T>(
+        &self,
+        request: &tonic::Request<T>,
+        needed: Scope,
+    ) -> Result<Caller, ServiceError> {
+        let mut caller = self.authorize(request.metadata(), needed).await?;
+        caller.peer = request
+            .metadata()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+            .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+            .unwrap_or_default();
+        Ok(caller)
+    }
+
     /// Resolves the bearer key of the call to its caller.
     pub async fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ServiceError> {
         let unauthenticated = |message: &str| Err(ServiceError::Unauthenticated(message.to_owned()));
@@ -116,7 +137,7 @@ impl Authenticator {
         let matches: bool = presented.as_slice().ct_eq(expected).into();
         match stored {
             Some(key) if matches && key.revoke_time == 0 => {
-                Ok(Caller { tenant: key.tenant, key_id: key.id, scopes: key.scopes })
+                Ok(Caller { tenant: key.tenant, key_id: key.id, scopes: key.scopes, peer: String::new() })
             }
             Some(key) if matches => {
                 tracing::info!(key = %key.id, "call refused: revoked key");
@@ -125,6 +146,55 @@ impl Authenticator {
             _ => unauthenticated("unknown API key"),
         }
     }
+}
+
+/// Appends an administrative action to the tenant's audit log and logs it.
+/// Details must not hold personal data (use resource names and counts).
+pub async fn audit(
+    store: &DynStore,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    detail: serde_json::Value,
+) -> Result<(), ServiceError> {
+    record(store, &caller.tenant, &format!("apiKeys/{}", caller.key_id), &caller.peer, action, resource, detail).await
+}
+
+/// Appends an action done by an operator command (`actor` "cli").
+pub async fn audit_cli(
+    store: &DynStore,
+    tenant: &str,
+    action: &str,
+    resource: &str,
+    detail: serde_json::Value,
+) -> Result<(), ServiceError> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    record(store, tenant, "cli", &format!("cli:{user}"), action, resource, detail).await
+}
+
+async fn record(
+    store: &DynStore,
+    tenant: &str,
+    actor: &str,
+    source: &str,
+    action: &str,
+    resource: &str,
+    detail: serde_json::Value,
+) -> Result<(), ServiceError> {
+    tracing::info!(target: "audit", %tenant, %actor, %source, %action, %resource, %detail, "audit");
+    store
+        .append_audit(broadside_store::AuditEntry {
+            tenant: tenant.to_owned(),
+            id: broadside_store::new_id(),
+            time: now_millis(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            detail: detail.to_string(),
+            source: source.to_owned(),
+        })
+        .await
+        .map_err(|error| ServiceError::Unavailable(format!("the action was done but not audited: {error}")))
 }
 
 #[cfg(test)]

@@ -64,18 +64,28 @@ impl MasterKey {
         Ok(Self { id, key })
     }
 
-    /// Writes a new random key file readable by the owner only.
+    /// Writes a new random key file readable by the owner only, unless one
+    /// exists. Processes starting together all end up with the same key: the
+    /// file appears complete (written aside, then linked) or not at all.
     pub fn generate_file(path: &Path) -> Result<(), StoreError> {
+        let error = |e: std::io::Error| StoreError::Backend(format!("master key {}: {e}", path.display()));
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
+        let aside = path.with_extension(format!("{}.tmp", random_key_id()));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file =
-            options.open(path).map_err(|e| StoreError::Backend(format!("master key {}: {e}", path.display())))?;
-        std::io::Write::write_all(&mut file, format!("{}\n", hex::encode(key)).as_bytes())
-            .map_err(|e| StoreError::Backend(format!("master key {}: {e}", path.display())))
+        let mut file = options.open(&aside).map_err(error)?;
+        std::io::Write::write_all(&mut file, format!("{}\n", hex::encode(key)).as_bytes()).map_err(error)?;
+        file.sync_all().map_err(error)?;
+        let linked = std::fs::hard_link(&aside, path);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(error(e)),
+        }
     }
 }
 

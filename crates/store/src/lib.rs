@@ -139,6 +139,14 @@ pub trait SuppressionStore: Send + Sync {
     async fn suppressions_for(&self, tenant: &str, targets: Vec<String>) -> Result<Vec<Suppression>>;
 }
 
+/// The append-only audit log, by (tenant, time-ordered id).
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()>;
+    /// Oldest first, keyset-paged by id.
+    async fn list_audit(&self, tenant: &str, page: PageRequest) -> Result<Page<AuditEntry>>;
+}
+
 /// Key management of the encryption at rest (see [`crypto`]).
 #[async_trait]
 pub trait KeyManagement: Send + Sync {
@@ -235,11 +243,19 @@ pub trait SendLedger: Send + Sync {
 
 /// Everything a role may need from the store.
 pub trait Store:
-    ListStore + SubscriberStore + SuppressionStore + AccessStore + KeyManagement + CampaignStore + SendLedger
+    ListStore + SubscriberStore + SuppressionStore + AccessStore + AuditLog + KeyManagement + CampaignStore + SendLedger
 {
 }
-impl<T: ListStore + SubscriberStore + SuppressionStore + AccessStore + KeyManagement + CampaignStore + SendLedger> Store
-    for T
+impl<
+    T: ListStore
+        + SubscriberStore
+        + SuppressionStore
+        + AccessStore
+        + AuditLog
+        + KeyManagement
+        + CampaignStore
+        + SendLedger,
+> Store for T
 {
 }
 

@@ -495,3 +495,22 @@ pub fn now_millis() -> i64 {
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
+
+/// One administrative action: who, when, what, from where.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub tenant: String,
+    /// Time-ordered (UUIDv7).
+    pub id: String,
+    pub time: i64,
+    /// `apiKeys/ID` for API calls, `cli` for operator commands.
+    pub actor: String,
+    /// `api_key.create`, `subscriber.erase`, `campaign.start`, ...
+    pub action: String,
+    /// The resource acted on (a name, never an address).
+    pub resource: String,
+    /// Details as JSON (counts, reasons; no personal data).
+    pub detail: String,
+    /// The caller's address, or `cli`.
+    pub source: String,
+}

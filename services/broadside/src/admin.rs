@@ -48,6 +48,31 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print a tenant's audit log as JSON lines, oldest first.
+    Export {
+        #[arg(long, default_value = broadside_store::DEFAULT_TENANT)]
+        tenant: String,
+    },
+}
+
+pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
+    let store = backends::open(config)?.store;
+    let AuditCommand::Export { tenant } = command;
+    let mut token = String::new();
+    loop {
+        let page = store.list_audit(&tenant, broadside_store::PageRequest::new(1000, &token)).await?;
+        for entry in &page.items {
+            println!("{}", serde_json::to_string(entry)?);
+        }
+        match page.next_token {
+            Some(next) => token = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EncryptionCommand {
     /// Re-wrap every tenant key with the current master key (after moving
     /// `security.master_key_file` to a new key and the old one to
@@ -116,6 +141,17 @@ pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result
             store.create_tenant(Tenant { id: id.clone(), display_name, create_time: now_millis() }).await?;
             let key = broadside_auth::generate(&id, vec![broadside_store::Scope::Admin], "created with the tenant");
             store.create_api_key(key.record.clone()).await?;
+            broadside_auth::audit_cli(&store, &id, "tenant.create", &format!("tenants/{id}"), serde_json::json!({}))
+                .await?;
+            let resource = format!("apiKeys/{}", key.record.id);
+            broadside_auth::audit_cli(
+                &store,
+                &id,
+                "api_key.create",
+                &resource,
+                serde_json::json!({ "scopes": ["admin"] }),
+            )
+            .await?;
             println!("tenant {id} created");
             println!("admin key (shown once, store it now): {}", key.secret);
         }
@@ -139,6 +175,16 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             }
             let key = broadside_auth::generate(&tenant, scopes, &description);
             store.create_api_key(key.record.clone()).await?;
+            let scopes: Vec<&str> = key.record.scopes.iter().map(|s| s.as_str()).collect();
+            let resource = format!("apiKeys/{}", key.record.id);
+            broadside_auth::audit_cli(
+                &store,
+                &tenant,
+                "api_key.create",
+                &resource,
+                serde_json::json!({ "scopes": scopes }),
+            )
+            .await?;
             eprintln!("key apiKeys/{} created for tenant {tenant}; it is shown only once:", key.record.id);
             println!("{}", key.secret);
         }
@@ -154,6 +200,14 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             if !store.revoke_api_key(&tenant, id).await? {
                 bail!("apiKeys/{id} is not an active key of tenant {tenant}");
             }
+            broadside_auth::audit_cli(
+                &store,
+                &tenant,
+                "api_key.revoke",
+                &format!("apiKeys/{id}"),
+                serde_json::json!({}),
+            )
+            .await?;
             println!("apiKeys/{id} revoked");
         }
     }

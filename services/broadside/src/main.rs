@@ -50,6 +50,9 @@ enum Command {
     /// API keys (works on the store named by the config, like `migrate`).
     #[command(subcommand)]
     Keys(broadside::admin::KeysCommand),
+    /// The audit log (works on the store named by the config).
+    #[command(subcommand)]
+    Audit(broadside::admin::AuditCommand),
     /// Encryption at rest: rotate and re-wrap keys, re-seal rows.
     #[command(subcommand)]
     Encryption(broadside::admin::EncryptionCommand),
@@ -134,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tenants(command) => broadside::admin::tenants(&load()?, command).await?,
         Command::Keys(command) => broadside::admin::keys(&load()?, command).await?,
+        Command::Audit(command) => broadside::admin::audit(&load()?, command).await?,
         Command::Encryption(command) => broadside::admin::encryption(&load()?, command).await?,
         Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
         Command::Lists(command) => client::lists(&client_args, command).await?,

@@ -122,6 +122,7 @@ impl Node {
             http_routes = http_routes.merge(broadside_subscribers::http_routes(api.clone()));
             routes.add_service(api.into_service());
             routes.add_service(broadside_subscribers::ApiKeyApi::new(backends.store.clone()).into_service());
+            routes.add_service(broadside_subscribers::AuditApi::new(backends.store.clone()).into_service());
             health.set_serving::<SubscriberServiceServer<broadside_subscribers::SubscriberApi>>().await;
         }
         if roles.contains(&Role::Segmentation) {

@@ -143,6 +143,8 @@ impl CampaignApi {
         publish_campaign_event(&self.dispatch, &started, "started").await;
         self.dispatch.fanout_wake.notify_one();
         tracing::info!(campaign = %started.id, "campaign started");
+        broadside_auth::audit(&self.dispatch.store, caller, "campaign.start", &request.name, serde_json::json!({}))
+            .await?;
         Ok(campaign_to_proto(&started))
     }
 }
@@ -183,34 +185,34 @@ async fn publish_campaign_event(dispatch: &Dispatch, campaign: &broadside_store:
 #[tonic::async_trait]
 impl CampaignService for CampaignApi {
     async fn create_campaign(&self, request: Request<CreateCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Ok(Response::new(CampaignApi::create_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn get_campaign(&self, request: Request<GetCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Read).await?;
         Ok(Response::new(CampaignApi::get_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn list_campaigns(
         &self,
         request: Request<ListCampaignsRequest>,
     ) -> Result<Response<ListCampaignsResponse>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Read).await?;
         Ok(Response::new(CampaignApi::list_campaigns(self, &caller, request.into_inner()).await?))
     }
     async fn start_campaign(&self, request: Request<StartCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Ok(Response::new(CampaignApi::start_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn pause_campaign(&self, request: Request<PauseCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("PauseCampaign").into())
     }
     async fn resume_campaign(&self, request: Request<ResumeCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("ResumeCampaign").into())
     }
     async fn cancel_campaign(&self, request: Request<CancelCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("CancelCampaign").into())
     }
 }

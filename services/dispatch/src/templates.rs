@@ -103,18 +103,18 @@ impl TemplateApi {
 #[tonic::async_trait]
 impl TemplateService for TemplateApi {
     async fn create_template(&self, request: Request<CreateTemplateRequest>) -> Result<Response<Template>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Ok(Response::new(TemplateApi::create_template(self, &caller, request.into_inner()).await?))
     }
     async fn get_template(&self, request: Request<GetTemplateRequest>) -> Result<Response<Template>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Read).await?;
         Ok(Response::new(TemplateApi::get_template(self, &caller, request.into_inner()).await?))
     }
     async fn list_templates(
         &self,
         request: Request<ListTemplatesRequest>,
     ) -> Result<Response<ListTemplatesResponse>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Read).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Read).await?;
         Ok(Response::new(TemplateApi::list_templates(self, &caller, request.into_inner()).await?))
     }
 }

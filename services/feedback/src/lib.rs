@@ -30,11 +30,11 @@ impl FeedbackService for FeedbackApi {
         &self,
         request: Request<ListFeedbackRecordsRequest>,
     ) -> Result<Response<ListFeedbackRecordsResponse>, Status> {
-        self.auth.authorize(request.metadata(), Scope::Read).await?;
+        self.auth.authorize_request(&request, Scope::Read).await?;
         Err(ServiceError::Unimplemented("ListFeedbackRecords").into())
     }
     async fn ingest_report(&self, request: Request<IngestReportRequest>) -> Result<Response<FeedbackRecord>, Status> {
-        self.auth.authorize(request.metadata(), Scope::SubscribersWrite).await?;
+        self.auth.authorize_request(&request, Scope::SubscribersWrite).await?;
         Err(ServiceError::Unimplemented("IngestReport").into())
     }
 }

@@ -27,25 +27,25 @@ impl SegmentApi {
 #[tonic::async_trait]
 impl SegmentService for SegmentApi {
     async fn create_segment(&self, request: Request<CreateSegmentRequest>) -> Result<Response<Segment>, Status> {
-        self.auth.authorize(request.metadata(), Scope::CampaignsWrite).await?;
+        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Err(ServiceError::Unimplemented("CreateSegment").into())
     }
     async fn get_segment(&self, request: Request<GetSegmentRequest>) -> Result<Response<Segment>, Status> {
-        self.auth.authorize(request.metadata(), Scope::Read).await?;
+        self.auth.authorize_request(&request, Scope::Read).await?;
         Err(ServiceError::Unimplemented("GetSegment").into())
     }
     async fn list_segments(
         &self,
         request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
-        self.auth.authorize(request.metadata(), Scope::Read).await?;
+        self.auth.authorize_request(&request, Scope::Read).await?;
         Err(ServiceError::Unimplemented("ListSegments").into())
     }
     async fn preview_segment(
         &self,
         request: Request<PreviewSegmentRequest>,
     ) -> Result<Response<PreviewSegmentResponse>, Status> {
-        self.auth.authorize(request.metadata(), Scope::Read).await?;
+        self.auth.authorize_request(&request, Scope::Read).await?;
         Err(ServiceError::Unimplemented("PreviewSegment").into())
     }
 }

@@ -10,7 +10,7 @@ use crate::SubscriberApi;
 /// `call!(self, request, Scope, method)`: authorize, then run `method(caller, body)`.
 macro_rules! call {
     ($self:ident, $request:ident, $scope:expr, $method:ident) => {{
-        let caller = $self.auth.authorize($request.metadata(), $scope).await?;
+        let caller = $self.auth.authorize_request(&$request, $scope).await?;
         Ok(Response::new(SubscriberApi::$method($self, &caller, $request.into_inner()).await?))
     }};
 }
@@ -57,7 +57,7 @@ impl SubscriberService for SubscriberApi {
         &self,
         request: Request<ConfirmSubscriptionRequest>,
     ) -> Result<Response<Subscriber>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::SubscribersWrite).await?;
+        let caller = self.auth.authorize_request(&request, Scope::SubscribersWrite).await?;
         Ok(Response::new(SubscriberApi::confirm_subscription(self, Some(&caller), request.into_inner()).await?))
     }
     async fn list_consent_records(

@@ -1,11 +1,13 @@
 //! `ApiKeyService`: an admin manages its own tenant's keys over gRPC.
 
-use broadside_auth::{Authenticator, Caller};
+use broadside_auth::{Authenticator, Caller, audit};
 use broadside_proto::convert::millis_to_timestamp;
 use broadside_proto::v1::api_key_service_server::{ApiKeyService, ApiKeyServiceServer};
+use broadside_proto::v1::audit_service_server::{AuditService, AuditServiceServer};
 use broadside_proto::v1::*;
 use broadside_proto::{ServiceError, names};
 use broadside_store::{DynStore, Scope};
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
 /// API key management, scoped to the caller's tenant.
@@ -63,7 +65,9 @@ impl ApiKeyApi {
         let scopes = parse_scopes("key.scopes", &key.scopes)?;
         let new = broadside_auth::generate(&caller.tenant, scopes, key.description.trim());
         self.store.create_api_key(new.record.clone()).await?;
-        tracing::info!(tenant = %caller.tenant, by = %caller.key_id, key = %new.record.id, "api key created");
+        let scopes: Vec<&str> = new.record.scopes.iter().map(|s| s.as_str()).collect();
+        let resource = format!("apiKeys/{}", new.record.id);
+        audit(&self.store, caller, "api_key.create", &resource, json!({ "scopes": scopes })).await?;
         Ok(CreateApiKeyResponse { key: Some(key_to_proto(&new.record)), secret: new.secret })
     }
 
@@ -77,7 +81,7 @@ impl ApiKeyApi {
         if !self.store.revoke_api_key(&caller.tenant, id).await? {
             return Err(ServiceError::NotFound(format!("{} (or it is already revoked)", request.name)));
         }
-        tracing::info!(tenant = %caller.tenant, by = %caller.key_id, key = %id, "api key revoked");
+        audit(&self.store, caller, "api_key.revoke", &request.name, json!({})).await?;
         let key = self.store.get_api_key(id).await?.ok_or(ServiceError::NotFound(request.name))?;
         Ok(key_to_proto(&key))
     }
@@ -89,18 +93,63 @@ impl ApiKeyService for ApiKeyApi {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Result<Response<CreateApiKeyResponse>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Admin).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Admin).await?;
         Ok(Response::new(ApiKeyApi::create_api_key(self, &caller, request.into_inner()).await?))
     }
     async fn list_api_keys(
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Admin).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Admin).await?;
         Ok(Response::new(ApiKeyApi::list_api_keys(self, &caller).await?))
     }
     async fn revoke_api_key(&self, request: Request<RevokeApiKeyRequest>) -> Result<Response<ApiKey>, Status> {
-        let caller = self.auth.authorize(request.metadata(), Scope::Admin).await?;
+        let caller = self.auth.authorize_request(&request, Scope::Admin).await?;
         Ok(Response::new(ApiKeyApi::revoke_api_key(self, &caller, request.into_inner()).await?))
+    }
+}
+
+/// `AuditService`: the tenant's audit log, for admins.
+#[derive(Clone)]
+pub struct AuditApi {
+    store: DynStore,
+    auth: Authenticator,
+}
+
+impl AuditApi {
+    pub fn new(store: DynStore) -> Self {
+        Self { auth: Authenticator::new(store.clone()), store }
+    }
+
+    pub fn into_service(self) -> AuditServiceServer<Self> {
+        AuditServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let caller = self.auth.authorize_request(&request, Scope::Admin).await?;
+        let request = request.into_inner();
+        let page = broadside_store::PageRequest::new(request.page_size.into(), &request.page_token);
+        let page = self.store.list_audit(&caller.tenant, page).await.map_err(ServiceError::from)?;
+        Ok(Response::new(ListAuditEventsResponse {
+            events: page
+                .items
+                .into_iter()
+                .map(|entry| AuditEvent {
+                    time: millis_to_timestamp(entry.time),
+                    actor: entry.actor,
+                    action: entry.action,
+                    resource: entry.resource,
+                    detail: entry.detail,
+                    source: entry.source,
+                })
+                .collect(),
+            next_page_token: page.next_token.unwrap_or_default(),
+        }))
     }
 }

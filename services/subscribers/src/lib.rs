@@ -30,7 +30,7 @@ use broadside_store::DynStore;
 pub use confirm::http_routes;
 pub use convert::{list_to_proto, subscriber_to_proto};
 pub use import::{MAX_LINE_BYTES, MAX_ROW_BYTES};
-pub use keys::{ApiKeyApi, parse_scopes};
+pub use keys::{ApiKeyApi, AuditApi, parse_scopes};
 
 /// What the role needs besides the store and the bus: how to mail and link
 /// double opt-in confirmations.

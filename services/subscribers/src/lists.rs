@@ -63,7 +63,7 @@ impl SubscriberApi {
         if !self.store.delete_list(tenant(caller), id).await? {
             return Err(ServiceError::NotFound(request.name));
         }
-        tracing::info!(tenant = %caller.tenant, list = %id, "list deleted");
+        broadside_auth::audit(&self.store, caller, "list.delete", &request.name, serde_json::json!({})).await?;
         Ok(())
     }
 }

@@ -54,7 +54,8 @@ impl SubscriberApi {
             "store": export,
         }))
         .map_err(|error| ServiceError::Internal(format!("export: {error}")))?;
-        tracing::info!(tenant = %caller.tenant, key = %caller.key_id, subscriber = %subscriber.id, "subscriber exported");
+        let resource = format!("subscribers/{}", subscriber.id);
+        broadside_auth::audit(&self.store, caller, "subscriber.export", &resource, serde_json::json!({})).await?;
         Ok(ExportSubscriberResponse { json })
     }
 
@@ -74,7 +75,9 @@ impl SubscriberApi {
             .ok_or_else(|| ServiceError::NotFound(format!("subscribers/{}", subscriber.id)))?;
         let purged = self.redact_bus(&subscriber.id).await?;
         self.publish(vec![(caller.tenant.clone(), subscriber.id.clone(), Change::Erased(SubscriberErased {}))]).await?;
-        tracing::info!(tenant = %caller.tenant, key = %caller.key_id, subscriber = %subscriber.id, bus_records_purged = purged, "subscriber erased");
+        let resource = format!("subscribers/{}", subscriber.id);
+        let detail = serde_json::json!({ "bus_records_redacted": purged });
+        broadside_auth::audit(&self.store, caller, "subscriber.erase", &resource, detail).await?;
         Ok(EraseSubscriberResponse { email_hash: hash })
     }
 }

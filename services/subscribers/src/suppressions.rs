@@ -65,7 +65,9 @@ impl SubscriberApi {
             })
             .await?;
         self.publish_suppression(caller, &stored.email_hash, reason.as_str(), true).await?;
-        tracing::info!(tenant = %caller.tenant, hash = %stored.email_hash, list = %list_id, reason = reason.as_str(), "suppression added");
+        let detail = serde_json::json!({ "list": list_id, "reason": reason.as_str() });
+        let resource = format!("suppressions/{}", stored.email_hash);
+        broadside_auth::audit(&self.store, caller, "suppression.add", &resource, detail).await?;
         Ok(suppression_to_proto(&stored))
     }
 
@@ -84,7 +86,15 @@ impl SubscriberApi {
             return Err(ServiceError::NotFound(format!("suppression of {target:?}")));
         }
         self.publish_suppression(caller, &hash, "", false).await?;
-        tracing::info!(tenant = %caller.tenant, %hash, list = %list_id, "suppression removed");
+        let resource = format!("suppressions/{hash}");
+        broadside_auth::audit(
+            &self.store,
+            caller,
+            "suppression.remove",
+            &resource,
+            serde_json::json!({ "list": list_id }),
+        )
+        .await?;
         Ok(())
     }
 

@@ -228,3 +228,54 @@ impl AccessStore for SqliteStore {
         .await
     }
 }
+
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn append_audit(&self, entry: AuditEntry) -> Result<()> {
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO audit_log (tenant, id, time, actor, action, resource, detail, source) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    entry.tenant,
+                    entry.id,
+                    entry.time,
+                    entry.actor,
+                    entry.action,
+                    entry.resource,
+                    entry.detail,
+                    entry.source
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, tenant: &str, page: PageRequest) -> Result<Page<AuditEntry>> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            super::paged(
+                tx,
+                "SELECT * FROM audit_log WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant,
+                None,
+                &page,
+                |row| {
+                    Ok(AuditEntry {
+                        tenant: row.get("tenant")?,
+                        id: row.get("id")?,
+                        time: row.get("time")?,
+                        actor: row.get("actor")?,
+                        action: row.get("action")?,
+                        resource: row.get("resource")?,
+                        detail: row.get("detail")?,
+                        source: row.get("source")?,
+                    })
+                },
+                |entry| &entry.id,
+            )
+        })
+        .await
+    }
+}

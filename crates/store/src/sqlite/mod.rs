@@ -18,8 +18,15 @@ mod keys;
 mod subscribers;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
-const MIGRATIONS: &[&str] = &[
-    r#"
+enum Migration {
+    Sql(&'static str),
+    /// Seals the personal data of rows written before encryption at rest.
+    Seal,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        r#"
 CREATE TABLE lists (
     tenant TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT NOT NULL,
     description TEXT NOT NULL, create_time INTEGER NOT NULL,
@@ -64,13 +71,19 @@ CREATE TABLE idempotency (
     create_time INTEGER NOT NULL,
     PRIMARY KEY (tenant, request_id, kind));
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 ALTER TABLE campaigns ADD COLUMN max_messages_per_second REAL NOT NULL DEFAULT 0;
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 ALTER TABLE campaigns ADD COLUMN progress_time INTEGER NOT NULL DEFAULT 0;
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 CREATE TABLE tenants (
     id TEXT NOT NULL PRIMARY KEY, display_name TEXT NOT NULL, create_time INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO tenants (id, display_name, create_time) SELECT DISTINCT tenant, tenant, 0 FROM lists;
@@ -95,9 +108,11 @@ CREATE TABLE import_jobs (
     tenant TEXT NOT NULL, request_id TEXT NOT NULL, job TEXT NOT NULL, update_time INTEGER NOT NULL,
     PRIMARY KEY (tenant, request_id)) WITHOUT ROWID;
 "#,
+    ),
     // Clustered by primary key (WITHOUT ROWID): one b-tree per table instead
     // of a rowid table plus a primary-key index. Halves import writes.
-    r#"
+    Migration::Sql(
+        r#"
 CREATE TABLE subscribers_v5 (
     tenant TEXT NOT NULL, id TEXT NOT NULL, email TEXT NOT NULL, email_norm TEXT NOT NULL,
     email_hash TEXT NOT NULL, domain_hash TEXT NOT NULL, display_name TEXT NOT NULL, attributes TEXT NOT NULL,
@@ -124,6 +139,16 @@ INSERT INTO consent_v5 SELECT tenant, subscriber_id, time, rowid, action, list_i
 DROP TABLE consent_log;
 ALTER TABLE consent_v5 RENAME TO consent_log;
 "#,
+    ),
+    Migration::Seal,
+    Migration::Sql(
+        r#"
+CREATE TABLE audit_log (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, time INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    resource TEXT NOT NULL, detail TEXT NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+"#,
+    ),
 ];
 
 /// Opens a SQLite connection with the pragmas every Broadside connection uses.
@@ -221,19 +246,17 @@ fn migrate(conn: &mut Connection, crypto: &Crypto) -> Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
-        tx.execute_batch(migration)?;
+        match migration {
+            Migration::Sql(sql) => tx.execute_batch(sql)?,
+            Migration::Seal => encrypt::migrate(&tx, crypto)?,
+        }
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
+        if matches!(migration, Migration::Seal) {
+            // Old plaintext may sit in freed pages and in the WAL: rewrite the file.
+            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        }
         tracing::info!(version = index + 1, "applied store migration");
-    }
-    if version <= MIGRATIONS.len() {
-        let tx = conn.transaction()?;
-        encrypt::migrate(&tx, crypto)?;
-        tx.pragma_update(None, "user_version", MIGRATIONS.len() + 1)?;
-        tx.commit()?;
-        // Old plaintext may sit in freed pages and in the WAL: rewrite the file.
-        conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
-        tracing::info!(version = MIGRATIONS.len() + 1, "applied store migration: personal data sealed");
     }
     Ok(())
 }
@@ -784,10 +807,15 @@ mod tests {
         let path = dir.path().join("old.db");
         {
             let conn = open_connection(&path).unwrap();
+            let mut applied = 0;
             for migration in MIGRATIONS {
-                conn.execute_batch(migration).unwrap();
+                match migration {
+                    Migration::Sql(sql) => conn.execute_batch(sql).unwrap(),
+                    Migration::Seal => break,
+                }
+                applied += 1;
             }
-            conn.pragma_update(None, "user_version", MIGRATIONS.len()).unwrap();
+            conn.pragma_update(None, "user_version", applied).unwrap();
             conn.execute_batch(
                 "INSERT INTO lists (tenant, id, display_name, description, create_time, opt_in) VALUES ('t', 'l', 'L', '', 0, 1);
                  INSERT INTO subscribers (tenant, id, email, email_norm, email_hash, domain_hash, display_name, attributes, status, create_time, update_time)

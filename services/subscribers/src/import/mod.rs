@@ -170,6 +170,14 @@ impl SubscriberApi {
             tenant = %caller.tenant, list = %list_id, lines, imported = job.imported, updated = job.updated,
             skipped = job.skipped, rejected = job.rejected, dry_run, "import finished"
         );
+        if !dry_run {
+            let detail = serde_json::json!({
+                "request_id": job.request_id, "lines": lines, "imported": job.imported, "updated": job.updated,
+                "skipped": job.skipped, "rejected": job.rejected,
+            });
+            broadside_auth::audit(&self.store, caller, "subscribers.import", &format!("lists/{list_id}"), detail)
+                .await?;
+        }
         Ok(response(&job, lines as i64, dry_run, resumed as i64))
     }
 }
