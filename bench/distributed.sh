@@ -89,8 +89,10 @@ say "loaded $RECIPIENTS subscribers in $(elapsed "$loaded" "$(now)")s"
 TEMPLATE=$("$BIN" $DISPATCH templates create --subject '{{ subscriber.display_name }}, your {{ subscriber.attributes.city }} digest' \
   --text "Hello {{ subscriber.display_name }},
 $(printf 'Here is what happened in {{ subscriber.attributes.city }} this week. %.0s' $(seq 1 12))
-Unsubscribe: {{ unsubscribe_url }}" | cut -f1)
+Unsubscribe: {{ unsubscribe_url }}
+{{ postal_address }}" | cut -f1)
 CAMPAIGN=$("$BIN" $DISPATCH campaigns create --template "$TEMPLATE" --list "$LIST" --from digest@broadside.localhost \
+  --postal-address "Broadside Bench, 1 Example Street, Springfield" \
   --max-per-second "$RATE" | cut -f1)
 CAMPAIGN_ID="${CAMPAIGN#campaigns/}"
 

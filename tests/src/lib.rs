@@ -128,6 +128,7 @@ impl Sandbox {
             list: list.into(),
             from_address: "news@sender.example".into(),
             from_name: "Sender".into(),
+            postal_address: POSTAL_ADDRESS.into(),
             ..Default::default()
         };
         Ok(self
@@ -217,13 +218,16 @@ pub fn open_store(data_dir: &Path) -> anyhow::Result<broadside_store::DynStore> 
     Ok(broadside::backends::open(&test_config(data_dir))?.store)
 }
 
+/// The sender's postal address test campaigns carry.
+pub const POSTAL_ADDRESS: &str = "Test Sender, 1 Test Street, Testville";
+
 /// A simple template using subscriber fields.
 pub fn simple_template() -> Template {
     Template {
         display_name: "t".into(),
         subject: "Hello {{ subscriber.display_name }}".into(),
-        html_body: "<p>Hi {{ subscriber.display_name }} from {{ subscriber.attributes.city | default('nowhere') }}</p><a href=\"{{ unsubscribe_url }}\">unsubscribe</a>".into(),
-        text_body: "Hi {{ subscriber.display_name }} from {{ subscriber.attributes.city | default('nowhere') }}\nUnsubscribe: {{ unsubscribe_url }}".into(),
+        html_body: "<p>Hi {{ subscriber.display_name }} from {{ subscriber.attributes.city | default('nowhere') }}</p><a href=\"{{ unsubscribe_url }}\">unsubscribe</a> {{ postal_address }}".into(),
+        text_body: "Hi {{ subscriber.display_name }} from {{ subscriber.attributes.city | default('nowhere') }}\nUnsubscribe: {{ unsubscribe_url }}\n{{ postal_address }}".into(),
         ..Default::default()
     }
 }

@@ -103,14 +103,34 @@ fn serve_then_cli_sends_a_campaign_into_capture_and_sigterm_drains() {
             "--subject",
             "Hi {{ subscriber.display_name }}",
             "--text",
-            "Hello {{ subscriber.display_name }} ({{ subscriber.attributes.visits }} visits)",
+            "Hello {{ subscriber.display_name }} ({{ subscriber.attributes.visits }} visits)\nUnsubscribe: {{ unsubscribe_url }}\n{{ postal_address }}",
         ],
     );
     let template = template.split('\t').next().unwrap().trim().to_owned();
+    // Without a postal address the campaign is refused, naming what is missing.
+    let refused = Command::new(broadside_binary())
+        .args(["--server", &server, "campaigns", "create", "--template", &template, "--list", &list])
+        .args(["--from", "news@example.com"])
+        .env("BROADSIDE__DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("campaign.postal_address"), "{message}");
     let campaign = cli(
         &server,
         dir.path(),
-        &["campaigns", "create", "--template", &template, "--list", &list, "--from", "news@example.com"],
+        &[
+            "campaigns",
+            "create",
+            "--template",
+            &template,
+            "--list",
+            &list,
+            "--from",
+            "news@example.com",
+            "--postal-address",
+            "News Ltd, 1 Rue de la Paix, Lyon",
+        ],
     );
     let campaign = campaign.split('\t').next().unwrap().trim().to_owned();
     cli(&server, dir.path(), &["campaigns", "start", &campaign]);

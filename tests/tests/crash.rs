@@ -96,6 +96,7 @@ async fn sigkill_mid_campaign_loses_nobody_and_counts_possible_duplicates() {
                 template: template.name,
                 list,
                 from_address: "news@example.com".into(),
+                postal_address: broadside_tests::POSTAL_ADDRESS.into(),
                 ..Default::default()
             }),
             request_id: String::new(),

@@ -323,6 +323,7 @@ async fn a_suppression_during_a_campaign_stops_mail_not_yet_sent() {
         template: template.name,
         list: list.clone(),
         from_address: "news@example.com".into(),
+        postal_address: broadside_tests::POSTAL_ADDRESS.into(),
         max_messages_per_second: 4.0,
         ..Default::default()
     };

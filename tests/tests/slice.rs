@@ -148,6 +148,7 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
             template: template.name.clone(),
             list: list.into(),
             from_address: from.into(),
+            postal_address: broadside_tests::POSTAL_ADDRESS.into(),
             from_name: from_name.into(),
             ..Default::default()
         }),

@@ -161,6 +161,7 @@ async fn call(rpc: &str, channel: Authed, f: &Fixture) -> Result<(), tonic::Stat
                 template: f.template.clone(),
                 list: f.list.clone(),
                 from_address: "news@example.com".into(),
+                postal_address: broadside_tests::POSTAL_ADDRESS.into(),
                 ..Default::default()
             };
             ok(campaigns
@@ -260,7 +261,9 @@ async fn a_key_of_tenant_b_sees_and_changes_nothing_of_tenant_a() {
     let suppression = Suppression { target: "blocked@example.com".into(), ..Default::default() };
     sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
     let store = broadside_tests::open_store(dir.path()).unwrap();
-    store.create_tenant(Tenant { id: "tenant-b".into(), display_name: "B".into(), create_time: 0 }).await.unwrap();
+    let tenant_b =
+        Tenant { id: "tenant-b".into(), display_name: "B".into(), create_time: 0, allow_transactional: false };
+    store.create_tenant(tenant_b).await.unwrap();
     let b_key = key(&store, "tenant-b", vec![Scope::Admin]).await;
     let b = authed(sandbox.node.as_ref().unwrap(), &b_key).await.unwrap();
 

@@ -218,7 +218,8 @@ mod tests {
         let master =
             broadside_store::crypto::MasterKeys::new(broadside_store::crypto::MasterKey::new("m", [1; 32]), vec![]);
         let store = Arc::new(SqliteStore::open(&dir.path().join("db"), master).unwrap());
-        store.create_tenant(Tenant { id: "t".into(), display_name: "T".into(), create_time: 0 }).await.unwrap();
+        let tenant = Tenant { id: "t".into(), display_name: "T".into(), create_time: 0, allow_transactional: false };
+        store.create_tenant(tenant).await.unwrap();
         let key = generate("t", vec![Scope::Read], "test");
         store.create_api_key(key.record.clone()).await.unwrap();
         let auth = Authenticator::new(store.clone());

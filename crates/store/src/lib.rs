@@ -170,6 +170,9 @@ pub trait AccessStore: Send + Sync {
     async fn create_api_key(&self, key: ApiKey) -> Result<()>;
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKey>>;
     async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>>;
+    /// Allows (or not) the tenant's campaigns to use the transactional stream.
+    /// Returns false when there is no such tenant.
+    async fn set_allow_transactional(&self, tenant: &str, allowed: bool) -> Result<bool>;
     /// Returns false when the tenant has no such key (or it was already revoked).
     async fn revoke_api_key(&self, tenant: &str, key_id: &str) -> Result<bool>;
 }

@@ -329,6 +329,9 @@ pub struct Tenant {
     pub id: String,
     pub display_name: String,
     pub create_time: i64,
+    /// Whether campaigns may use the transactional stream (exempt from the
+    /// unsubscribe-link and postal-address rules).
+    pub allow_transactional: bool,
 }
 
 /// What an API key may do. `Admin` implies every other scope.
@@ -428,6 +431,10 @@ pub struct Campaign {
     pub reply_to: String,
     /// Messages per second across all senders; 0 for no limit.
     pub max_messages_per_second: f64,
+    /// `marketing` or `transactional`.
+    pub stream: String,
+    /// The sender's postal address (CAN-SPAM).
+    pub postal_address: String,
     pub state: CampaignState,
     pub stats: CampaignStats,
     /// Last subscriber id fanned out; empty before fan-out starts.

@@ -43,6 +43,8 @@ fn campaign(tenant: &str, list_id: &str) -> Campaign {
         from_name: String::new(),
         reply_to: String::new(),
         max_messages_per_second: 0.0,
+        stream: "marketing".into(),
+        postal_address: "1 Main St, Springfield".into(),
         state: CampaignState::Draft,
         stats: CampaignStats::default(),
         fanout_cursor: String::new(),
@@ -271,9 +273,17 @@ pub async fn import_batches_record_progress(store: &dyn Store) {
 
 /// Tenants and keys: ids are unique, revocation sticks.
 pub async fn tenants_and_keys(store: &dyn Store) {
-    let tenant = Tenant { id: "acme".into(), display_name: "Acme".into(), create_time: now_millis() };
+    let tenant = Tenant {
+        id: "acme".into(),
+        display_name: "Acme".into(),
+        create_time: now_millis(),
+        allow_transactional: false,
+    };
     store.create_tenant(tenant.clone()).await.unwrap();
     assert!(matches!(store.create_tenant(tenant).await, Err(StoreError::Conflict(_))));
+    assert!(store.set_allow_transactional("acme", true).await.unwrap());
+    assert!(store.get_tenant("acme").await.unwrap().unwrap().allow_transactional);
+    assert!(!store.set_allow_transactional("nobody", true).await.unwrap());
     let key = ApiKey {
         id: "k1".into(),
         tenant: "acme".into(),

@@ -20,6 +20,13 @@ pub enum TenantsCommand {
     },
     /// Show every tenant.
     List,
+    /// Let a tenant's campaigns use the transactional stream (exempt from the
+    /// unsubscribe-link and postal-address rules), or stop it with --off.
+    AllowTransactional {
+        id: String,
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +145,8 @@ pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result
                 bail!("tenant id {id:?}: use 1 to 63 lowercase letters, digits and '-' (not first)");
             }
             let display_name = if name.is_empty() { id.clone() } else { name };
-            store.create_tenant(Tenant { id: id.clone(), display_name, create_time: now_millis() }).await?;
+            let tenant = Tenant { id: id.clone(), display_name, create_time: now_millis(), allow_transactional: false };
+            store.create_tenant(tenant).await?;
             let key = broadside_auth::generate(&id, vec![broadside_store::Scope::Admin], "created with the tenant");
             store.create_api_key(key.record.clone()).await?;
             broadside_auth::audit_cli(&store, &id, "tenant.create", &format!("tenants/{id}"), serde_json::json!({}))
@@ -154,6 +162,14 @@ pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result
             .await?;
             println!("tenant {id} created");
             println!("admin key (shown once, store it now): {}", key.secret);
+        }
+        TenantsCommand::AllowTransactional { id, off } => {
+            if !store.set_allow_transactional(&id, !off).await? {
+                bail!("tenant {id:?} does not exist");
+            }
+            let detail = serde_json::json!({ "allow_transactional": !off });
+            broadside_auth::audit_cli(&store, &id, "tenant.update", &format!("tenants/{id}"), detail).await?;
+            println!("tenant {id}: transactional stream {}", if off { "not allowed" } else { "allowed" });
         }
         TenantsCommand::List => {
             for tenant in store.list_tenants().await? {

@@ -36,7 +36,12 @@ pub async fn ensure_admin_key(store: &DynStore, data_dir: &Path) -> anyhow::Resu
         }
     }
     if !tenants.iter().any(|t| t.id == DEFAULT_TENANT) {
-        let tenant = Tenant { id: DEFAULT_TENANT.into(), display_name: "Default".into(), create_time: now_millis() };
+        let tenant = Tenant {
+            id: DEFAULT_TENANT.into(),
+            display_name: "Default".into(),
+            create_time: now_millis(),
+            allow_transactional: false,
+        };
         store.create_tenant(tenant).await?;
     }
     let key = broadside_auth::generate(DEFAULT_TENANT, vec![Scope::Admin], "bootstrap admin key");

@@ -152,7 +152,15 @@ pub enum CampaignsCommand {
         /// Campaign-wide limit in messages per second across all senders (0: none).
         #[arg(long, default_value_t = 0.0)]
         max_per_second: f64,
+        /// The sender's postal address, shown by `{{ postal_address }}` (required for marketing).
+        #[arg(long, default_value = "")]
+        postal_address: String,
+        /// Transactional stream: exempt from the unsubscribe and address rules, if the tenant allows it.
+        #[arg(long)]
+        transactional: bool,
     },
+    /// Report the compliance rules (unsubscribe link, postal address, ...) for a campaign.
+    Check { campaign: String },
     /// Start sending a draft.
     Start { campaign: String },
     /// Show state and counters; --wait polls until the campaign completes.
@@ -359,7 +367,17 @@ fn print_campaign(campaign: &Campaign) {
 pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::Result<()> {
     let mut client = CampaignServiceClient::new(connect(args).await?);
     match command {
-        CampaignsCommand::Create { name, template, list, from, from_name, max_per_second } => {
+        CampaignsCommand::Create {
+            name,
+            template,
+            list,
+            from,
+            from_name,
+            max_per_second,
+            postal_address,
+            transactional,
+        } => {
+            let stream = if transactional { CampaignStream::Transactional } else { CampaignStream::Marketing };
             let campaign = Campaign {
                 display_name: name,
                 template,
@@ -367,6 +385,8 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
                 from_address: from,
                 from_name,
                 max_messages_per_second: max_per_second,
+                postal_address,
+                stream: stream as i32,
                 ..Default::default()
             };
             let stored = client
@@ -380,6 +400,22 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
             let started =
                 client.start_campaign(StartCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner();
             print_campaign(&started);
+        }
+        CampaignsCommand::Check { campaign } => {
+            let report = client
+                .check_campaign(CheckCampaignRequest { name: campaign.clone() })
+                .await
+                .map_err(plain)?
+                .into_inner();
+            for check in &report.checks {
+                let mark = match check.result.as_str() {
+                    "passed" => "ok  ",
+                    "failed" => "FAIL",
+                    _ => "skip",
+                };
+                println!("{mark} {:<26} {}", check.rule, check.message);
+            }
+            println!("{campaign}: {}", if report.passed { "passes" } else { "FAILS" });
         }
         CampaignsCommand::Get { campaign, wait } => loop {
             let current =

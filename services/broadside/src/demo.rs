@@ -108,6 +108,9 @@ pub fn sample_subscriber(index: usize, list: &str) -> Subscriber {
     }
 }
 
+/// The sender's address the demo's messages show (CAN-SPAM requires one).
+pub const DEMO_POSTAL_ADDRESS: &str = "Broadside Demo, 1 Example Street, Springfield";
+
 /// The demo template: personal subject, HTML and text parts.
 pub fn sample_template() -> Template {
     Template {
@@ -115,11 +118,11 @@ pub fn sample_template() -> Template {
         subject: "{{ subscriber.display_name }}, your {{ subscriber.attributes.city }} digest".into(),
         html_body: "<h1>Hello {{ subscriber.display_name }}</h1>\n<p>Here is what happened in {{ subscriber.attributes.city }} \
                     this week. You are on the <b>{{ subscriber.attributes.plan }}</b> plan since {{ subscriber.attributes.signup_year }}.</p>\n\
-                    <p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>"
+                    <p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a> &middot; {{ postal_address }}</p>"
             .into(),
         text_body: "Hello {{ subscriber.display_name }},\n\nHere is what happened in {{ subscriber.attributes.city }} this week.\n\
                     Plan: {{ subscriber.attributes.plan }} (since {{ subscriber.attributes.signup_year }}).\n\n\
-                    Unsubscribe: {{ unsubscribe_url }}\n"
+                    Unsubscribe: {{ unsubscribe_url }}\n{{ postal_address }}\n"
             .into(),
         ..Default::default()
     }
@@ -290,6 +293,7 @@ async fn drive(node: &Node, key_file: &Path, outbox: &Path, subscribers: usize) 
                 template: template.name.clone(),
                 list: list.name.clone(),
                 from_address: "digest@broadside.localhost".into(),
+                postal_address: DEMO_POSTAL_ADDRESS.into(),
                 from_name: "Broadside Demo".into(),
                 ..Default::default()
             }),

@@ -10,8 +10,8 @@ use broadside_store::{CampaignState as State, PageRequest, new_id, now_millis};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::Dispatch;
 use crate::convert::campaign_to_proto;
+use crate::{Dispatch, compliance};
 
 #[derive(Clone)]
 pub struct CampaignApi {
@@ -57,6 +57,23 @@ impl CampaignApi {
         if store.get_list(&caller.tenant, list_id).await?.is_none() {
             return Err(ServiceError::NotFound(format!("campaign.list: {}", campaign.list)));
         }
+        let transactional = match CampaignStream::try_from(campaign.stream) {
+            Ok(CampaignStream::Transactional) => true,
+            Ok(_) => false,
+            Err(_) => {
+                return Err(ServiceError::invalid("campaign.stream", format!("unknown value {}", campaign.stream)));
+            }
+        };
+        check_header_value("campaign.postal_address", &campaign.postal_address)
+            .map_err(|e| e.into_service_error(""))?;
+        let tenant = store.get_tenant(&caller.tenant).await?;
+        let draft = compliance::Draft {
+            transactional,
+            tenant_allows_transactional: tenant.is_some_and(|t| t.allow_transactional),
+            postal_address: &campaign.postal_address,
+            template: &template,
+        };
+        compliance::enforce(&compliance::checks(&draft))?;
         let stored = store
             .create_campaign(
                 broadside_store::Campaign {
@@ -70,6 +87,8 @@ impl CampaignApi {
                     from_name: campaign.from_name,
                     reply_to: campaign.reply_to,
                     max_messages_per_second: rate,
+                    stream: if transactional { "transactional" } else { "marketing" }.into(),
+                    postal_address: campaign.postal_address.trim().to_owned(),
                     state: State::Draft,
                     stats: Default::default(),
                     fanout_cursor: String::new(),
@@ -107,6 +126,33 @@ impl CampaignApi {
             campaigns: page.items.iter().map(campaign_to_proto).collect(),
             next_page_token: page.next_token.unwrap_or_default(),
         })
+    }
+
+    /// Reports every compliance rule for an existing campaign.
+    pub async fn check_campaign(
+        &self,
+        caller: &Caller,
+        request: CheckCampaignRequest,
+    ) -> Result<CheckCampaignResponse, ServiceError> {
+        let id = names::parse("name", &request.name, "campaigns")?;
+        let store = &self.dispatch.store;
+        let campaign = store
+            .get_campaign(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(request.name.clone()))?;
+        let template = store
+            .get_template(&caller.tenant, &campaign.template_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("templates/{}", campaign.template_id)))?;
+        let tenant = store.get_tenant(&caller.tenant).await?;
+        let draft = compliance::Draft {
+            transactional: campaign.stream == "transactional",
+            tenant_allows_transactional: tenant.is_some_and(|t| t.allow_transactional),
+            postal_address: &campaign.postal_address,
+            template: &template,
+        };
+        let checks = compliance::checks(&draft);
+        Ok(CheckCampaignResponse { passed: !checks.iter().any(|c| c.result == "failed"), checks })
     }
 
     /// Moves a draft to SENDING and wakes the fan-out worker. Starting a
@@ -202,6 +248,13 @@ impl CampaignService for CampaignApi {
     async fn start_campaign(&self, request: Request<StartCampaignRequest>) -> Result<Response<Campaign>, Status> {
         let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
         Ok(Response::new(CampaignApi::start_campaign(self, &caller, request.into_inner()).await?))
+    }
+    async fn check_campaign(
+        &self,
+        request: Request<CheckCampaignRequest>,
+    ) -> Result<Response<CheckCampaignResponse>, Status> {
+        let caller = self.auth.authorize_request(&request, Scope::Read).await?;
+        Ok(Response::new(CampaignApi::check_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn pause_campaign(&self, request: Request<PauseCampaignRequest>) -> Result<Response<Campaign>, Status> {
         self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;

@@ -31,6 +31,12 @@ pub fn campaign_to_proto(campaign: &Campaign) -> v1::Campaign {
         start_time: millis_to_timestamp(campaign.start_time),
         complete_time: millis_to_timestamp(campaign.complete_time),
         max_messages_per_second: campaign.max_messages_per_second,
+        stream: if campaign.stream == "transactional" {
+            v1::CampaignStream::Transactional
+        } else {
+            v1::CampaignStream::Marketing
+        } as i32,
+        postal_address: campaign.postal_address.clone(),
     }
 }
 

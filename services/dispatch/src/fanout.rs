@@ -72,6 +72,7 @@ fn send_job(campaign: &Campaign, subscriber: &Subscriber, expires_at: i64, trace
         not_before: None,
         expires_at: millis_to_timestamp(expires_at),
         max_messages_per_second: campaign.max_messages_per_second,
+        postal_address: campaign.postal_address.clone(),
     };
     Record::event(&subscriber.id, &campaign.tenant, "broadside.v1.SendJob", job.encode_to_vec(), traceparent)
 }

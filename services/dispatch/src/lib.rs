@@ -3,6 +3,7 @@
 //! counters fed by delivery events.
 
 mod campaigns;
+mod compliance;
 mod convert;
 mod fanout;
 mod outcomes;

@@ -16,7 +16,13 @@ use crate::convert::template_to_proto;
 /// The context every template renders against: `subscriber` and `unsubscribe_url`.
 /// Used with a sample subscriber to test-render new templates.
 pub fn sample_context() -> minijinja::Value {
+    sample_context_with("1 Sample Street, Springfield")
+}
+
+/// The sample context with the campaign's postal address.
+pub(crate) fn sample_context_with(postal_address: &str) -> minijinja::Value {
     minijinja::Value::from_serialize(serde_json::json!({
+        "postal_address": postal_address,
         "subscriber": {
             "id": "sample",
             "email": "sample@example.com",

@@ -190,6 +190,7 @@ impl Sender {
                 "attributes": attributes,
             },
             "unsubscribe_url": unsubscribe_url,
+            "postal_address": job.postal_address,
             "campaign": {"id": job.campaign_id},
         }));
         let source = TemplateSource {

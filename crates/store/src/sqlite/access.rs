@@ -54,7 +54,12 @@ pub(super) fn suppressions_tx(
 }
 
 fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
-    Ok(Tenant { id: row.get("id")?, display_name: row.get("display_name")?, create_time: row.get("create_time")? })
+    Ok(Tenant {
+        id: row.get("id")?,
+        display_name: row.get("display_name")?,
+        create_time: row.get("create_time")?,
+        allow_transactional: row.get("allow_transactional")?,
+    })
 }
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -153,8 +158,8 @@ impl AccessStore for SqliteStore {
     async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant> {
         self.tx(move |tx| {
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO tenants (id, display_name, create_time) VALUES (?1, ?2, ?3)",
-                params![tenant.id, tenant.display_name, tenant.create_time],
+                "INSERT OR IGNORE INTO tenants (id, display_name, create_time, allow_transactional) VALUES (?1, ?2, ?3, ?4)",
+                params![tenant.id, tenant.display_name, tenant.create_time, tenant.allow_transactional],
             )?;
             if inserted == 0 {
                 return Err(StoreError::Conflict(format!("tenant {:?} already exists", tenant.id)));
@@ -213,6 +218,14 @@ impl AccessStore for SqliteStore {
         self.tx(move |tx| {
             let mut statement = tx.prepare_cached("SELECT * FROM api_keys WHERE tenant = ?1 ORDER BY id")?;
             Ok(statement.query_map(params![tenant], key_from_row)?.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn set_allow_transactional(&self, tenant: &str, allowed: bool) -> Result<bool> {
+        let tenant = tenant.to_owned();
+        self.tx(move |tx| {
+            Ok(tx.execute("UPDATE tenants SET allow_transactional = ?2 WHERE id = ?1", params![tenant, allowed])? > 0)
         })
         .await
     }

@@ -143,6 +143,9 @@ ALTER TABLE consent_v5 RENAME TO consent_log;
     Migration::Seal,
     Migration::Sql(
         r#"
+ALTER TABLE campaigns ADD COLUMN stream TEXT NOT NULL DEFAULT 'marketing';
+ALTER TABLE campaigns ADD COLUMN postal_address TEXT NOT NULL DEFAULT '';
+ALTER TABLE tenants ADD COLUMN allow_transactional INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE audit_log (
     tenant TEXT NOT NULL, id TEXT NOT NULL, time INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     resource TEXT NOT NULL, detail TEXT NOT NULL, source TEXT NOT NULL,
@@ -370,6 +373,8 @@ fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
         from_name: row.get("from_name")?,
         reply_to: row.get("reply_to")?,
         max_messages_per_second: row.get("max_messages_per_second")?,
+        stream: row.get("stream")?,
+        postal_address: row.get("postal_address")?,
         state: CampaignState::from_i64(row.get("state")?),
         stats: CampaignStats {
             recipients: row.get("recipients")?,
@@ -547,11 +552,11 @@ impl CampaignStore for SqliteStore {
                 return must_get_campaign(tx, &campaign.tenant, &id);
             }
             tx.execute(
-                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time, max_messages_per_second) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time, max_messages_per_second, stream, postal_address) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![campaign.tenant, campaign.id, campaign.display_name, campaign.template_id, campaign.template_version, campaign.list_id,
                     campaign.from_address, campaign.from_name, campaign.reply_to, campaign.state as i64, campaign.create_time,
-                    campaign.max_messages_per_second],
+                    campaign.max_messages_per_second, campaign.stream, campaign.postal_address],
             )?;
             remember(tx, &campaign.tenant, &request_id, "campaign", &campaign.id)?;
             must_get_campaign(tx, &campaign.tenant, &campaign.id)
