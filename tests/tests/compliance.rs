@@ -3,7 +3,6 @@
 //! use the transactional stream are exempt.
 
 use broadside_proto::v1::*;
-use broadside_store::AccessStore as _;
 use broadside_tests::{POSTAL_ADDRESS, Sandbox, open_store, test_config};
 use tonic::Code;
 
