@@ -30,8 +30,13 @@ pub struct Sandbox {
 
 /// An authenticated channel to `node` with `key`.
 pub async fn authed(node: &Node, key: &str) -> anyhow::Result<Authed> {
-    broadside::client::connect(&ClientArgs { server: node.grpc_url(), api_key: Some(key.to_owned()), config: None })
-        .await
+    broadside::client::connect(&ClientArgs {
+        server: node.grpc_url(),
+        api_key: Some(key.to_owned()),
+        config: None,
+        tls: Default::default(),
+    })
+    .await
 }
 
 /// A configuration for tests: embedded defaults in `data_dir`, ports 0.

@@ -59,6 +59,7 @@ async fn authed(serve: &Serve) -> broadside::client::Authed {
         server: format!("http://127.0.0.1:{}", serve.grpc),
         api_key: Some(key),
         config: None,
+        tls: Default::default(),
     };
     broadside::client::connect(&args).await.unwrap()
 }

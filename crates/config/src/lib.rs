@@ -93,6 +93,22 @@ pub struct ServerConfig {
     /// Public HTTP for people: double opt-in confirmation (and, with the
     /// feedback role, unsubscribe and tracking). `mail.public_url` must reach it.
     pub http_addr: SocketAddr,
+    /// TLS for the gRPC listener; plaintext when unset (loopback, or a mesh
+    /// that terminates TLS).
+    pub tls: Option<TlsConfig>,
+}
+
+/// Server certificate files, re-read when they change (no restart), and an
+/// optional client CA that makes TLS mutual.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate it signed.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +117,7 @@ impl Default for ServerConfig {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid literal"),
             admin_addr: "127.0.0.1:9464".parse().expect("valid literal"),
             http_addr: "127.0.0.1:8080".parse().expect("valid literal"),
+            tls: None,
         }
     }
 }

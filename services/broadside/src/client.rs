@@ -20,6 +20,39 @@ pub struct ClientArgs {
     /// `serve` wrote into the configured data dir.
     pub api_key: Option<String>,
     pub config: Option<std::path::PathBuf>,
+    /// For `https://` servers: the CA to trust (PEM), and a client
+    /// certificate and key (PEM) when the server requires mutual TLS.
+    pub tls: ClientTls,
+}
+
+/// Client-side TLS files.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// The tonic TLS settings these files describe.
+    pub fn config(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        let read = |path: &std::path::PathBuf, flag: &str| {
+            std::fs::read(path).with_context(|| format!("{flag} {}: cannot read", path.display()))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &self.ca_file {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca, "--tls-ca")?));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                config = config
+                    .identity(tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+        Ok(config)
+    }
 }
 
 impl ClientArgs {
@@ -59,7 +92,7 @@ pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Beare
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Authed> {
     let key = args.resolve_key()?;
     let value = format!("Bearer {key}").parse().context("the API key has characters not allowed in a header")?;
-    Ok(tonic::service::interceptor::InterceptedService::new(channel(&args.server).await?, Bearer(value)))
+    Ok(tonic::service::interceptor::InterceptedService::new(channel(&args.server, &args.tls).await?, Bearer(value)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,12 +204,13 @@ pub enum CampaignsCommand {
     },
 }
 
-async fn channel(server: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(server.to_owned())
-        .with_context(|| format!("--server {server:?} is not a URL like http://127.0.0.1:50051"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {server}: is `broadside serve` running?"))
+async fn channel(server: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
+    let mut endpoint = Channel::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a URL like http://127.0.0.1:50051"))?;
+    if server.starts_with("https://") {
+        endpoint = endpoint.tls_config(tls.config()?).context("TLS settings")?;
+    }
+    endpoint.connect().await.with_context(|| format!("cannot reach {server}: is `broadside serve` running?"))
 }
 
 /// Turns a gRPC status into a plain message: `INVALID_ARGUMENT: subscriber.email: ...`.

@@ -243,7 +243,12 @@ struct Summary {
 async fn drive(node: &Node, key_file: &Path, outbox: &Path, subscribers: usize) -> anyhow::Result<Summary> {
     let key =
         std::fs::read_to_string(key_file).with_context(|| format!("reading the admin key {}", key_file.display()))?;
-    let args = crate::client::ClientArgs { server: node.grpc_url(), api_key: Some(key), config: None };
+    let args = crate::client::ClientArgs {
+        server: node.grpc_url(),
+        api_key: Some(key),
+        config: None,
+        tls: Default::default(),
+    };
     let channel = crate::client::connect(&args).await?;
     let mut lists = SubscriberServiceClient::new(channel.clone());
     let mut templates = TemplateServiceClient::new(channel.clone());

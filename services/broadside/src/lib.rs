@@ -8,5 +8,6 @@ pub mod client;
 pub mod demo;
 pub mod import;
 pub mod node;
+pub mod tls;
 
 pub use node::{Node, Role};

@@ -21,6 +21,15 @@ struct Cli {
     /// single-node `serve` wrote to DATA_DIR/admin.key).
     #[arg(long, global = true, env = "BROADSIDE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// CA certificate (PEM) to trust for an `https://` --server.
+    #[arg(long, global = true, env = "BROADSIDE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    #[arg(long, global = true, env = "BROADSIDE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for --tls-cert.
+    #[arg(long, global = true, env = "BROADSIDE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,8 +116,16 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let load = || Config::load(cli.config.as_deref());
-    let client_args =
-        ClientArgs { server: cli.server.clone(), api_key: cli.api_key.clone(), config: cli.config.clone() };
+    let client_args = ClientArgs {
+        server: cli.server.clone(),
+        api_key: cli.api_key.clone(),
+        config: cli.config.clone(),
+        tls: broadside::client::ClientTls {
+            ca_file: cli.tls_ca.clone(),
+            cert_file: cli.tls_cert.clone(),
+            key_file: cli.tls_key.clone(),
+        },
+    };
     match cli.command {
         Command::Serve { roles } => {
             let roles = Role::parse_list(&roles)?;

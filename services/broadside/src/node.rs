@@ -182,17 +182,26 @@ impl Node {
             .await
             .with_context(|| format!("server.grpc_addr {}: cannot listen", config.server.grpc_addr))?;
         let grpc_addr = listener.local_addr()?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stop = servers_stop.clone();
-        let grpc = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "gRPC server failed");
+        let router = tonic::transport::Server::builder().add_routes(routes.routes());
+        let grpc = match &config.server.tls {
+            Some(tls) => {
+                let incoming = crate::tls::incoming(listener, crate::tls::acceptor(tls)?);
+                tokio::spawn(async move {
+                    if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                        tracing::error!(%error, "gRPC server failed");
+                    }
+                })
             }
-        });
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                tokio::spawn(async move {
+                    if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                        tracing::error!(%error, "gRPC server failed");
+                    }
+                })
+            }
+        };
         let (admin_addr, admin) = broadside_telemetry::serve_admin(
             config.server.admin_addr,
             metrics.clone(),
