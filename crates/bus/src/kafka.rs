@@ -35,6 +35,19 @@ pub struct KafkaSettings {
     pub assignment_strategy: String,
     /// Identifies this process in broker logs.
     pub client_id: String,
+    /// Extra librdkafka properties for every client: TLS (`security.protocol`,
+    /// `ssl.ca.location`, `ssl.certificate.location`, ...) and SASL.
+    pub properties: Vec<(String, String)>,
+}
+
+/// A librdkafka client config with the brokers and the extra properties.
+fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.bootstrap);
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    config
 }
 
 /// The Kafka bus: one shared producer, a consumer per group member.
@@ -50,8 +63,7 @@ fn kafka_error(context: &str, error: impl std::fmt::Display) -> BusError {
 
 impl KafkaBus {
     pub fn connect(settings: KafkaSettings) -> Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap)
+        let producer: FutureProducer = client_config(&settings)
             .set("client.id", &settings.client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -68,10 +80,8 @@ impl KafkaBus {
     /// partitions and replication. Returns the existing topics whose partition
     /// count differs (Kafka cannot shrink them; growing them moves keys).
     pub async fn ensure_topics(&self, topics: &[String]) -> Result<Vec<(String, u32)>> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.bootstrap)
-            .create()
-            .map_err(|e| kafka_error("admin client", e))?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&self.settings).create().map_err(|e| kafka_error("admin client", e))?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|name| {
@@ -91,10 +101,8 @@ impl KafkaBus {
                 Err((topic, code)) => return Err(kafka_error(&format!("create topic {topic}"), code)),
             }
         }
-        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.bootstrap)
-            .create()
-            .map_err(|e| kafka_error("metadata client", e))?;
+        let consumer: rdkafka::consumer::BaseConsumer =
+            client_config(&self.settings).create().map_err(|e| kafka_error("metadata client", e))?;
         let metadata = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, Duration::from_secs(30)))
             .await
             .map_err(|e| kafka_error("metadata", e))?
@@ -142,8 +150,7 @@ impl Bus for KafkaBus {
 
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
         let context = GroupContext { group: group.to_owned() };
-        let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.bootstrap)
+        let consumer: StreamConsumer<GroupContext> = client_config(&self.settings)
             .set("client.id", &self.settings.client_id)
             .set("group.id", group)
             .set("enable.auto.commit", "false")

@@ -147,6 +147,12 @@ pub struct BusConfig {
     /// Kafka only: `cooperative-sticky` (only moved partitions pause during a
     /// rebalance), `roundrobin` or `range` (eager: every partition pauses).
     pub assignment_strategy: String,
+    /// Kafka only: extra librdkafka properties, e.g. `"security.protocol" =
+    /// "SASL_SSL"`, `"ssl.ca.location"`, `"sasl.mechanism"`, `"sasl.username"`.
+    /// Put passwords in `kafka_secrets` so they are never printed.
+    pub kafka: std::collections::BTreeMap<String, String>,
+    /// Kafka only: properties whose values are secret (`"sasl.password"`).
+    pub kafka_secrets: std::collections::BTreeMap<String, Secret>,
 }
 
 impl Default for BusConfig {
@@ -158,6 +164,8 @@ impl Default for BusConfig {
             replication_factor: 1,
             session_timeout_ms: 10_000,
             assignment_strategy: "cooperative-sticky".into(),
+            kafka: Default::default(),
+            kafka_secrets: Default::default(),
         }
     }
 }

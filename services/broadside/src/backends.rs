@@ -94,6 +94,13 @@ pub fn kafka(config: &Config) -> anyhow::Result<KafkaBus> {
         session_timeout_ms: config.bus.session_timeout_ms,
         assignment_strategy: config.bus.assignment_strategy.clone(),
         client_id: sender_id(config),
+        properties: config
+            .bus
+            .kafka
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(config.bus.kafka_secrets.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())))
+            .collect(),
     })
     .context("bus.url: cannot create the Kafka client")
 }
