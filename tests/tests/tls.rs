@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use broadside_proto::v1::ListListsRequest;
 use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
-use broadside_tests::{Sandbox, test_config};
+use broadside_tests::test_config;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedKey, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

@@ -6,6 +6,8 @@
 //! secret has 256 bits of entropy, so a fast hash is enough (no password
 //! stretching needed, unlike the Mailman CVE-2021-34337 class of bugs).
 
+pub mod limits;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use broadside_proto::ServiceError;
@@ -101,12 +103,16 @@ impl Authenticator {
     }
 
     /// [`Self::authorize`] for a tonic request, recording where it came from.
+    /// Rate limits apply per client address before the key is checked, and
+    /// per key after.
     pub async fn authorize_request<T>(
         &self,
         request: &tonic::Request<T>,
         needed: Scope,
     ) -> Result<Caller, ServiceError> {
+        limits::check_ip(request.remote_addr().map(|a| a.ip()))?;
         let mut caller = self.authorize(request.metadata(), needed).await?;
+        limits::check_key(&caller.key_id)?;
         caller.peer = request
             .metadata()
             .get("x-forwarded-for")

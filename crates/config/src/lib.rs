@@ -37,6 +37,27 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub mail: MailConfig,
     pub security: SecurityConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Abuse limits: token buckets refilled at `*_per_second`, holding up to
+/// twice that. 0 disables a limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// gRPC calls per API key.
+    pub grpc_per_key_per_second: u32,
+    /// gRPC calls per client address (checked before the key, so guessing
+    /// keys is slow too).
+    pub grpc_per_ip_per_second: u32,
+    /// Public HTTP requests (confirmation links) per client address.
+    pub http_per_ip_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { grpc_per_key_per_second: 500, grpc_per_ip_per_second: 1000, http_per_ip_per_second: 5 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -79,6 +100,7 @@ impl Default for Config {
             dispatch: DispatchConfig::default(),
             mail: MailConfig::default(),
             security: SecurityConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum ServiceError {
     /// Valid credentials without the scope the call needs.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A rate limit was hit; retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Part of the API that a later release implements.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -48,6 +51,7 @@ impl ServiceError {
             Self::AlreadyExists(_) => tonic::Code::AlreadyExists,
             Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            Self::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Self::Unimplemented(_) => tonic::Code::Unimplemented,
             Self::Unavailable(_) => tonic::Code::Unavailable,
             Self::Internal(_) => tonic::Code::Internal,

@@ -93,6 +93,12 @@ impl Node {
     /// Opens the backends, binds the listeners and starts every role in `roles`.
     pub async fn start(config: &Config, roles: &[Role]) -> anyhow::Result<Node> {
         let backends = backends::open(config)?;
+        let limits = &config.limits;
+        broadside_auth::limits::configure(
+            limits.grpc_per_key_per_second,
+            limits.grpc_per_ip_per_second,
+            limits.http_per_ip_per_second,
+        );
         let metrics = Metrics::new();
         let readiness = Readiness::default();
         let workers_stop = CancellationToken::new();

@@ -171,6 +171,12 @@ async fn confirm_post(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> (StatusCode, Html<String>) {
+    if !broadside_auth::limits::allow_http(peer.ip()) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            page("Too many requests", "<p>Please wait a moment and try again.</p>"),
+        );
+    }
     let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let consent = broadside_proto::v1::ConsentContext {
         source: "confirm_link".into(),
