@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Broadside's whole test suite. Installs what the tests need when it is
 # missing (Postfix for smtp-sink and the relay tests, tansu as the Kafka
-# broker, cargo-nextest), builds the binaries the black-box and cluster tests
-# run, then runs every test in the workspace.
+# broker, cargo-nextest, cargo-deny), checks the dependencies' licenses and
+# sources (and advisories when online), builds the binaries the black-box and
+# cluster tests run, then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,23 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tests/run.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked
+fi
+
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "tests/run.sh: installing cargo-deny"
+  cargo install cargo-deny --locked
+fi
+
+# Supply chain: licenses, bans and sources always; RustSec advisories when the
+# database can be fetched (it lives on GitHub; an offline machine cannot).
+cargo deny check licenses bans sources
+if ! advisories=$(cargo deny check advisories 2>&1); then
+  if grep -q "failed to fetch advisory database" <<<"$advisories"; then
+    echo "tests/run.sh: warning: advisories not checked (cannot reach the RustSec database)"
+  else
+    echo "$advisories"
+    exit 1
+  fi
 fi
 
 cargo build --workspace --all-targets
