@@ -36,7 +36,7 @@ pub fn configure(grpc_per_key: u32, grpc_per_ip: u32, http_per_ip: u32) {
 }
 
 fn limits() -> &'static Limits {
-    LIMITS.get_or_init(|| Limits { per_key: keyed(500), per_ip: keyed(1000), http_per_ip: keyed(5) })
+    LIMITS.get_or_init(|| Limits { per_key: keyed(5000), per_ip: keyed(10000), http_per_ip: keyed(5) })
 }
 
 fn exhausted(what: &str) -> ServiceError {

@@ -56,7 +56,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { grpc_per_key_per_second: 500, grpc_per_ip_per_second: 1000, http_per_ip_per_second: 5 }
+        Self { grpc_per_key_per_second: 5000, grpc_per_ip_per_second: 10000, http_per_ip_per_second: 5 }
     }
 }
 

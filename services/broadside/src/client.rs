@@ -311,13 +311,22 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                     let subscriber = crate::demo::sample_subscriber(index, &list);
                     let request_id = format!("sample-{list}-{index}");
                     async move {
-                        client
-                            .create_subscriber(CreateSubscriberRequest {
-                                subscriber: Some(subscriber),
-                                request_id,
+                        // Rate limited: wait and retry (the request id keeps the retry idempotent).
+                        let mut pause = Duration::from_millis(100);
+                        loop {
+                            let request = CreateSubscriberRequest {
+                                subscriber: Some(subscriber.clone()),
+                                request_id: request_id.clone(),
                                 ..Default::default()
-                            })
-                            .await
+                            };
+                            match client.create_subscriber(request).await {
+                                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                                    tokio::time::sleep(pause).await;
+                                    pause = (pause * 2).min(Duration::from_secs(2));
+                                }
+                                result => break result,
+                            }
+                        }
                     }
                 })
                 .buffer_unordered(concurrency.max(1))
