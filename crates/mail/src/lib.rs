@@ -52,3 +52,21 @@ impl MailError {
         }
     }
 }
+
+/// HTML escaping as minijinja's auto-escape does it (also `/`), for pages
+/// we build and for finding a value in an auto-escaped HTML part.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            '/' => out.push_str("&#x2f;"),
+            c => out.push(c),
+        }
+    }
+    out
+}

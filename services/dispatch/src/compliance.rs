@@ -53,7 +53,7 @@ pub(crate) fn checks(draft: &Draft<'_>) -> Vec<ComplianceCheck> {
     };
     // The HTML part is auto-escaped, so look for the escaped form there too.
     let missing = |needle: &str| -> Vec<&str> {
-        let escaped = html_escape(needle);
+        let escaped = broadside_mail::escape_html(needle);
         parts
             .iter()
             .filter(|(_, body)| !body.contains(needle) && !body.contains(&escaped))
@@ -112,23 +112,6 @@ pub(crate) fn checks(draft: &Draft<'_>) -> Vec<ComplianceCheck> {
     ));
     checks.push(check("feedback_id", "passed", "every message carries Feedback-ID: campaign:list:tenant:broadside"));
     checks
-}
-
-/// HTML escaping as minijinja's auto-escape does it.
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            '/' => out.push_str("&#x2f;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The first failed rule as an error naming the field to fix.

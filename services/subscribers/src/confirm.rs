@@ -16,6 +16,8 @@ use broadside_proto::v1::{ConfirmSubscriptionRequest, Subscriber};
 use broadside_store::SubscriptionStatus;
 use lettre::message::{Mailbox, MultiPart};
 
+use broadside_mail::escape_html;
+
 use crate::events::{subscription_changed, upserted};
 use crate::{SubscriberApi, consent_of, mail_error, subscriber_to_proto};
 
@@ -129,10 +131,6 @@ impl SubscriberApi {
 
 fn uuid_suffix() -> String {
     broadside_store::new_id()
-}
-
-fn escape_html(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 fn page(title: &str, body: &str) -> Html<String> {
