@@ -112,7 +112,12 @@ case "$FAULT" in
   restart)
     wait_delivered 0.1
     for i in $(seq 1 "$SENDERS"); do
-      out=$("$CLUSTER" restart-sender "$i" 2>/dev/null | head -1); say "$out"
+      if ! out=$("$CLUSTER" restart-sender "$i" 2>>"$WORK/restart.log" | sed -n 1p); then
+        say "restarting sender-$i failed:"
+        tail -n 30 "$WORK/restart.log" "$BROADSIDE_CLUSTER_DIR/logs/sender-$i.log" >&2 || true
+        exit 1
+      fi
+      say "$out"
       MAX_DRAIN=$(python3 -c "print(max($MAX_DRAIN, float('$(echo "$out" | sed -n 's/.* in \([0-9.]*\)s$/\1/p')' or 0)))")
     done ;;
   outage) wait_delivered 0.2; say "stopping the broker for ${OUTAGE}s"; "$CLUSTER" stop-broker >&2; sleep "$OUTAGE"; "$CLUSTER" start-broker >&2 ;;
