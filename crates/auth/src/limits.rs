@@ -39,12 +39,29 @@ fn limits() -> &'static Limits {
     LIMITS.get_or_init(|| Limits { per_key: keyed(5000), per_ip: keyed(10000), http_per_ip: keyed(5) })
 }
 
+/// Every so many checks, forget addresses and keys whose buckets are full
+/// again, so a flood from many addresses cannot grow the maps forever.
+fn prune() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CHECKS: AtomicU64 = AtomicU64::new(0);
+    if CHECKS.fetch_add(1, Ordering::Relaxed) % 10_000 == 9_999 {
+        let limits = limits();
+        if let Some(limiter) = &limits.per_key {
+            limiter.retain_recent();
+        }
+        for limiter in [&limits.per_ip, &limits.http_per_ip].into_iter().flatten() {
+            limiter.retain_recent();
+        }
+    }
+}
+
 fn exhausted(what: &str) -> ServiceError {
     ServiceError::ResourceExhausted(format!("too many requests {what}; slow down and retry in a second"))
 }
 
 /// Counts one gRPC call from `ip`.
 pub fn check_ip(ip: Option<IpAddr>) -> Result<(), ServiceError> {
+    prune();
     match (&limits().per_ip, ip) {
         (Some(limiter), Some(ip)) if limiter.check_key(&ip).is_err() => Err(exhausted(&format!("from {ip}"))),
         _ => Ok(()),
@@ -63,5 +80,6 @@ pub fn check_key(key_id: &str) -> Result<(), ServiceError> {
 
 /// Counts one public HTTP request from `ip`; false when over the limit.
 pub fn allow_http(ip: IpAddr) -> bool {
+    prune();
     limits().http_per_ip.as_ref().is_none_or(|limiter| limiter.check_key(&ip).is_ok())
 }
