@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled for another checkout (a shared
+    // CARGO_TARGET_DIR) must still find this checkout's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["access", "subscribers", "templates", "campaigns", "segments", "feedback", "events"]
         .map(|name| root.join(format!("broadside/v1/{name}.proto")));
     for file in &files {
