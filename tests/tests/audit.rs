@@ -39,6 +39,31 @@ async fn every_administrative_action_is_in_the_audit_log() {
     sandbox.wait_for_completion(&campaign, Duration::from_secs(30)).await.unwrap();
     let other = sandbox.create_list("Doomed").await.unwrap();
     sandbox.subscribers.delete_list(DeleteListRequest { name: other.clone() }).await.unwrap();
+    // A slow campaign to pause, resume and cancel while it sends.
+    let slow_list = sandbox.create_list("Slow").await.unwrap();
+    for i in 0..5 {
+        sandbox.add_subscriber(&slow_list, &format!("s{i}@example.com"), "S", serde_json::json!({})).await.unwrap();
+    }
+    let template = sandbox
+        .templates
+        .create_template(CreateTemplateRequest { template: Some(simple_template()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let slow_campaign = Campaign {
+        template: template.name,
+        list: slow_list.clone(),
+        from_address: "news@example.com".into(),
+        postal_address: broadside_tests::POSTAL_ADDRESS.into(),
+        max_messages_per_second: 1.0, // five recipients take seconds: time to pause and cancel
+        ..Default::default()
+    };
+    let request = CreateCampaignRequest { campaign: Some(slow_campaign), ..Default::default() };
+    let slow = sandbox.campaigns.create_campaign(request).await.unwrap().into_inner().name;
+    sandbox.campaigns.start_campaign(StartCampaignRequest { name: slow.clone() }).await.unwrap();
+    sandbox.campaigns.pause_campaign(PauseCampaignRequest { name: slow.clone() }).await.unwrap();
+    sandbox.campaigns.resume_campaign(ResumeCampaignRequest { name: slow.clone() }).await.unwrap();
+    sandbox.campaigns.cancel_campaign(CancelCampaignRequest { name: slow.clone() }).await.unwrap();
 
     let events = AuditServiceClient::new(channel)
         .list_audit_events(ListAuditEventsRequest::default())
@@ -57,6 +82,10 @@ async fn every_administrative_action_is_in_the_audit_log() {
         ("subscriber.erase", ""),
         ("campaign.start", campaign.as_str()),
         ("list.delete", other.as_str()),
+        ("campaign.start", slow.as_str()),
+        ("campaign.pause", slow.as_str()),
+        ("campaign.resume", slow.as_str()),
+        ("campaign.cancel", slow.as_str()),
     ];
     assert_eq!(actions.len(), expected.len(), "{actions:#?}");
     for ((action, resource), (want_action, want_resource)) in actions.iter().zip(expected) {

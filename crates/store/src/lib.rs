@@ -187,7 +187,9 @@ pub trait CampaignStore: Send + Sync {
     async fn get_campaign(&self, tenant: &str, campaign_id: &str) -> Result<Option<Campaign>>;
     async fn list_campaigns(&self, tenant: &str, page: PageRequest) -> Result<Page<Campaign>>;
     /// Compare-and-set of the campaign state: moves to `to` only from one of
-    /// `from`. Returns the updated campaign, or `None` when it was in another state.
+    /// `from`. Returns the updated campaign, or `None` when it was in another
+    /// state. A campaign moved to sending whose recipients all have outcomes
+    /// completes at once (resumed after finishing while paused).
     async fn transition_campaign(
         &self,
         tenant: &str,

@@ -194,6 +194,12 @@ pub enum CampaignsCommand {
     },
     /// Report the compliance rules (unsubscribe link, postal address, ...) for a campaign.
     Check { campaign: String },
+    /// Stop sending for now (senders notice within a second); `resume` continues.
+    Pause { campaign: String },
+    /// Continue a paused campaign.
+    Resume { campaign: String },
+    /// Stop a campaign for good; unsent recipients are not mailed.
+    Cancel { campaign: String },
     /// Start sending a draft.
     Start { campaign: String },
     /// Show state and counters; --wait polls until the campaign completes.
@@ -443,6 +449,20 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
             let started =
                 client.start_campaign(StartCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner();
             print_campaign(&started);
+        }
+        CampaignsCommand::Pause { campaign } => {
+            print_campaign(
+                &client.pause_campaign(PauseCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner(),
+            );
+        }
+        CampaignsCommand::Resume { campaign } => {
+            let resumed = client.resume_campaign(ResumeCampaignRequest { name: campaign }).await.map_err(plain)?;
+            print_campaign(&resumed.into_inner());
+        }
+        CampaignsCommand::Cancel { campaign } => {
+            print_campaign(
+                &client.cancel_campaign(CancelCampaignRequest { name: campaign }).await.map_err(plain)?.into_inner(),
+            );
         }
         CampaignsCommand::Check { campaign } => {
             let report = client

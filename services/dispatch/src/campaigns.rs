@@ -128,6 +128,45 @@ impl CampaignApi {
         })
     }
 
+    /// Pause, resume or cancel: a compare-and-set of the state, announced on
+    /// `campaign-events` and audited. Senders notice within a second: jobs of
+    /// a paused campaign wait, those of a cancelled one are dropped.
+    pub async fn transition(
+        &self,
+        caller: &Caller,
+        name: &str,
+        from: &[State],
+        to: State,
+        verb: &str,
+    ) -> Result<Campaign, ServiceError> {
+        let id = names::parse("name", name, "campaigns")?;
+        let store = &self.dispatch.store;
+        let current =
+            store.get_campaign(&caller.tenant, id).await?.ok_or_else(|| ServiceError::NotFound(name.into()))?;
+        let Some(changed) = store.transition_campaign(&caller.tenant, id, from, to).await? else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "{name} is {:?}; only a campaign that is {} can be {verb}d",
+                current.state,
+                from.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" or ")
+            )));
+        };
+        if to == State::Sending {
+            store.touch_progress(&caller.tenant, id).await?;
+            self.dispatch.fanout_wake.notify_one();
+        }
+        let kind = match to {
+            State::Paused => "paused",
+            State::Cancelled => "cancelled",
+            _ => "resumed",
+        };
+        publish_campaign_event(&self.dispatch, &changed, kind).await;
+        if changed.state == State::Completed {
+            announce_completion(&self.dispatch, &changed).await; // everything finished while it was paused
+        }
+        broadside_auth::audit(store, caller, &format!("campaign.{verb}"), name, serde_json::json!({})).await?;
+        Ok(campaign_to_proto(&changed))
+    }
+
     /// Reports every compliance rule for an existing campaign.
     pub async fn check_campaign(
         &self,
@@ -257,15 +296,19 @@ impl CampaignService for CampaignApi {
         Ok(Response::new(CampaignApi::check_campaign(self, &caller, request.into_inner()).await?))
     }
     async fn pause_campaign(&self, request: Request<PauseCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
-        Err(ServiceError::Unimplemented("PauseCampaign").into())
+        let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
+        let name = request.into_inner().name;
+        Ok(Response::new(self.transition(&caller, &name, &[State::Sending], State::Paused, "pause").await?))
     }
     async fn resume_campaign(&self, request: Request<ResumeCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
-        Err(ServiceError::Unimplemented("ResumeCampaign").into())
+        let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
+        let name = request.into_inner().name;
+        Ok(Response::new(self.transition(&caller, &name, &[State::Paused], State::Sending, "resume").await?))
     }
     async fn cancel_campaign(&self, request: Request<CancelCampaignRequest>) -> Result<Response<Campaign>, Status> {
-        self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
-        Err(ServiceError::Unimplemented("CancelCampaign").into())
+        let caller = self.auth.authorize_request(&request, Scope::CampaignsWrite).await?;
+        let name = request.into_inner().name;
+        let from = [State::Draft, State::Sending, State::Paused];
+        Ok(Response::new(self.transition(&caller, &name, &from, State::Cancelled, "cancel").await?))
     }
 }

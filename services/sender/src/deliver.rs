@@ -9,7 +9,7 @@ use broadside_mail::token::UnsubscribeClaims;
 use broadside_mail::transport::SendError;
 use broadside_proto::convert::{millis_to_timestamp, struct_to_json, timestamp_to_millis};
 use broadside_proto::v1::{DeliveryEvent, DeliveryOutcome, SendJob};
-use broadside_store::{Claim, LedgerState, StoreError, now_millis};
+use broadside_store::{CampaignState, Claim, LedgerState, StoreError, now_millis};
 use prost::Message as _;
 use tracing::Instrument;
 
@@ -73,6 +73,20 @@ impl Sender {
         };
         // Pace before claiming, so a throttled job never holds a lease while it waits.
         self.throttle.acquire(&job.campaign_id, job.max_messages_per_second).await;
+        // Checked after pacing (where a throttled job waits): a paused campaign's
+        // jobs wait, a cancelled (or deleted) campaign's are dropped.
+        match self.campaign_state(&job.tenant, &job.campaign_id).await? {
+            Some(CampaignState::Paused) => {
+                self.metrics.count_send("postponed_campaign_paused");
+                effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));
+                return Ok(effects);
+            }
+            Some(CampaignState::Cancelled) | None => {
+                self.metrics.count_send("skipped_campaign_cancelled");
+                return Ok(effects);
+            }
+            _ => {}
+        }
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
             Claim::Finished { state, message_id } => {
                 // Sent before (a redelivered job): report again, never send again.

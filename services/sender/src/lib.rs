@@ -17,7 +17,7 @@ use broadside_bus::{Consumer, Delivered, DynBus, Record, Topic};
 use broadside_mail::template::TemplateEngine;
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::Transport;
-use broadside_store::{DynStore, Template};
+use broadside_store::{CampaignState, DynStore, Template};
 use broadside_telemetry::{Metrics, Readiness};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,9 @@ pub struct Sender {
     throttle: Arc<throttle::Throttle>,
     domains: Arc<domains::DomainBackoff>,
     in_flight: InFlightSet,
+    /// Campaign states seen recently, so a pause or cancel is noticed within
+    /// a second without a store read per message.
+    campaign_states: Arc<Mutex<HashMap<String, (CampaignState, std::time::Instant)>>>,
 }
 
 /// What handling one job produced: events to publish before committing.
@@ -89,6 +92,7 @@ impl Sender {
             throttle: Arc::default(),
             domains: Arc::default(),
             in_flight: Arc::default(),
+            campaign_states: Arc::default(),
         }
     }
 
@@ -242,6 +246,21 @@ impl Sender {
         self.metrics.count_published(&retries_topic, retries);
         self.metrics.count_published(&events_topic, events);
         Ok(())
+    }
+
+    /// The campaign's state, at most a second old; `None` if it is gone.
+    async fn campaign_state(&self, tenant: &str, id: &str) -> anyhow::Result<Option<CampaignState>> {
+        const FRESH: Duration = Duration::from_secs(1);
+        if let Some((state, seen)) = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+            && seen.elapsed() < FRESH
+        {
+            return Ok(Some(*state));
+        }
+        let Some(campaign) = self.store.get_campaign(tenant, id).await? else { return Ok(None) };
+        let mut states = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|_, (_, seen)| seen.elapsed() < FRESH * 60);
+        states.insert(id.to_owned(), (campaign.state, std::time::Instant::now()));
+        Ok(Some(campaign.state))
     }
 
     /// The template version a job names, cached: versions are immutable.

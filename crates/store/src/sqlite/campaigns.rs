@@ -109,6 +109,8 @@ impl CampaignStore for SqliteStore {
                  WHERE tenant = ?1 AND id = ?2",
                 params![tenant, id, to as i64, now],
             )?;
+            // Resumed after every recipient got an outcome while paused: done now.
+            complete_if_finished(tx, &tenant, &id)?;
             get_campaign_tx(tx, &tenant, &id)
         })
         .await
