@@ -122,6 +122,17 @@ impl Sandbox {
 
     /// Creates a template and a draft campaign for `list`; returns the campaign name.
     pub async fn create_campaign(&mut self, list: &str, template: Template) -> anyhow::Result<String> {
+        self.create_paced_campaign(list, template, 0.0).await
+    }
+
+    /// [`Self::create_campaign`] sending at most `per_second` messages per second
+    /// (slow campaigns give tests time to act while they send).
+    pub async fn create_paced_campaign(
+        &mut self,
+        list: &str,
+        template: Template,
+        per_second: f64,
+    ) -> anyhow::Result<String> {
         let template = self
             .templates
             .create_template(CreateTemplateRequest { template: Some(template), request_id: String::new() })
@@ -134,6 +145,7 @@ impl Sandbox {
             from_address: "news@sender.example".into(),
             from_name: "Sender".into(),
             postal_address: POSTAL_ADDRESS.into(),
+            max_messages_per_second: per_second,
             ..Default::default()
         };
         Ok(self

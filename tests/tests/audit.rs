@@ -44,22 +44,8 @@ async fn every_administrative_action_is_in_the_audit_log() {
     for i in 0..5 {
         sandbox.add_subscriber(&slow_list, &format!("s{i}@example.com"), "S", serde_json::json!({})).await.unwrap();
     }
-    let template = sandbox
-        .templates
-        .create_template(CreateTemplateRequest { template: Some(simple_template()), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    let slow_campaign = Campaign {
-        template: template.name,
-        list: slow_list.clone(),
-        from_address: "news@example.com".into(),
-        postal_address: broadside_tests::POSTAL_ADDRESS.into(),
-        max_messages_per_second: 1.0, // five recipients take seconds: time to pause and cancel
-        ..Default::default()
-    };
-    let request = CreateCampaignRequest { campaign: Some(slow_campaign), ..Default::default() };
-    let slow = sandbox.campaigns.create_campaign(request).await.unwrap().into_inner().name;
+    // Five recipients at one per second take seconds: time to pause and cancel.
+    let slow = sandbox.create_paced_campaign(&slow_list, simple_template(), 1.0).await.unwrap();
     sandbox.campaigns.start_campaign(StartCampaignRequest { name: slow.clone() }).await.unwrap();
     sandbox.campaigns.pause_campaign(PauseCampaignRequest { name: slow.clone() }).await.unwrap();
     sandbox.campaigns.resume_campaign(ResumeCampaignRequest { name: slow.clone() }).await.unwrap();

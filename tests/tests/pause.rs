@@ -4,26 +4,11 @@
 use std::time::{Duration, Instant};
 
 use broadside_proto::v1::*;
-use broadside_tests::{POSTAL_ADDRESS, Sandbox, read_messages, simple_template, test_config};
+use broadside_tests::{Sandbox, read_messages, simple_template, test_config};
 use tonic::Code;
 
 async fn slow_campaign(sandbox: &mut Sandbox, list: &str) -> String {
-    let template = sandbox
-        .templates
-        .create_template(CreateTemplateRequest { template: Some(simple_template()), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    let campaign = Campaign {
-        template: template.name,
-        list: list.into(),
-        from_address: "news@example.com".into(),
-        postal_address: POSTAL_ADDRESS.into(),
-        max_messages_per_second: 4.0,
-        ..Default::default()
-    };
-    let request = CreateCampaignRequest { campaign: Some(campaign), ..Default::default() };
-    let name = sandbox.campaigns.create_campaign(request).await.unwrap().into_inner().name;
+    let name = sandbox.create_paced_campaign(list, simple_template(), 4.0).await.unwrap();
     sandbox.campaigns.start_campaign(StartCampaignRequest { name: name.clone() }).await.unwrap();
     name
 }

@@ -312,28 +312,8 @@ async fn a_suppression_during_a_campaign_stops_mail_not_yet_sent() {
         sandbox.add_subscriber(&list, &email, "S", serde_json::json!({})).await.unwrap();
         emails.push(email);
     }
-    let template = sandbox
-        .templates
-        .create_template(CreateTemplateRequest { template: Some(simple_template()), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
     // 4 messages per second: the campaign takes about 5 seconds.
-    let campaign = Campaign {
-        template: template.name,
-        list: list.clone(),
-        from_address: "news@example.com".into(),
-        postal_address: broadside_tests::POSTAL_ADDRESS.into(),
-        max_messages_per_second: 4.0,
-        ..Default::default()
-    };
-    let campaign = sandbox
-        .campaigns
-        .create_campaign(CreateCampaignRequest { campaign: Some(campaign), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .name;
+    let campaign = sandbox.create_paced_campaign(&list, simple_template(), 4.0).await.unwrap();
     sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
     // Once sending has begun, suppress someone who has not had a message yet.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
