@@ -42,6 +42,8 @@ if ! advisories=$(cargo deny check advisories 2>&1); then
   fi
 fi
 
+# A clean clone builds once: incremental caches would only cost disk.
+export CARGO_INCREMENTAL=0
 cargo build --workspace --all-targets
 cargo build --release -p broadside   # the cluster tests run the release binary
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -2,6 +2,7 @@
 //! temporary data dir, gRPC clients, and `wait_for_*` helpers. Also helpers
 //! to run the real `broadside` binary and real SMTP receivers.
 
+pub mod dkimverify;
 pub mod smtp_sink;
 
 use std::path::{Path, PathBuf};

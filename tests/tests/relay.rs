@@ -53,3 +53,88 @@ async fn a_permanent_rejection_fails_the_recipient_and_completes_the_campaign() 
     assert_eq!((stats.delivered, stats.failed), (0, 5));
     sandbox.stop().await.unwrap();
 }
+
+/// Keys from `broadside dkim keygen`, messages signed by a sender and
+/// captured at a real SMTP receiver, verified by dkimpy: both signatures
+/// (RSA-SHA256 and Ed25519-SHA256) of every message, over the headers bulk
+/// senders must sign. A message altered after signing must fail, so the
+/// verifier is known to be checking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_at_a_real_receiver_carry_dkim_signatures_that_dkimpy_verifies() {
+    use broadside_tests::dkimverify;
+
+    let dir = tempfile::tempdir().unwrap();
+    let dkim_dir = dir.path().join("dkim");
+    let keygen = std::process::Command::new(broadside_binary())
+        .args(["dkim", "keygen", "--domain", "sender.example", "--selector", "s2026", "--dir"])
+        .arg(&dkim_dir)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let records = dkimverify::parse_txt_records(&String::from_utf8_lossy(&keygen.stdout));
+    assert!(records["s2026._domainkey.sender.example"].starts_with("v=DKIM1; k=rsa; p="), "{records:?}");
+    assert!(records["s2026-ed25519._domainkey.sender.example"].starts_with("v=DKIM1; k=ed25519; p="));
+
+    let sink = SmtpSink::start(&dir.path().join("sink"), &[]).unwrap();
+    let mut config = test_config(dir.path());
+    config.smtp.url = Some(sink.url());
+    config.smtp.starttls = "none".into();
+    config.mail.dkim_dir = Some(dkim_dir);
+    let mut sandbox = Sandbox::start(config).await.unwrap();
+    let list = sandbox.create_list("dkim").await.unwrap();
+    let people = [
+        ("zoe@example.org", "Zoë Ünicode-Ñame", serde_json::json!({"city": "Zürich"})),
+        ("pat@example.net", "O'Brien, Pat \"PJ\"", serde_json::json!({"city": "a line\nwith a break"})),
+        ("long@example.com", &"Very Long Name ".repeat(12), serde_json::json!({"city": "x".repeat(2000)})),
+    ];
+    for (email, name, attributes) in &people {
+        sandbox.add_subscriber(&list, email, name, attributes.clone()).await.unwrap();
+    }
+    let template = Template {
+        subject: "Grüße, {{ subscriber.display_name }}: {{ subscriber.attributes.city[:40] }}".into(),
+        ..simple_template()
+    };
+    let campaign = sandbox.create_campaign(&list, template).await.unwrap();
+    sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
+    let done = sandbox.wait_for_completion(&campaign, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(done.stats.unwrap().delivered, 3);
+    let mut dumps = Vec::new();
+    for _ in 0..50 {
+        dumps = read_messages(&sink.dump_dir).unwrap();
+        if dumps.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dumps.len(), 3);
+    for message in &dumps {
+        let crlf = message.replace("\r\n", "\n").replace('\n', "\r\n");
+        let signatures: Vec<&str> = crlf.split("\r\n").filter(|l| l.starts_with("DKIM-Signature:")).collect();
+        assert_eq!(signatures.len(), 2, "one RSA and one Ed25519 signature:\n{crlf}");
+        let unfolded = crlf.replace("\r\n\t", " ").replace("\r\n ", " ");
+        for required in
+            ["from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post", "feedback-id"]
+        {
+            let h = unfolded
+                .split("\r\n")
+                .filter(|l| l.starts_with("DKIM-Signature:"))
+                .map(|l| l.split("h=").nth(1).unwrap_or_default().split(';').next().unwrap_or_default().to_lowercase())
+                .collect::<Vec<_>>();
+            assert!(
+                h.iter().all(|h| h.split(':').map(str::trim).any(|name| name == required)),
+                "{required} not signed: {h:?}"
+            );
+        }
+        for index in 0..2 {
+            if let Err(words) = dkimverify::verify(crlf.as_bytes(), &records, index).unwrap() {
+                panic!("signature {index} did not verify: {words}\n{crlf}");
+            }
+        }
+        let tampered = crlf.replacen("Subject:", "Subject: [edited]", 1);
+        assert!(dkimverify::verify(tampered.as_bytes(), &records, 0).unwrap().is_err(), "tampering must be caught");
+        // The envelope sender is a VERP address that names this recipient.
+        let mail_from = unfolded.split("\r\n").find(|l| l.contains("MAIL FROM") || l.starts_with("X-Mail-Args:"));
+        assert!(mail_from.is_some_and(|l| l.contains("bnc+")), "no VERP return path in:\n{crlf}");
+    }
+    sandbox.stop().await.unwrap();
+}

@@ -227,7 +227,7 @@ impl Default for SmtpConfig {
             accept_invalid_certs: false,
             username: None,
             password: None,
-            pool_size: 16,
+            pool_size: 128,
             timeout_secs: 30,
         }
     }
@@ -248,17 +248,79 @@ pub struct SenderConfig {
     pub max_age_secs: u64,
     /// First retry delay after a 4xx reply; doubles per attempt up to an hour.
     pub retry_base_secs: f64,
+    /// Mailbox providers: domains that share one MX operator share limits
+    /// and 4xx backoff. Default: Google, Microsoft, Yahoo/AOL, Apple, GMX/WEB.DE,
+    /// Orange, Comcast, Mail.ru and Yandex (see `default_destination_groups`).
+    pub destinations: Vec<DestinationGroup>,
+    /// Concurrent SMTP transactions per replica to a domain outside `destinations` (0: no limit).
+    pub destination_concurrency: usize,
+    /// Messages per second per replica to such a domain (0: no limit).
+    pub destination_per_second: f64,
+}
+
+/// One mailbox provider's domains and this replica's limits towards it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationGroup {
+    pub name: String,
+    pub domains: Vec<String>,
+    /// Concurrent SMTP transactions per replica (0: no limit).
+    #[serde(default)]
+    pub concurrency: usize,
+    /// Messages per second per replica (0: no limit).
+    #[serde(default)]
+    pub per_second: f64,
+}
+
+/// The large providers, with limits per sending IP that they accept from a
+/// warmed-up sender with a good reputation. Start lower on a new IP and raise
+/// them as the provider's postmaster tools show no throttling.
+pub fn default_destination_groups() -> Vec<DestinationGroup> {
+    let group = |name: &str, domains: &[&str], concurrency: usize, per_second: f64| DestinationGroup {
+        name: name.into(),
+        domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+        concurrency,
+        per_second,
+    };
+    vec![
+        group("google", &["gmail.com", "googlemail.com"], 50, 0.0),
+        group(
+            "microsoft",
+            &[
+                "outlook.com",
+                "hotmail.com",
+                "live.com",
+                "msn.com",
+                "hotmail.co.uk",
+                "hotmail.fr",
+                "live.co.uk",
+                "outlook.fr",
+            ],
+            30,
+            0.0,
+        ),
+        group("yahoo", &["yahoo.com", "ymail.com", "rocketmail.com", "aol.com", "yahoo.co.uk", "yahoo.fr"], 30, 0.0),
+        group("apple", &["icloud.com", "me.com", "mac.com"], 20, 0.0),
+        group("united-internet", &["gmx.de", "gmx.net", "gmx.com", "web.de"], 20, 0.0),
+        group("orange", &["orange.fr", "wanadoo.fr"], 10, 0.0),
+        group("comcast", &["comcast.net"], 10, 0.0),
+        group("mailru", &["mail.ru", "inbox.ru", "list.ru", "bk.ru"], 10, 0.0),
+        group("yandex", &["yandex.ru", "yandex.com", "ya.ru"], 10, 0.0),
+    ]
 }
 
 impl Default for SenderConfig {
     fn default() -> Self {
         Self {
             id: None,
-            concurrency: 32,
+            concurrency: 128,
             drain_timeout_secs: 30,
             lease_secs: 120,
             max_age_secs: 72 * 3600,
             retry_base_secs: 30.0,
+            destinations: default_destination_groups(),
+            destination_concurrency: 20,
+            destination_per_second: 0.0,
         }
     }
 }
@@ -278,6 +340,12 @@ pub struct MailConfig {
     /// HMAC key for unsubscribe and tracking tokens. Default: generated once
     /// and kept in `{data_dir}/token.key`.
     pub token_key: Option<Secret>,
+    /// DKIM private keys as `<dir>/<domain>/<selector>.pem` (RSA or Ed25519;
+    /// `broadside dkim keygen` writes them). Default: `{data_dir}/dkim`.
+    pub dkim_dir: Option<PathBuf>,
+    /// Domain of the VERP return path `bnc+<tag>@<domain>`; its MX must
+    /// reach the feedback role. Default: `domain`.
+    pub bounce_domain: Option<String>,
 }
 
 impl Default for MailConfig {
@@ -288,6 +356,8 @@ impl Default for MailConfig {
             confirm_from: None,
             token_key_id: "k1".into(),
             token_key: None,
+            dkim_dir: None,
+            bounce_domain: None,
         }
     }
 }
@@ -408,6 +478,16 @@ impl Config {
             }
         }
         Ok(BusUrl::Kafka(brokers.join(",")))
+    }
+
+    /// Where DKIM keys live.
+    pub fn dkim_dir(&self) -> PathBuf {
+        self.mail.dkim_dir.clone().unwrap_or_else(|| self.data_dir.join("dkim"))
+    }
+
+    /// The domain of VERP return paths.
+    pub fn bounce_domain(&self) -> &str {
+        self.mail.bounce_domain.as_deref().unwrap_or(&self.mail.domain)
     }
 
     /// The parsed `smtp.url`, defaulting to a capture folder in `data_dir`.

@@ -1,12 +1,15 @@
 //! Everything about one message: validating addresses and header values,
-//! rendering templates in a sandbox, signing tokens, building RFC 5322
-//! messages, and handing them to a transport (SMTP relay or capture folder).
+//! rendering templates in a sandbox, signing tokens and VERP return paths,
+//! building RFC 5322 messages, DKIM-signing them, and handing them to a
+//! transport (SMTP relay or capture folder).
 
 pub mod address;
+pub mod dkim;
 pub mod message;
 pub mod template;
 pub mod token;
 pub mod transport;
+pub mod verp;
 
 /// A mail-side failure, naming the field at fault where there is one.
 #[derive(Debug, thiserror::Error)]

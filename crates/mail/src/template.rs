@@ -131,10 +131,41 @@ fn render_parts(env: &Environment<'static>, key: &str, context: &Value) -> Resul
         }
         Ok(output)
     });
-    let subject = subject?.trim().to_owned();
+    // A subject is one header line: line breaks that attributes bring in
+    // become spaces (and NUL goes), so no value can start a new header.
+    let subject = one_line(&subject?);
     check_header_value("subject", &subject)?;
     let non_empty = |part: String| (!part.trim().is_empty()).then_some(part);
-    Ok(Rendered { subject, html_body: non_empty(html?), text_body: non_empty(text?) })
+    let html_body = non_empty(html?);
+    let text_body = match non_empty(text?) {
+        Some(text) => Some(text),
+        None => html_body.as_deref().map(html_to_text).transpose()?,
+    };
+    Ok(Rendered { subject, html_body, text_body })
+}
+
+/// `text` with every run of CR, LF and tab as one space, NUL removed, trimmed.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split(['\r', '\n', '\t']).map(|w| w.replace('\0', "")) {
+        let word = word.trim();
+        if !word.is_empty() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+/// The text part for a template without one: the HTML rendered as plain
+/// text (links kept as numbered references), wrapped at 78 columns.
+fn html_to_text(html: &str) -> Result<String, MailError> {
+    html2text::from_read(html.as_bytes(), 78).map_err(|e| MailError::Template {
+        field: "text_body".into(),
+        message: format!("deriving the text part from the HTML failed: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -175,6 +206,21 @@ mod tests {
     }
 
     #[test]
+    fn text_part_is_derived_from_html_when_missing() {
+        let out = TemplateEngine::validate(
+            &source("s", "<h1>Hello</h1><p>Visit <a href=\"https://example.com/x\">our shop</a></p>", ""),
+            &sample(),
+        )
+        .unwrap();
+        let text = out.text_body.unwrap();
+        assert!(
+            text.contains("Hello") && text.contains("our shop") && text.contains("https://example.com/x"),
+            "{text}"
+        );
+        assert!(!text.contains("<p>"), "{text}");
+    }
+
+    #[test]
     fn syntax_errors_name_the_field() {
         let error = TemplateEngine::validate(&source("ok", "{% if %}", ""), &sample()).unwrap_err();
         assert_eq!(error.field(), Some("html_body"));
@@ -187,8 +233,8 @@ mod tests {
         let looping = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
         let error = TemplateEngine::validate(&source("s", looping, ""), &sample()).unwrap_err();
         assert!(error.to_string().contains("fuel"), "{error}");
-        let error = TemplateEngine::validate(&source("a{{ '\\r\\nBcc: x@y' }}", "b", ""), &sample()).unwrap_err();
-        assert_eq!(error.field(), Some("subject"));
+        let out = TemplateEngine::validate(&source("a{{ '\\r\\nBcc: x@y\\0' }}", "b", ""), &sample()).unwrap();
+        assert_eq!(out.subject, "a Bcc: x@y", "line breaks from values fold into one line");
     }
 
     #[test]

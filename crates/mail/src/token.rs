@@ -48,6 +48,11 @@ impl TokenSigner {
         self
     }
 
+    /// VERP return paths signed with the same keys (newest first).
+    pub fn verp(&self) -> crate::verp::Verp {
+        crate::verp::Verp::new(self.keys.iter().map(|(_, key)| key.clone()).collect())
+    }
+
     fn mac(key: &[u8], signed: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(signed.as_bytes());

@@ -8,7 +8,9 @@ use std::time::Duration;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::message::Outgoing;
 use std::path::PathBuf;
 
 /// How to reach a relay.
@@ -99,9 +101,9 @@ impl Transport {
     }
 
     /// Sends one message and classifies the outcome.
-    pub async fn send(&self, message: &Message) -> Result<Accepted, SendError> {
+    pub async fn send(&self, message: &Outgoing) -> Result<Accepted, SendError> {
         match self {
-            Self::Capture { dir, destination } => match write_capture(dir, &message.formatted()).await {
+            Self::Capture { dir, destination } => match write_capture(dir, message).await {
                 Ok(()) => Ok(Accepted { code: 250, detail: "captured".into(), destination: destination.clone() }),
                 Err(error) => Err(SendError::Transient {
                     code: None,
@@ -109,21 +111,28 @@ impl Transport {
                     ambiguous: false,
                 }),
             },
-            Self::Smtp { transport, destination } => match transport.send(message.clone()).await {
-                Ok(response) => Ok(Accepted {
-                    code: u16::from(response.code()),
-                    detail: response.message().collect::<Vec<_>>().join(" "),
-                    destination: destination.clone(),
-                }),
-                Err(error) => Err(classify(&error)),
-            },
+            Self::Smtp { transport, destination } => {
+                match transport.send_raw(&message.envelope, &message.bytes).await {
+                    Ok(response) => Ok(Accepted {
+                        code: u16::from(response.code()),
+                        detail: response.message().collect::<Vec<_>>().join(" "),
+                        destination: destination.clone(),
+                    }),
+                    Err(error) => Err(classify(&error)),
+                }
+            }
         }
     }
 }
 
-async fn write_capture(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Stores the message as the final MTA would: with a Return-Path header
+/// naming the envelope sender (RFC 5321 §4.4).
+async fn write_capture(dir: &Path, message: &Outgoing) -> std::io::Result<()> {
     let name = uuid::Uuid::new_v4().simple().to_string();
     let partial = dir.join(format!(".{name}.partial"));
+    let return_path = message.envelope.from().map(ToString::to_string).unwrap_or_default();
+    let mut bytes = format!("Return-Path: <{return_path}>\r\n").into_bytes();
+    bytes.extend_from_slice(&message.bytes);
     tokio::fs::write(&partial, bytes).await?;
     tokio::fs::rename(&partial, dir.join(format!("{name}.eml"))).await
 }

@@ -202,3 +202,17 @@ pub fn sender_id(config: &Config) -> String {
             .unwrap_or_else(|| "sender".into())
     })
 }
+
+/// The DKIM keys of `mail.dkim_dir`, loaded once and shared by every role
+/// that sends mail. No keys is allowed (a trial run) but said loudly.
+pub fn dkim_keys(config: &Config) -> anyhow::Result<std::sync::Arc<broadside_mail::dkim::DkimKeys>> {
+    let dir = config.dkim_dir();
+    let keys = broadside_mail::dkim::DkimKeys::load(&dir)
+        .with_context(|| format!("mail.dkim_dir {}: cannot load the DKIM keys", dir.display()))?;
+    if keys.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no DKIM keys: messages go out unsigned, which Gmail, Yahoo and Microsoft reject or junk for bulk mail; run `broadside dkim keygen --domain D --selector S`");
+    } else {
+        tracing::info!(dir = %dir.display(), keys = ?keys.describe(), "DKIM keys loaded");
+    }
+    Ok(std::sync::Arc::new(keys))
+}

@@ -182,6 +182,9 @@ pub struct DemoOptions {
     pub subscribers: usize,
 }
 
+/// The demo's sending domain (its DKIM keys are generated on first run).
+const DEMO_DOMAIN: &str = "broadside.localhost";
+
 /// Runs the demo and returns whether every recipient got exactly one message.
 pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     let temp;
@@ -206,6 +209,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     }
 
     let started = Instant::now();
+    if broadside_mail::dkim::DkimKeys::load(&config.dkim_dir())?.is_empty() {
+        broadside_mail::dkim::keygen(&config.dkim_dir(), DEMO_DOMAIN, "demo")?;
+        println!("generated DKIM keys for {DEMO_DOMAIN} (RSA and Ed25519) in {}", config.dkim_dir().display());
+    }
     let node = Node::start(&config, &Role::ALL).await?;
     let key_file = crate::bootstrap::key_path(&data_dir);
     if node.admin_key_file.is_some() {
@@ -297,7 +304,7 @@ async fn drive(node: &Node, key_file: &Path, outbox: &Path, subscribers: usize) 
                 display_name: "Weekly digest".into(),
                 template: template.name.clone(),
                 list: list.name.clone(),
-                from_address: "digest@broadside.localhost".into(),
+                from_address: format!("digest@{DEMO_DOMAIN}"),
                 postal_address: DEMO_POSTAL_ADDRESS.into(),
                 from_name: "Broadside Demo".into(),
                 ..Default::default()
@@ -336,6 +343,9 @@ async fn drive(node: &Node, key_file: &Path, outbox: &Path, subscribers: usize) 
     if let Some(example) = first_message(outbox)? {
         println!("example: To: {}", header_value(&example, "to").unwrap_or_default());
         println!("         Subject: {}", decode_subject(&header_value(&example, "subject").unwrap_or_default()));
+        let signatures = example.lines().filter(|l| l.starts_with("DKIM-Signature:")).count();
+        println!("         Return-Path: {}", header_value(&example, "return-path").unwrap_or_default());
+        println!("         DKIM signatures: {signatures}");
     }
     Ok(Summary { recipients: stats.recipients as usize, failed: stats.failed })
 }

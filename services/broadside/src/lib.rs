@@ -6,6 +6,7 @@ pub mod backends;
 pub mod bootstrap;
 pub mod client;
 pub mod demo;
+pub mod dkim;
 pub mod import;
 pub mod node;
 pub mod tls;

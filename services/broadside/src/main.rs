@@ -65,6 +65,9 @@ enum Command {
     /// Encryption at rest: rotate and re-wrap keys, re-seal rows.
     #[command(subcommand)]
     Encryption(broadside::admin::EncryptionCommand),
+    /// DKIM signing keys (in `mail.dkim_dir`).
+    #[command(subcommand)]
+    Dkim(broadside::dkim::DkimCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -156,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => broadside::admin::keys(&load()?, command).await?,
         Command::Audit(command) => broadside::admin::audit(&load()?, command).await?,
         Command::Encryption(command) => broadside::admin::encryption(&load()?, command).await?,
+        Command::Dkim(command) => broadside::dkim::run(&load()?, command)?,
         Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
         Command::Lists(command) => client::lists(&client_args, command).await?,
         Command::Subscribers(command) => client::subscribers(&client_args, command).await?,

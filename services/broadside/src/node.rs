@@ -108,6 +108,11 @@ impl Node {
         let mut workers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
         let prefix = &config.bus.topic_prefix;
 
+        let dkim = if roles.contains(&Role::Subscribers) || roles.contains(&Role::Sender) {
+            backends::dkim_keys(config)?
+        } else {
+            Default::default()
+        };
         let mut http_routes = axum::Router::new();
         let mut admin_key_file = None;
         if roles.contains(&Role::Subscribers) {
@@ -123,6 +128,7 @@ impl Node {
                 domain: config.mail.domain.clone(),
                 signer: backends::token_signer(config)?,
                 transport: backends::transport(config)?,
+                dkim: dkim.clone(),
             };
             let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), settings);
             http_routes = http_routes.merge(broadside_subscribers::http_routes(api.clone()));
@@ -164,6 +170,10 @@ impl Node {
                 topic_prefix: prefix.clone(),
                 public_url: config.mail.public_url.clone(),
                 domain: config.mail.domain.clone(),
+                bounce_domain: config.bounce_domain().to_owned(),
+                destinations: config.sender.destinations.clone(),
+                destination_concurrency: config.sender.destination_concurrency,
+                destination_per_second: config.sender.destination_per_second,
             };
             let sender = Sender::new(
                 settings,
@@ -172,7 +182,8 @@ impl Node {
                 backends::transport(config)?,
                 backends::token_signer(config)?,
                 metrics.clone(),
-            );
+            )
+            .with_dkim(dkim.clone());
             workers.push(("sender", tokio::spawn(sender.run(readiness.clone(), workers_stop.clone()))));
         }
 

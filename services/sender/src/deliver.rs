@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use broadside_bus::{Delivered, Record, headers};
-use broadside_mail::message::{self, Envelope};
+use broadside_mail::message::{self, Envelope, Outgoing};
 use broadside_mail::template::TemplateSource;
 use broadside_mail::token::UnsubscribeClaims;
 use broadside_mail::transport::SendError;
@@ -57,7 +57,8 @@ impl Sender {
         let mut effects = Effects::default();
         // A destination that deferred us is left alone until its pause ends.
         let domain = crate::domains::domain_of(&job.email);
-        if let crate::domains::Gate::WaitUntil(until) = self.domains.gate(&domain) {
+        let group = self.groups.group_of(&domain).to_owned();
+        if let crate::domains::Gate::WaitUntil(until) = self.domains.gate(&group) {
             let wait_ms = until.saturating_duration_since(tokio::time::Instant::now()).as_millis() as i64;
             self.metrics.count_send("postponed_destination_paused");
             effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + wait_ms));
@@ -87,6 +88,13 @@ impl Sender {
             }
             _ => {}
         }
+        // This replica's limits towards the recipient's provider; a saturated
+        // provider sends the job back to the retry topic instead of holding a slot.
+        let Some(_entered) = self.groups.enter(&group).await else {
+            self.metrics.count_send("postponed_destination_busy");
+            effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 1_000));
+            return Ok(effects);
+        };
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
             Claim::Finished { state, message_id } => {
                 // Sent before (a redelivered job): report again, never send again.
@@ -130,9 +138,9 @@ impl Sender {
 
         match attempt.outcome {
             DeliveryOutcome::Deferred if attempt.code != 0 => {
-                self.domains.deferred(&domain, settings.retry_base);
+                self.domains.deferred(&group, settings.retry_base);
             }
-            DeliveryOutcome::Delivered | DeliveryOutcome::Failed if attempt.code != 0 => self.domains.answered(&domain),
+            DeliveryOutcome::Delivered | DeliveryOutcome::Failed if attempt.code != 0 => self.domains.answered(&group),
             _ => {}
         }
         let ledger_state = match attempt.outcome {
@@ -217,6 +225,7 @@ impl Sender {
             Ok(rendered) => rendered,
             Err(error) => return Ok(Attempt::failed(format!("render: {error}"))),
         };
+        let return_path = self.verp.return_path(&job.campaign_id, &job.subscriber_id, &settings.bounce_domain);
         let envelope = Envelope {
             tenant: &job.tenant,
             campaign_id: &job.campaign_id,
@@ -230,8 +239,11 @@ impl Sender {
             unsubscribe_url: &unsubscribe_url,
             unsubscribe_mailto: &unsubscribe_mailto,
             domain: &settings.domain,
+            return_path: &return_path,
         };
-        let message = match message::build(&envelope, &rendered) {
+        let message = match message::build(&envelope, &rendered)
+            .and_then(|message| Outgoing::signed(&message, &job.from_address, &self.dkim))
+        {
             Ok(message) => message,
             Err(error) => return Ok(Attempt::failed(format!("build: {error}"))),
         };

@@ -1,10 +1,8 @@
-//! Destination backoff: when a domain answers 4xx, stop sending to it for a
-//! while (doubling, with jitter) and let one probe through when the pause
-//! ends, so a throttling provider costs us one connection per pause instead of
-//! one per recipient, and other domains keep their pace.
-//!
-//! Groups are recipient domains here; grouping by MX provider (gmail.com with
-//! googlemail.com) comes with the sending-engine work.
+//! Destination backoff: when a destination group (a mailbox provider, see
+//! [`crate::groups`]) answers 4xx, stop sending to it for a while (doubling,
+//! with jitter) and let one probe through when the pause ends, so a
+//! throttling provider costs us one connection per pause instead of one per
+//! recipient, and other providers keep their pace.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -6,17 +6,20 @@
 
 mod deliver;
 mod domains;
+mod groups;
 mod retry;
 mod throttle;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broadside_bus::{Consumer, Delivered, DynBus, Record, Topic};
+use broadside_mail::dkim::DkimKeys;
 use broadside_mail::template::TemplateEngine;
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::Transport;
+use broadside_mail::verp::Verp;
 use broadside_store::{CampaignState, DynStore, Template};
 use broadside_telemetry::{Metrics, Readiness};
 use futures::StreamExt;
@@ -43,6 +46,13 @@ pub struct SenderSettings {
     pub public_url: String,
     /// Domain for Message-ID, List-Id and the mailto unsubscribe address.
     pub domain: String,
+    /// Domain of VERP return paths.
+    pub bounce_domain: String,
+    /// Mailbox providers and this replica's limits towards each.
+    pub destinations: Vec<broadside_config::DestinationGroup>,
+    /// Limits towards a domain outside `destinations` (0: none).
+    pub destination_concurrency: usize,
+    pub destination_per_second: f64,
 }
 
 /// Everything a sender replica shares between its in-flight jobs.
@@ -53,15 +63,29 @@ pub struct Sender {
     bus: DynBus,
     transport: Transport,
     signer: TokenSigner,
+    verp: Verp,
+    dkim: Arc<DkimKeys>,
     metrics: Metrics,
     engine: Arc<TemplateEngine>,
     templates: Arc<Mutex<TemplateCache>>,
     throttle: Arc<throttle::Throttle>,
     domains: Arc<domains::DomainBackoff>,
+    groups: Arc<groups::Groups>,
     in_flight: InFlightSet,
+    /// SMTP slots shared by every batch in flight (`concurrency` of them).
+    slots: Arc<tokio::sync::Semaphore>,
     /// Campaign states seen recently, so a pause or cancel is noticed within
     /// a second without a store read per message.
     campaign_states: Arc<Mutex<HashMap<String, (CampaignState, std::time::Instant)>>>,
+}
+
+/// Batches in flight at once per consumer.
+const PIPELINE_DEPTH: usize = 4;
+
+/// A polled batch and the task working on it.
+struct Running {
+    batch: Vec<Delivered>,
+    handle: tokio::task::JoinHandle<anyhow::Result<Effects>>,
 }
 
 /// What handling one job produced: events to publish before committing.
@@ -80,20 +104,36 @@ impl Sender {
         signer: TokenSigner,
         metrics: Metrics,
     ) -> Self {
+        let groups = Arc::new(groups::Groups::new(
+            &settings.destinations,
+            settings.destination_concurrency,
+            settings.destination_per_second,
+        ));
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
         Self {
             settings: Arc::new(settings),
             store,
             bus,
             transport,
+            verp: signer.verp(),
             signer,
+            dkim: Arc::default(),
             metrics,
             engine: Arc::new(TemplateEngine::new()),
             templates: Arc::default(),
             throttle: Arc::default(),
             domains: Arc::default(),
+            groups,
             in_flight: Arc::default(),
+            slots,
             campaign_states: Arc::default(),
         }
+    }
+
+    /// Signs every message with these keys (by From domain).
+    pub fn with_dkim(mut self, keys: Arc<DkimKeys>) -> Self {
+        self.dkim = keys;
+        self
     }
 
     fn topic(&self, topic: Topic) -> String {
@@ -118,27 +158,46 @@ impl Sender {
         Ok(())
     }
 
+    /// Polls batches and runs several at once (up to [`PIPELINE_DEPTH`]),
+    /// sharing `concurrency` SMTP slots; batches are settled (effects
+    /// published, offsets committed) strictly in poll order. A slow recipient
+    /// thus delays only the commit of its batch, never the sending of the
+    /// next ones, and no offset is committed past unfinished work.
     async fn consume(
         self,
         mut consumer: Box<dyn Consumer>,
         retries: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let batch_size = if retries { self.settings.concurrency } else { self.settings.concurrency * 4 };
+        let batch_size = if retries { self.settings.concurrency } else { self.settings.concurrency * 2 };
+        let mut running: VecDeque<Running> = VecDeque::new();
         while !shutdown.is_cancelled() {
+            // Settle what finished at the front; on failure rewind and start over.
+            while running.front().is_some_and(|r| r.handle.is_finished()) {
+                let front = running.pop_front().expect("front exists");
+                let result = front.handle.await;
+                if !self.settle(consumer.as_mut(), front.batch, result).await {
+                    self.abandon(consumer.as_mut(), &mut running).await;
+                }
+            }
+            if running.len() >= PIPELINE_DEPTH {
+                let front = running.pop_front().expect("pipeline is full");
+                let result = front.handle.await;
+                if !self.settle(consumer.as_mut(), front.batch, result).await {
+                    self.abandon(consumer.as_mut(), &mut running).await;
+                }
+                continue;
+            }
+            // Short polls while batches run, so finished ones are settled promptly.
+            let wait = if running.is_empty() { Duration::from_millis(500) } else { Duration::from_millis(20) };
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                polled = consumer.poll(batch_size, Duration::from_millis(500)) => polled,
+                polled = consumer.poll(batch_size, wait) => polled,
             };
+            self.record_share(consumer.as_ref(), retries);
             let batch = match polled {
-                Ok(batch) if batch.is_empty() => {
-                    self.record_share(consumer.as_ref(), retries);
-                    continue;
-                }
-                Ok(batch) => {
-                    self.record_share(consumer.as_ref(), retries);
-                    batch
-                }
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(%error, "polling send jobs failed, retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -149,9 +208,43 @@ impl Sender {
                 // Stopping before these retries were due: leave them uncommitted for the next run.
                 break;
             }
-            self.process_batch(consumer.as_mut(), batch, &shutdown).await?;
+            let handle = tokio::spawn(self.clone().run_batch(batch.clone()));
+            running.push_back(Running { batch, handle });
         }
+        self.drain(consumer.as_mut(), running).await;
         Ok(())
+    }
+
+    /// On shutdown: the running batches get `drain_timeout` in all to finish
+    /// and are settled in order; what does not finish stays uncommitted and is
+    /// redelivered (the send ledger answers for what was already sent).
+    async fn drain(&self, consumer: &mut dyn Consumer, mut running: VecDeque<Running>) {
+        if running.is_empty() {
+            return;
+        }
+        let in_flight: usize = running.iter().map(|r| r.batch.len()).sum();
+        let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+        tracing::info!(in_flight, timeout_secs = self.settings.drain_timeout.as_secs(), "draining in-flight sends");
+        while let Some(mut front) = running.pop_front() {
+            let Ok(result) = tokio::time::timeout_at(deadline, &mut front.handle).await else {
+                let pending: usize = front.batch.len() + running.iter().map(|r| r.batch.len()).sum::<usize>();
+                tracing::warn!(
+                    pending,
+                    "drain timeout: leaving unfinished batches uncommitted, they will be redelivered"
+                );
+                front.handle.abort();
+                for rest in running {
+                    rest.handle.abort();
+                }
+                return;
+            };
+            if !self.settle(consumer, front.batch, result).await {
+                for rest in running {
+                    rest.handle.abort();
+                }
+                return;
+            }
+        }
     }
 
     /// The send-jobs partitions this replica owns set its share of campaign limits.
@@ -162,59 +255,52 @@ impl Sender {
         }
     }
 
-    /// Handles a batch with bounded concurrency, publishes its effects, then
-    /// commits. On shutdown the batch gets `drain_timeout` to finish; if it
-    /// does not, nothing is committed and the jobs are redelivered later.
-    async fn process_batch(
+    /// Handles every job of a batch, each holding one of the replica's
+    /// `concurrency` slots while it works.
+    async fn run_batch(self, batch: Vec<Delivered>) -> anyhow::Result<Effects> {
+        let jobs = batch.into_iter().map(|delivered| {
+            let sender = self.clone();
+            async move {
+                let _slot = sender.slots.acquire().await.expect("slots are never closed");
+                sender.handle(&delivered).await
+            }
+        });
+        let results: Vec<_> = futures::stream::iter(jobs).buffer_unordered(self.settings.concurrency).collect().await;
+        let mut effects = Effects::default();
+        for result in results {
+            let job_effects = result?;
+            effects.delivery_events.extend(job_effects.delivery_events);
+            effects.retries.extend(job_effects.retries);
+        }
+        Ok(effects)
+    }
+
+    /// Publishes a finished batch's effects, then commits its offsets.
+    /// False when the batch must be redone (store or bus outage).
+    async fn settle(
         &self,
         consumer: &mut dyn Consumer,
         batch: Vec<Delivered>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let jobs: Vec<_> = batch
-            .iter()
-            .cloned()
-            .map(|delivered| {
-                let sender = self.clone();
-                async move { sender.handle(&delivered).await }
-            })
-            .collect();
-        let work = futures::stream::iter(jobs).buffer_unordered(self.settings.concurrency).collect::<Vec<_>>();
-        let drain_timeout = self.settings.drain_timeout;
-        tokio::pin!(work);
-        let results = tokio::select! {
-            results = &mut work => results,
-            _ = shutdown.cancelled() => {
-                tracing::info!(in_flight = batch.len(), timeout_secs = drain_timeout.as_secs(), "draining in-flight sends");
-                match tokio::time::timeout(drain_timeout, &mut work).await {
-                    Ok(results) => results,
-                    Err(_) => {
-                        tracing::warn!(pending = batch.len(), "drain timeout: leaving the batch uncommitted, it will be redelivered");
-                        return Ok(());
-                    }
-                }
+        result: Result<anyhow::Result<Effects>, tokio::task::JoinError>,
+    ) -> bool {
+        let effects = match result {
+            Ok(Ok(effects)) => effects,
+            Ok(Err(error)) => {
+                // A store or bus outage: redo from the committed offsets; the ledger keeps it idempotent.
+                tracing::warn!(error = format!("{error:#}"), "send batch failed, it will be retried");
+                return false;
+            }
+            Err(error) => {
+                tracing::error!(%error, "send batch task failed, it will be retried");
+                return false;
             }
         };
-        let mut effects = Effects::default();
-        for result in results {
-            match result {
-                Ok(job_effects) => {
-                    effects.delivery_events.extend(job_effects.delivery_events);
-                    effects.retries.extend(job_effects.retries);
-                }
-                Err(error) => {
-                    // A store or bus outage: retry the whole batch; the ledger keeps it idempotent.
-                    tracing::warn!(error = format!("{error:#}"), "send batch failed, it will be retried");
-                    return self.retry_later(consumer).await;
-                }
-            }
-        }
         if let Err(error) = self.publish_effects(effects).await {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "publishing delivery events failed, the batch will be retried"
             );
-            return self.retry_later(consumer).await;
+            return false;
         }
         if let Err(error) = consumer.commit(&batch).await {
             // The work is done and recorded; a later commit covers these offsets,
@@ -224,7 +310,18 @@ impl Sender {
         if let Some(first) = batch.first() {
             self.metrics.count_consumed(&first.topic, batch.len() as u64);
         }
-        Ok(())
+        true
+    }
+
+    /// After a failed batch: lets the later ones finish (their sends are in
+    /// the ledger), drops their results, and rewinds to the committed offsets.
+    async fn abandon(&self, consumer: &mut dyn Consumer, running: &mut VecDeque<Running>) {
+        for rest in running.drain(..) {
+            let _ = rest.handle.await;
+        }
+        if let Err(error) = self.retry_later(consumer).await {
+            tracing::warn!(%error, "rewinding failed");
+        }
     }
 
     /// Rewinds to the committed offsets after a pause, so the batch is redone.

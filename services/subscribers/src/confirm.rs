@@ -74,6 +74,9 @@ impl SubscriberApi {
             )))
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|error| ServiceError::Internal(format!("building the confirmation message: {error}")))?;
+        let message =
+            broadside_mail::message::Outgoing::signed(&message, &self.settings.confirm_from, &self.settings.dkim)
+                .map_err(|error| ServiceError::Internal(format!("signing the confirmation message: {error}")))?;
         match self.settings.transport.send(&message).await {
             Ok(_) => {
                 tracing::info!(tenant = %subscriber.tenant, subscriber = %subscriber.id, list = %list_id, "confirmation sent");

@@ -43,6 +43,8 @@ pub struct SubscriberSettings {
     pub domain: String,
     pub signer: TokenSigner,
     pub transport: Transport,
+    /// Confirmations are signed like campaigns.
+    pub dkim: std::sync::Arc<broadside_mail::dkim::DkimKeys>,
 }
 
 /// The subscriber API, independent of gRPC so it can be called directly.

@@ -1,5 +1,6 @@
-//! The embedded store: one SQLite file in WAL mode. Calls run on the blocking
-//! pool so the async runtime never waits on disk.
+//! The embedded store: one SQLite file in WAL mode. Calls run on a writer
+//! thread so the async runtime never waits on disk, and calls that arrive
+//! together share one transaction (group commit; see [`writer`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ mod campaigns;
 mod encrypt;
 mod keys;
 mod subscribers;
+mod writer;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
 enum Migration {
@@ -181,6 +183,7 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
     path: PathBuf,
     crypto: Arc<Crypto>,
 }
@@ -197,7 +200,9 @@ impl SqliteStore {
             open_connection(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
         let crypto = Arc::new(Crypto::new(master));
         migrate(&mut conn, &crypto)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_owned(), crypto })
+        let conn = Arc::new(Mutex::new(conn));
+        let writer = writer::Writer::start(conn.clone());
+        Ok(Self { conn, writer, path: path.to_owned(), crypto })
     }
 
     /// Opens a sealed value found anywhere in the file, whichever tenant's
@@ -227,22 +232,15 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` on the connection inside one transaction, off the async runtime.
+    /// Runs `f` in its own savepoint of a transaction it may share with
+    /// other calls, off the async runtime. Returns once the transaction is
+    /// committed; if `f` fails, only its own changes are rolled back.
     async fn tx<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        self.writer.run(f).await
     }
 }
 
