@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Broadside's whole test suite. Installs what the tests need when it is
-# missing (Postfix for smtp-sink and the relay tests, tansu as the Kafka
-# broker, cargo-nextest, cargo-deny), checks the dependencies' licenses and
+# missing (Postfix for smtp-sink and the relay tests, python3-dkim as the
+# independent DKIM verifier, tansu as the Kafka broker, cargo-nextest,
+# cargo-deny), checks the dependencies' licenses and
 # sources (and advisories when online), builds the binaries the black-box and
 # cluster tests run, then runs every test in the workspace.
 set -euo pipefail
@@ -14,6 +15,12 @@ if [ ! -x /usr/sbin/smtp-sink ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+# dkimpy (Debian's python3-dkim, with PyNaCl for Ed25519) verifies our DKIM signatures.
+if ! /usr/bin/python3 -c "import dkim, nacl" 2>/dev/null; then
+  echo "tests/run.sh: installing python3-dkim and python3-nacl (the independent DKIM verifier)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dkim python3-nacl >/dev/null
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null; then

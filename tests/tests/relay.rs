@@ -138,3 +138,41 @@ async fn messages_at_a_real_receiver_carry_dkim_signatures_that_dkimpy_verifies(
     }
     sandbox.stop().await.unwrap();
 }
+
+/// Three relays, one of them down: every message goes through the two that
+/// answer (failover on connection refused), by weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_share_by_weight_and_fail_over_when_one_is_down() {
+    use broadside_config::RelayEntry;
+
+    let dir = tempfile::tempdir().unwrap();
+    let heavy = SmtpSink::start(&dir.path().join("heavy"), &[]).unwrap();
+    let light = SmtpSink::start(&dir.path().join("light"), &[]).unwrap();
+    let closed = broadside_tests::smtp_sink::free_port().unwrap(); // nothing listens there
+    let list = bulk_load(dir.path(), 60).await.unwrap();
+    let mut config = test_config(dir.path());
+    config.smtp.relays = vec![
+        RelayEntry { url: format!("smtp://127.0.0.1:{closed}"), weight: 1 },
+        RelayEntry { url: heavy.url(), weight: 3 },
+        RelayEntry { url: light.url(), weight: 1 },
+    ];
+    config.smtp.starttls = "none".into();
+    let mut sandbox = Sandbox::start(config).await.unwrap();
+    let campaign = sandbox.create_campaign(&list, simple_template()).await.unwrap();
+    sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
+    let done = sandbox.wait_for_completion(&campaign, Duration::from_secs(60)).await.unwrap();
+    let stats = done.stats.unwrap();
+    assert_eq!((stats.delivered, stats.failed), (60, 0), "the dead relay costs nothing: {stats:?}");
+    let mut counts = (0, 0);
+    for _ in 0..50 {
+        counts = (read_messages(&heavy.dump_dir).unwrap().len(), read_messages(&light.dump_dir).unwrap().len());
+        if counts.0 + counts.1 >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counts.0 + counts.1, 60);
+    assert!(counts.0 > counts.1 * 2, "weight 3 takes most of the mail: {counts:?}");
+    assert!(counts.1 >= 6, "weight 1 still takes its share: {counts:?}");
+    sandbox.stop().await.unwrap();
+}

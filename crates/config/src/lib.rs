@@ -16,11 +16,11 @@ pub enum ConfigError {
     #[error("{0}")]
     Parse(String),
     #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
 }
 
 /// The whole configuration of one `broadside` process.
@@ -207,6 +207,11 @@ pub struct SmtpConfig {
     /// `smtp://host:port` (STARTTLS when offered) or `smtps://host:port` (implicit TLS).
     /// Default: `capture://{data_dir}/outbox`.
     pub url: Option<String>,
+    /// Several relays instead of `url`: each takes a share of the messages
+    /// by `weight`; one that refuses connections is skipped until a health
+    /// check (every 10 s) finds it answering. TLS and AUTH settings below
+    /// apply to all.
+    pub relays: Vec<RelayEntry>,
     /// `opportunistic` (STARTTLS if offered), `required` or `none`.
     pub starttls: String,
     /// Accept invalid certificates (test relays only).
@@ -219,10 +224,25 @@ pub struct SmtpConfig {
     pub timeout_secs: u64,
 }
 
+/// One relay of `smtp.relays`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RelayEntry {
+    /// `smtp://host:port` or `smtps://host:port`.
+    pub url: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
             url: None,
+            relays: Vec::new(),
             starttls: "opportunistic".into(),
             accept_invalid_certs: false,
             username: None,
@@ -399,6 +419,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store_url()?;
         self.smtp_url()?;
+        self.smtp_relays()?;
         if self.bus_url()? == BusUrl::Embedded && !matches!(self.store_url()?, StoreUrl::Sqlite(_)) {
             return Err(invalid("bus.url", "embedded:// needs a sqlite:// store"));
         }
@@ -495,28 +516,58 @@ impl Config {
         let Some(raw) = &self.smtp.url else {
             return Ok(SmtpUrl::Capture(self.data_dir.join("outbox")));
         };
-        if let Some(dir) = raw.strip_prefix("capture://") {
-            if dir.is_empty() {
-                return Err(invalid("smtp.url", "capture:// needs a folder, e.g. capture://outbox"));
-            }
-            return Ok(SmtpUrl::Capture(PathBuf::from(dir)));
+        parse_smtp_url("smtp.url", raw)
+    }
+
+    /// `smtp.relays` parsed, with weights; empty when `smtp.url` is used.
+    pub fn smtp_relays(&self) -> Result<Vec<(SmtpUrl, u32)>, ConfigError> {
+        if !self.smtp.relays.is_empty() && self.smtp.url.is_some() {
+            return Err(invalid("smtp.relays", "set either smtp.url or smtp.relays, not both"));
         }
-        let url = url::Url::parse(raw).map_err(|error| invalid("smtp.url", format!("{raw:?}: {error}")))?;
-        let implicit_tls = match url.scheme() {
-            "smtp" => false,
-            "smtps" => true,
-            other => {
-                return Err(invalid("smtp.url", format!("unsupported scheme {other:?} (use smtp, smtps or capture)")));
-            }
-        };
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("smtp.url", "missing host"))?;
-        let port = url.port().unwrap_or(if implicit_tls { 465 } else { 25 });
-        Ok(SmtpUrl::Smtp { host: host.trim_matches(['[', ']']).to_owned(), port, implicit_tls })
+        self.smtp
+            .relays
+            .iter()
+            .enumerate()
+            .map(|(index, relay)| {
+                let field = format!("smtp.relays[{index}].url");
+                match parse_smtp_url(&field, &relay.url)? {
+                    SmtpUrl::Capture(_) => Err(invalid(&field, "relays must be smtp:// or smtps://")),
+                    url if relay.weight == 0 => {
+                        let _ = url;
+                        Err(invalid(&format!("smtp.relays[{index}].weight"), "must be at least 1"))
+                    }
+                    url => Ok((url, relay.weight)),
+                }
+            })
+            .collect()
     }
 
     /// The effective configuration as TOML, with secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot print config: {error}"))
+    }
+}
+
+/// Parses one `capture://DIR`, `smtp://host:port` or `smtps://host:port`.
+fn parse_smtp_url(field: &str, raw: &str) -> Result<SmtpUrl, ConfigError> {
+    {
+        if let Some(dir) = raw.strip_prefix("capture://") {
+            if dir.is_empty() {
+                return Err(invalid(field, "capture:// needs a folder, e.g. capture://outbox"));
+            }
+            return Ok(SmtpUrl::Capture(PathBuf::from(dir)));
+        }
+        let url = url::Url::parse(raw).map_err(|error| invalid(field, format!("{raw:?}: {error}")))?;
+        let implicit_tls = match url.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            other => {
+                return Err(invalid(field, format!("unsupported scheme {other:?} (use smtp, smtps or capture)")));
+            }
+        };
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid(field, "missing host"))?;
+        let port = url.port().unwrap_or(if implicit_tls { 465 } else { 25 });
+        Ok(SmtpUrl::Smtp { host: host.trim_matches(['[', ']']).to_owned(), port, implicit_tls })
     }
 }
 

@@ -1,9 +1,12 @@
-//! Hands messages to an SMTP relay (pooled connections, STARTTLS or TLS,
-//! AUTH) or to a capture folder. Outcomes are classified by type, never by
-//! matching strings.
+//! Hands messages to SMTP relays (pooled connections, STARTTLS or TLS with
+//! certificate checks, AUTH; several relays with weights and failover) or to
+//! a capture folder. Outcomes are classified by type, never by matching
+//! strings.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
@@ -26,6 +29,88 @@ pub struct RelayOptions {
     pub credentials: Option<(String, String)>,
     pub pool_size: u32,
     pub timeout: Duration,
+    /// Share of messages relative to the other relays.
+    pub weight: u32,
+}
+
+/// How long a relay that refused connections is skipped before a health
+/// check may bring it back.
+const DOWN_FOR: Duration = Duration::from_secs(30);
+
+/// One relay of a set.
+struct Relay {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    destination: String,
+    weight: u32,
+    /// Skipped until then (connection failures); `None` when healthy.
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Relay {
+    fn is_down(&self) -> bool {
+        self.down_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|until| Instant::now() < until)
+    }
+
+    fn marked(&self) -> bool {
+        self.down_until.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn mark_down(&self, error: &str) {
+        let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        if down.is_none() {
+            tracing::warn!(relay = %self.destination, %error, "relay unreachable: failing over to the others");
+        }
+        *down = Some(Instant::now() + DOWN_FOR);
+    }
+
+    fn mark_up(&self) {
+        if self.down_until.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            tracing::info!(relay = %self.destination, "relay reachable again");
+        }
+    }
+}
+
+/// Relays in weighted rotation, reachable ones first.
+pub struct RelaySet {
+    relays: Vec<Relay>,
+    /// Position in the weighted rotation.
+    next: AtomicU64,
+}
+
+impl RelaySet {
+    /// The order to try the relays in for one message: a weighted rotation
+    /// over the reachable relays, then the ones marked down (last resort).
+    fn order(&self) -> Vec<&Relay> {
+        let total: u64 = self.relays.iter().map(|r| u64::from(r.weight.max(1))).sum();
+        let mut ticket = self.next.fetch_add(1, Ordering::Relaxed) % total.max(1);
+        let mut first = 0;
+        for (index, relay) in self.relays.iter().enumerate() {
+            let weight = u64::from(relay.weight.max(1));
+            if ticket < weight {
+                first = index;
+                break;
+            }
+            ticket -= weight;
+        }
+        let rotated = self.relays[first..].iter().chain(&self.relays[..first]);
+        let (up, down): (Vec<&Relay>, Vec<&Relay>) = rotated.partition(|r| !r.is_down());
+        up.into_iter().chain(down).collect()
+    }
+
+    /// Probes every relay marked down and brings back those that answer.
+    async fn check(&self) {
+        for relay in self.relays.iter().filter(|r| r.marked()) {
+            match relay.transport.test_connection().await {
+                Ok(true) => relay.mark_up(),
+                Ok(false) => {}
+                Err(error) => relay.mark_down(&error.to_string()),
+            }
+        }
+    }
+
+    fn destinations(&self) -> String {
+        self.relays.iter().map(|r| r.destination.as_str()).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// The accepted reply.
@@ -53,7 +138,7 @@ pub enum SendError {
 /// A configured transport.
 #[derive(Clone)]
 pub enum Transport {
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, destination: String },
+    Smtp { relays: Arc<RelaySet>, destination: String },
     Capture { dir: PathBuf, destination: String },
 }
 
@@ -66,32 +151,41 @@ impl Transport {
         Ok(Self::Capture { dir: dir.to_owned(), destination: dir.display().to_string() })
     }
 
-    /// A pooled connection to a relay.
+    /// Pooled connections to one relay.
     pub fn relay(options: &RelayOptions) -> Result<Self, String> {
-        let tls_parameters = || {
-            TlsParameters::builder(options.host.clone())
-                .dangerous_accept_invalid_certs(options.accept_invalid_certs)
-                .build_rustls()
-                .map_err(|e| format!("TLS setup for {}: {e}", options.host))
-        };
-        let tls = if options.implicit_tls {
-            Tls::Wrapper(tls_parameters()?)
-        } else {
-            match options.starttls.as_str() {
-                "required" => Tls::Required(tls_parameters()?),
-                "none" => Tls::None,
-                _ => Tls::Opportunistic(tls_parameters()?),
-            }
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(options.host.clone())
-            .port(options.port)
-            .tls(tls)
-            .timeout(Some(options.timeout))
-            .pool_config(PoolConfig::new().max_size(options.pool_size.max(1)));
-        if let Some((user, password)) = &options.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        Self::relays(std::slice::from_ref(options))
+    }
+
+    /// Pooled connections to several relays, used by weight; a relay that
+    /// refuses connections is skipped (failover) until a health check,
+    /// every 10 s, finds it answering again. Needs a Tokio runtime.
+    pub fn relays(options: &[RelayOptions]) -> Result<Self, String> {
+        if options.is_empty() {
+            return Err("no relay configured".into());
         }
-        Ok(Self::Smtp { transport: builder.build(), destination: format!("{}:{}", options.host, options.port) })
+        let relays = options
+            .iter()
+            .map(|options| {
+                Ok(Relay {
+                    transport: build_relay(options)?,
+                    destination: format!("{}:{}", options.host, options.port),
+                    weight: options.weight,
+                    down_until: Mutex::new(None),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let set = Arc::new(RelaySet { relays, next: AtomicU64::new(0) });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&set);
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let Some(set) = weak.upgrade() else { return };
+                    set.check().await;
+                }
+            });
+        }
+        Ok(Self::Smtp { destination: set.destinations(), relays: set })
     }
 
     pub fn destination(&self) -> &str {
@@ -111,18 +205,67 @@ impl Transport {
                     ambiguous: false,
                 }),
             },
-            Self::Smtp { transport, destination } => {
-                match transport.send_raw(&message.envelope, &message.bytes).await {
-                    Ok(response) => Ok(Accepted {
-                        code: u16::from(response.code()),
-                        detail: response.message().collect::<Vec<_>>().join(" "),
-                        destination: destination.clone(),
-                    }),
-                    Err(error) => Err(classify(&error)),
+            Self::Smtp { relays, .. } => {
+                let mut last = None;
+                for relay in relays.order() {
+                    match relay.transport.send_raw(&message.envelope, &message.bytes).await {
+                        Ok(response) => {
+                            relay.mark_up();
+                            return Ok(Accepted {
+                                code: u16::from(response.code()),
+                                detail: response.message().collect::<Vec<_>>().join(" "),
+                                destination: relay.destination.clone(),
+                            });
+                        }
+                        Err(error) => {
+                            let classified = classify(&error);
+                            // No reply at all and not a timeout: the relay is unreachable and
+                            // holds nothing of this message, so the next relay may take it.
+                            let unreachable =
+                                matches!(classified, SendError::Transient { code: None, ambiguous: false, .. });
+                            if !unreachable {
+                                return Err(classified);
+                            }
+                            relay.mark_down(&error.to_string());
+                            last = Some(classified);
+                        }
+                    }
                 }
+                Err(last.unwrap_or(SendError::Transient {
+                    code: None,
+                    detail: "no relay configured".into(),
+                    ambiguous: false,
+                }))
             }
         }
     }
+}
+
+fn build_relay(options: &RelayOptions) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let tls_parameters = || {
+        TlsParameters::builder(options.host.clone())
+            .dangerous_accept_invalid_certs(options.accept_invalid_certs)
+            .build_rustls()
+            .map_err(|e| format!("TLS setup for {}: {e}", options.host))
+    };
+    let tls = if options.implicit_tls {
+        Tls::Wrapper(tls_parameters()?)
+    } else {
+        match options.starttls.as_str() {
+            "required" => Tls::Required(tls_parameters()?),
+            "none" => Tls::None,
+            _ => Tls::Opportunistic(tls_parameters()?),
+        }
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(options.host.clone())
+        .port(options.port)
+        .tls(tls)
+        .timeout(Some(options.timeout))
+        .pool_config(PoolConfig::new().max_size(options.pool_size.max(1)));
+    if let Some((user, password)) = &options.credentials {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(builder.build())
 }
 
 /// Stores the message as the final MTA would: with a Return-Path header

@@ -140,22 +140,36 @@ pub async fn ensure_kafka_topics(config: &Config, give_up_after: Duration) -> an
     }
 }
 
-/// The transport named by `smtp.url`.
+/// The transport named by `smtp.url` or `smtp.relays`.
 pub fn transport(config: &Config) -> anyhow::Result<Transport> {
+    let options = |host: String, port: u16, implicit_tls: bool, weight: u32| RelayOptions {
+        host,
+        port,
+        implicit_tls,
+        starttls: config.smtp.starttls.clone(),
+        accept_invalid_certs: config.smtp.accept_invalid_certs,
+        credentials: config.smtp.username.clone().zip(config.smtp.password.as_ref().map(|p| p.expose().to_owned())),
+        pool_size: config.smtp.pool_size,
+        timeout: Duration::from_secs(config.smtp.timeout_secs),
+        weight,
+    };
+    let relays = config.smtp_relays()?;
+    if !relays.is_empty() {
+        let relays: Vec<RelayOptions> = relays
+            .into_iter()
+            .filter_map(|(url, weight)| match url {
+                SmtpUrl::Smtp { host, port, implicit_tls } => Some(options(host, port, implicit_tls, weight)),
+                SmtpUrl::Capture(_) => None,
+            })
+            .collect();
+        return Transport::relays(&relays).map_err(|e| anyhow::anyhow!("smtp.relays: {e}"));
+    }
     Ok(match config.smtp_url()? {
         SmtpUrl::Capture(dir) => Transport::capture(&dir)
             .with_context(|| format!("smtp.url: cannot create capture folder {}", dir.display()))?,
-        SmtpUrl::Smtp { host, port, implicit_tls } => Transport::relay(&RelayOptions {
-            host,
-            port,
-            implicit_tls,
-            starttls: config.smtp.starttls.clone(),
-            accept_invalid_certs: config.smtp.accept_invalid_certs,
-            credentials: config.smtp.username.clone().zip(config.smtp.password.as_ref().map(|p| p.expose().to_owned())),
-            pool_size: config.smtp.pool_size,
-            timeout: Duration::from_secs(config.smtp.timeout_secs),
-        })
-        .map_err(|e| anyhow::anyhow!("smtp.url: {e}"))?,
+        SmtpUrl::Smtp { host, port, implicit_tls } => {
+            Transport::relay(&options(host, port, implicit_tls, 1)).map_err(|e| anyhow::anyhow!("smtp.url: {e}"))?
+        }
     })
 }
 
