@@ -64,3 +64,67 @@ async fn pause_holds_sending_resume_finishes_and_cancel_stops() {
     let resume = sandbox.campaigns.resume_campaign(ResumeCampaignRequest { name: cancelled }).await.unwrap_err();
     assert_eq!(resume.code(), Code::FailedPrecondition);
 }
+
+/// A campaign created with these schedule fields; returns its name.
+async fn scheduled(
+    sandbox: &mut Sandbox,
+    list: &str,
+    send_at_secs: i64,
+    window: &str,
+) -> Result<String, tonic::Status> {
+    let template = sandbox
+        .templates
+        .create_template(CreateTemplateRequest { template: Some(simple_template()), request_id: String::new() })
+        .await?
+        .into_inner();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let campaign = Campaign {
+        display_name: "scheduled".into(),
+        template: template.name,
+        list: list.into(),
+        from_address: "news@sender.example".into(),
+        postal_address: broadside_tests::POSTAL_ADDRESS.into(),
+        send_at: (send_at_secs > 0).then(|| prost_types::Timestamp { seconds: now + send_at_secs, nanos: 0 }),
+        send_window: window.into(),
+        ..Default::default()
+    };
+    let created = sandbox
+        .campaigns
+        .create_campaign(CreateCampaignRequest { campaign: Some(campaign), request_id: String::new() })
+        .await?
+        .into_inner();
+    sandbox.campaigns.start_campaign(StartCampaignRequest { name: created.name.clone() }).await?;
+    Ok(created.name)
+}
+
+/// A scheduled campaign sends nothing before its time and everything after;
+/// one whose send window is closed sends nothing; a malformed window is
+/// refused, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_campaigns_and_send_windows_hold_mail_until_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
+    let list = sandbox.create_list("scheduled").await.unwrap();
+    for i in 0..5 {
+        sandbox.add_subscriber(&list, &format!("s{i}@example.org"), "S", serde_json::json!({})).await.unwrap();
+    }
+    let later = scheduled(&mut sandbox, &list, 3, "").await.unwrap();
+    // A window that closed an hour ago and opens in two hours (UTC).
+    let hour = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 3600) % 24;
+    let closed = format!("{:02}:00-{:02}:00 UTC", (hour + 2) % 24, (hour + 23) % 24);
+    let windowed = scheduled(&mut sandbox, &list, 0, &closed).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sent(&sandbox, &later), 0, "nothing before send_at");
+    let done = sandbox.wait_for_completion(&later, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.stats.unwrap().delivered, 5);
+    assert_eq!(sent(&sandbox, &later), 5);
+    assert_eq!(sent(&sandbox, &windowed), 0, "the closed window holds its campaign's mail");
+    let held = sandbox.get_campaign(&windowed).await.unwrap();
+    assert_eq!(held.stats.unwrap().delivered, 0);
+    assert_eq!(held.send_window, closed);
+
+    let error = scheduled(&mut sandbox, &list, 0, "9-17 Paris").await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("campaign.send_window"), "{}", error.message());
+    sandbox.stop().await.unwrap();
+}

@@ -7,6 +7,7 @@
 
 pub mod crypto;
 mod model;
+pub mod schedule;
 mod sqlite;
 #[doc(hidden)]
 pub mod suite;

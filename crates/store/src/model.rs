@@ -435,6 +435,11 @@ pub struct Campaign {
     pub stream: String,
     /// The sender's postal address (CAN-SPAM).
     pub postal_address: String,
+    /// Fan-out waits until then (Unix ms); 0 sends as soon as started.
+    pub send_at: i64,
+    /// `HH:MM-HH:MM ZONE` outside which senders hold the campaign's mail
+    /// (see [`crate::schedule::SendWindow`]); empty for any time.
+    pub send_window: String,
     pub state: CampaignState,
     pub stats: CampaignStats,
     /// Last subscriber id fanned out; empty before fan-out starts.

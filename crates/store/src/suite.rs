@@ -45,6 +45,8 @@ fn campaign(tenant: &str, list_id: &str) -> Campaign {
         max_messages_per_second: 0.0,
         stream: "marketing".into(),
         postal_address: "1 Main St, Springfield".into(),
+        send_at: 0,
+        send_window: "09:00-17:00 Europe/Paris".into(),
         state: CampaignState::Draft,
         stats: CampaignStats::default(),
         fanout_cursor: String::new(),

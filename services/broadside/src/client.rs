@@ -191,6 +191,12 @@ pub enum CampaignsCommand {
         /// Transactional stream: exempt from the unsubscribe and address rules, if the tenant allows it.
         #[arg(long)]
         transactional: bool,
+        /// Schedule: `start` arms the campaign and sending begins at this RFC 3339 time.
+        #[arg(long)]
+        send_at: Option<String>,
+        /// Daily window `HH:MM-HH:MM ZONE`, e.g. "09:00-17:00 Europe/Paris".
+        #[arg(long, default_value = "")]
+        send_window: String,
     },
     /// Report the compliance rules (unsubscribe link, postal address, ...) for a campaign.
     Check { campaign: String },
@@ -425,7 +431,16 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
             max_per_second,
             postal_address,
             transactional,
+            send_at,
+            send_window,
         } => {
+            let send_at = send_at
+                .map(|text| {
+                    text.parse::<jiff::Timestamp>()
+                        .map(|t| prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() })
+                        .map_err(|e| anyhow::anyhow!("--send-at {text:?}: not an RFC 3339 time ({e})"))
+                })
+                .transpose()?;
             let stream = if transactional { CampaignStream::Transactional } else { CampaignStream::Marketing };
             let campaign = Campaign {
                 display_name: name,
@@ -436,6 +451,8 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
                 max_messages_per_second: max_per_second,
                 postal_address,
                 stream: stream as i32,
+                send_at,
+                send_window,
                 ..Default::default()
             };
             let stored = client

@@ -66,6 +66,11 @@ impl CampaignApi {
         };
         check_header_value("campaign.postal_address", &campaign.postal_address)
             .map_err(|e| e.into_service_error(""))?;
+        let send_window = campaign.send_window.trim().to_owned();
+        if !send_window.is_empty() {
+            broadside_store::schedule::SendWindow::parse(&send_window)
+                .map_err(|message| ServiceError::invalid("campaign.send_window", message))?;
+        }
         let tenant = store.get_tenant(&caller.tenant).await?;
         let draft = compliance::Draft {
             transactional,
@@ -89,6 +94,8 @@ impl CampaignApi {
                     max_messages_per_second: rate,
                     stream: if transactional { "transactional" } else { "marketing" }.into(),
                     postal_address: campaign.postal_address.trim().to_owned(),
+                    send_at: campaign.send_at.as_ref().map(broadside_proto::convert::timestamp_to_millis).unwrap_or(0),
+                    send_window,
                     state: State::Draft,
                     stats: Default::default(),
                     fanout_cursor: String::new(),

@@ -37,6 +37,8 @@ pub fn campaign_to_proto(campaign: &Campaign) -> v1::Campaign {
             v1::CampaignStream::Marketing
         } as i32,
         postal_address: campaign.postal_address.clone(),
+        send_at: (campaign.send_at > 0).then(|| millis_to_timestamp(campaign.send_at)).flatten(),
+        send_window: campaign.send_window.clone(),
     }
 }
 

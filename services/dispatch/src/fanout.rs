@@ -27,6 +27,9 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
             Ok(campaigns) => {
                 let now = now_millis();
                 for campaign in campaigns {
+                    if !campaign.fanout_done && !due(&campaign, now) {
+                        continue; // scheduled, or outside its send window: fan out when the time comes
+                    }
                     if !campaign.fanout_done {
                         if let Err(error) = fan_out(&dispatch, campaign, &shutdown).await {
                             tracing::warn!(%error, "fan-out interrupted, will resume from the saved cursor");
@@ -51,6 +54,14 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
             _ = tokio::time::sleep(IDLE_RECHECK) => {}
         }
     }
+}
+
+/// Whether a campaign's fan-out may run now: its `send_at` has passed and
+/// its send window (if any) is open.
+fn due(campaign: &Campaign, now: i64) -> bool {
+    campaign.send_at <= now
+        && (campaign.send_window.is_empty()
+            || broadside_store::schedule::SendWindow::parse(&campaign.send_window).is_ok_and(|w| w.contains(now)))
 }
 
 /// One recipient's send job.

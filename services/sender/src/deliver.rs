@@ -55,6 +55,12 @@ impl Sender {
         let settings = &self.settings;
         let message_id = message::message_id(&job.campaign_id, &job.subscriber_id, &settings.domain);
         let mut effects = Effects::default();
+        // A retry that is not due yet goes back, unchanged, behind the others.
+        if job.not_before.as_ref().is_some_and(|t| timestamp_to_millis(t) > now_millis() + 1_000) {
+            let not_before = job.not_before.as_ref().map(timestamp_to_millis).unwrap_or_default();
+            effects.retries.push(self.retry_record(&job, job.attempt, not_before));
+            return Ok(effects);
+        }
         // A destination that deferred us is left alone until its pause ends.
         let domain = crate::domains::domain_of(&job.email);
         let group = self.groups.group_of(&domain).to_owned();
@@ -76,7 +82,18 @@ impl Sender {
         self.throttle.acquire(&job.campaign_id, job.max_messages_per_second).await;
         // Checked after pacing (where a throttled job waits): a paused campaign's
         // jobs wait, a cancelled (or deleted) campaign's are dropped.
-        match self.campaign_state(&job.tenant, &job.campaign_id).await? {
+        let view = self.campaign_state(&job.tenant, &job.campaign_id).await?;
+        if let Some(window) = view.as_ref().and_then(|v| v.window.as_ref()) {
+            let now = now_millis();
+            let open = window.next_open(now);
+            if open > now {
+                // Outside the campaign's send window: back on the retry topic until it opens.
+                self.metrics.count_send("postponed_outside_window");
+                effects.retries.push(self.retry_record(&job, job.attempt, open));
+                return Ok(effects);
+            }
+        }
+        match view.map(|v| v.state) {
             Some(CampaignState::Paused) => {
                 self.metrics.count_send("postponed_campaign_paused");
                 effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));

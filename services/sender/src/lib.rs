@@ -20,6 +20,7 @@ use broadside_mail::template::TemplateEngine;
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::Transport;
 use broadside_mail::verp::Verp;
+use broadside_store::schedule::SendWindow;
 use broadside_store::{CampaignState, DynStore, Template};
 use broadside_telemetry::{Metrics, Readiness};
 use futures::StreamExt;
@@ -76,7 +77,14 @@ pub struct Sender {
     slots: Arc<tokio::sync::Semaphore>,
     /// Campaign states seen recently, so a pause or cancel is noticed within
     /// a second without a store read per message.
-    campaign_states: Arc<Mutex<HashMap<String, (CampaignState, std::time::Instant)>>>,
+    campaign_states: Arc<Mutex<HashMap<String, (CampaignView, std::time::Instant)>>>,
+}
+
+/// What a sender needs to know about a campaign, refreshed every second.
+#[derive(Clone)]
+struct CampaignView {
+    state: CampaignState,
+    window: Option<Arc<SendWindow>>,
 }
 
 /// Batches in flight at once per consumer.
@@ -345,19 +353,30 @@ impl Sender {
         Ok(())
     }
 
-    /// The campaign's state, at most a second old; `None` if it is gone.
-    async fn campaign_state(&self, tenant: &str, id: &str) -> anyhow::Result<Option<CampaignState>> {
+    /// The campaign's state and send window, at most a second old; `None` if it is gone.
+    async fn campaign_state(&self, tenant: &str, id: &str) -> anyhow::Result<Option<CampaignView>> {
         const FRESH: Duration = Duration::from_secs(1);
-        if let Some((state, seen)) = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+        if let Some((view, seen)) = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner()).get(id)
             && seen.elapsed() < FRESH
         {
-            return Ok(Some(*state));
+            return Ok(Some(view.clone()));
         }
         let Some(campaign) = self.store.get_campaign(tenant, id).await? else { return Ok(None) };
+        let window = match campaign.send_window.as_str() {
+            "" => None,
+            text => match SendWindow::parse(text) {
+                Ok(window) => Some(Arc::new(window)),
+                Err(error) => {
+                    tracing::warn!(campaign = id, %error, "ignoring an invalid send window");
+                    None
+                }
+            },
+        };
+        let view = CampaignView { state: campaign.state, window };
         let mut states = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner());
         states.retain(|_, (_, seen)| seen.elapsed() < FRESH * 60);
-        states.insert(id.to_owned(), (campaign.state, std::time::Instant::now()));
-        Ok(Some(campaign.state))
+        states.insert(id.to_owned(), (view.clone(), std::time::Instant::now()));
+        Ok(Some(view))
     }
 
     /// The template version a job names, cached: versions are immutable.

@@ -24,13 +24,16 @@ pub(crate) fn rand_fraction() -> f64 {
     f64::from(nanos % 1000) / 1000.0
 }
 
-/// Sleeps until every retry in `batch` is due. Returns false if shut down first.
+/// Sleeps until the first retry in `batch` is due; the sender puts back the
+/// ones still not due (see `handle_job`), so a retry scheduled for tomorrow
+/// (a closed send window, a long backoff) never holds up those due sooner.
+/// Returns false if shut down first.
 pub(crate) async fn wait_until_due(batch: &[Delivered], shutdown: &CancellationToken) -> bool {
     let due = batch
         .iter()
         .filter_map(|d| SendJob::decode(d.record.payload.as_slice()).ok())
         .filter_map(|job| job.not_before.as_ref().map(timestamp_to_millis))
-        .max()
+        .min()
         .unwrap_or(0);
     let wait = due - now_millis();
     if wait <= 0 {

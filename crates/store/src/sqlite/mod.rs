@@ -155,6 +155,12 @@ CREATE TABLE audit_log (
     PRIMARY KEY (tenant, id)) WITHOUT ROWID;
 "#,
     ),
+    Migration::Sql(
+        r#"
+ALTER TABLE campaigns ADD COLUMN send_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN send_window TEXT NOT NULL DEFAULT '';
+"#,
+    ),
 ];
 
 /// Opens a SQLite connection with the pragmas every Broadside connection uses.
@@ -374,6 +380,8 @@ fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
         max_messages_per_second: row.get("max_messages_per_second")?,
         stream: row.get("stream")?,
         postal_address: row.get("postal_address")?,
+        send_at: row.get("send_at")?,
+        send_window: row.get("send_window")?,
         state: CampaignState::from_i64(row.get("state")?),
         stats: CampaignStats {
             recipients: row.get("recipients")?,
