@@ -19,7 +19,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 N="${1:-100000}"
-BIN="${BROADSIDE_BIN:-$ROOT/target/release/broadside}"
+BIN="${BROADSIDE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/broadside}"
 CONCURRENCY="${BROADSIDE_BENCH_CONCURRENCY:-200}"
 WORK="$(mktemp -d /tmp/broadside-send-bench.XXXXXX)"
 chmod 0755 "$WORK"

@@ -98,7 +98,7 @@ impl TemplateEngine {
             }
             env.add_template_owned(name, text.to_owned()).map_err(|e| template_error(field, &e))?;
         }
-        render_parts(&env, "check", sample)
+        render_parts(&env, "check", sample, true)
     }
 
     /// Renders a stored template version, compiling it on first use.
@@ -106,7 +106,7 @@ impl TemplateEngine {
         {
             let env = self.env.read().unwrap_or_else(|p| p.into_inner());
             if env.get_template(&format!("{key}/subject.txt")).is_ok() {
-                return render_parts(&env, key, context);
+                return render_parts(&env, key, context, false);
             }
         }
         let mut env = self.env.write().unwrap_or_else(|p| p.into_inner());
@@ -115,11 +115,11 @@ impl TemplateEngine {
         {
             env.add_template_owned(name, text.to_owned()).map_err(|e| template_error(field, &e))?;
         }
-        render_parts(&env, key, context)
+        render_parts(&env, key, context, false)
     }
 }
 
-fn render_parts(env: &Environment<'static>, key: &str, context: &Value) -> Result<Rendered, MailError> {
+fn render_parts(env: &Environment<'static>, key: &str, context: &Value, strict: bool) -> Result<Rendered, MailError> {
     let [subject, html, text] = part_names(key).map(|(field, name)| -> Result<String, MailError> {
         let template = env.get_template(&name).map_err(|e| template_error(field, &e))?;
         let output = template.render(context).map_err(|e| template_error(field, &e))?;
@@ -131,9 +131,15 @@ fn render_parts(env: &Environment<'static>, key: &str, context: &Value) -> Resul
         }
         Ok(output)
     });
-    // A subject is one header line: line breaks that attributes bring in
-    // become spaces (and NUL goes), so no value can start a new header.
-    let subject = one_line(&subject?);
+    // A subject is one header line. A template that itself renders a line
+    // break there is refused when it is created (`strict`); line breaks that
+    // attributes bring in at send time become spaces (and NUL goes), so no
+    // value can start a new header.
+    let subject = subject?;
+    if strict {
+        check_header_value("subject", subject.trim())?;
+    }
+    let subject = one_line(&subject);
     check_header_value("subject", &subject)?;
     let non_empty = |part: String| (!part.trim().is_empty()).then_some(part);
     let html_body = non_empty(html?);
@@ -233,8 +239,12 @@ mod tests {
         let looping = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
         let error = TemplateEngine::validate(&source("s", looping, ""), &sample()).unwrap_err();
         assert!(error.to_string().contains("fuel"), "{error}");
-        let out = TemplateEngine::validate(&source("a{{ '\\r\\nBcc: x@y\\0' }}", "b", ""), &sample()).unwrap();
-        assert_eq!(out.subject, "a Bcc: x@y", "line breaks from values fold into one line");
+        let error = TemplateEngine::validate(&source("a{{ '\\r\\nBcc: x@y' }}", "b", ""), &sample()).unwrap_err();
+        assert_eq!(error.field(), Some("subject"), "a template that writes a line break is refused");
+        let engine = TemplateEngine::new();
+        let context = Value::from_serialize(serde_json::json!({"subscriber": {"display_name": "Eve\r\nBcc: x@y\0"}}));
+        let out = engine.render("t@1", &source("Hi {{ subscriber.display_name }}", "b", ""), &context).unwrap();
+        assert_eq!(out.subject, "Hi Eve Bcc: x@y", "line breaks from values fold into one line");
     }
 
     #[test]
