@@ -42,6 +42,11 @@ export BROADSIDE__SERVER__ADMIN_ADDR="127.0.0.1:$ADMIN" BROADSIDE__SERVER__HTTP_
 export BROADSIDE__SMTP__URL="smtp://127.0.0.1:$SINK_PORT" BROADSIDE__SMTP__STARTTLS=none
 export BROADSIDE__SMTP__POOL_SIZE="$CONCURRENCY" BROADSIDE__SENDER__CONCURRENCY="$CONCURRENCY"
 export BROADSIDE__MAIL__DOMAIN=bench.example
+# The sink is one local process, not the mailbox providers the addresses name:
+# the per-provider limits (sender.destinations) would measure our politeness
+# towards Gmail, not the engine. Override with BROADSIDE__SENDER__DESTINATIONS.
+export BROADSIDE__SENDER__DESTINATIONS="${BROADSIDE__SENDER__DESTINATIONS:-[]}"
+export BROADSIDE__SENDER__DESTINATION_CONCURRENCY="${BROADSIDE__SENDER__DESTINATION_CONCURRENCY:-0}"
 CLI=("$BIN" --server "http://127.0.0.1:$GRPC")
 
 # The receiver: counts, keeps nothing (-c prints nothing without a tty).

@@ -105,13 +105,6 @@ impl Sender {
             }
             _ => {}
         }
-        // This replica's limits towards the recipient's provider; a saturated
-        // provider sends the job back to the retry topic instead of holding a slot.
-        let Some(_entered) = self.groups.enter(&group).await else {
-            self.metrics.count_send("postponed_destination_busy");
-            effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 1_000));
-            return Ok(effects);
-        };
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
             Claim::Finished { state, message_id } => {
                 // Sent before (a redelivered job): report again, never send again.
@@ -146,9 +139,19 @@ impl Sender {
             Attempt::failed("expired before it could be delivered")
         } else {
             self.metrics.sends_in_flight.inc();
-            let attempt = self.attempt(&job).await;
+            let attempt = self.attempt(&job, &group).await;
             self.metrics.sends_in_flight.dec();
-            attempt?
+            match attempt? {
+                Some(attempt) => attempt,
+                None => {
+                    // The provider's slots on this replica are taken: give the claim
+                    // back and try again shortly, without holding a slot meanwhile.
+                    self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
+                    self.metrics.count_send("postponed_destination_busy");
+                    effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 1_000));
+                    return Ok(effects);
+                }
+            }
         };
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
@@ -201,14 +204,15 @@ impl Sender {
 
     /// Renders, builds and sends. Bad data is a permanent failure of this
     /// recipient; a store outage is an error (the batch is retried).
-    async fn attempt(&self, job: &SendJob) -> anyhow::Result<Attempt> {
+    /// `None`: the destination group stayed saturated (see [`crate::groups`]).
+    async fn attempt(&self, job: &SendJob, group: &str) -> anyhow::Result<Option<Attempt>> {
         if !self.store.is_sendable(&job.tenant, &job.subscriber_id, &job.list_id).await? {
-            return Ok(Attempt::failed(
+            return Ok(Some(Attempt::failed(
                 "not sent: the recipient unsubscribed, was suppressed, deactivated or erased after the campaign started",
-            ));
+            )));
         }
         let Some(template) = self.template(&job.tenant, &job.template_id).await? else {
-            return Ok(Attempt::failed(format!("template {} no longer exists", job.template_id)));
+            return Ok(Some(Attempt::failed(format!("template {} no longer exists", job.template_id))));
         };
         let token = self.signer.sign(&UnsubscribeClaims {
             tenant: job.tenant.clone(),
@@ -240,7 +244,7 @@ impl Sender {
         let key = format!("{}/{}@{}", template.tenant, template.id, template.version);
         let rendered = match self.engine.render(&key, &source, &context) {
             Ok(rendered) => rendered,
-            Err(error) => return Ok(Attempt::failed(format!("render: {error}"))),
+            Err(error) => return Ok(Some(Attempt::failed(format!("render: {error}")))),
         };
         let return_path = self.verp.return_path(&job.campaign_id, &job.subscriber_id, &settings.bounce_domain);
         let envelope = Envelope {
@@ -262,9 +266,11 @@ impl Sender {
             .and_then(|message| Outgoing::signed(&message, &job.from_address, &self.dkim))
         {
             Ok(message) => message,
-            Err(error) => return Ok(Attempt::failed(format!("build: {error}"))),
+            Err(error) => return Ok(Some(Attempt::failed(format!("build: {error}")))),
         };
-        Ok(match self.transport.send(&message).await {
+        // This replica's limits towards the recipient's provider, held for the SMTP transaction only.
+        let Some(_entered) = self.groups.enter(group).await else { return Ok(None) };
+        Ok(Some(match self.transport.send(&message).await {
             Ok(accepted) => Attempt {
                 outcome: DeliveryOutcome::Delivered,
                 code: i32::from(accepted.code),
@@ -286,7 +292,7 @@ impl Sender {
                 destination: self.transport.destination().to_owned(),
                 ambiguous: false,
             },
-        })
+        }))
     }
 
     fn event(&self, job: &SendJob, attempt: &Attempt, message_id: &str, latency_ms: i64, ambiguous: bool) -> Record {
