@@ -87,6 +87,7 @@ start_node() {
   BROADSIDE__SERVER__GRPC_ADDR="127.0.0.1:$(grpc_port "$name")" \
   BROADSIDE__SERVER__ADMIN_ADDR="127.0.0.1:$(admin_port "$name")" \
   BROADSIDE__SERVER__HTTP_ADDR="127.0.0.1:$(( $(grpc_port "$name") + 600 ))" \
+  BROADSIDE__FEEDBACK__INBOUND_ADDR="127.0.0.1:$(( $(grpc_port "$name") + 700 ))" \
   BROADSIDE__SENDER__ID="$name" \
     nohup "$BIN" serve --roles "$roles" >>"$DIR/logs/$name.log" 2>&1 &
   echo $! >"$DIR/pids/$name.pid"

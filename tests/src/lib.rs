@@ -46,6 +46,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
     config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.feedback.inbound_addr = "127.0.0.1:0".parse().unwrap();
     config.sender.id = Some("test-sender".into());
     config.sender.drain_timeout_secs = 10;
     config

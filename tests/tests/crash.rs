@@ -34,6 +34,7 @@ fn serve(data_dir: &std::path::Path) -> Serve {
         .env("BROADSIDE__SERVER__GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("BROADSIDE__SERVER__ADMIN_ADDR", format!("127.0.0.1:{admin}"))
         .env("BROADSIDE__SERVER__HTTP_ADDR", "127.0.0.1:0")
+        .env("BROADSIDE__FEEDBACK__INBOUND_ADDR", "127.0.0.1:0")
         .env("BROADSIDE__SENDER__ID", "crash-test")
         .env("BROADSIDE__SENDER__CONCURRENCY", "16")
         .stdout(Stdio::null())

@@ -83,3 +83,15 @@ pub fn allow_http(ip: IpAddr) -> bool {
     prune();
     limits().http_per_ip.as_ref().is_none_or(|limiter| limiter.check_key(&ip).is_ok())
 }
+
+/// The client of a public HTTP request: the first `X-Forwarded-For` hop
+/// (behind an ingress), else the peer.
+pub fn client_ip(headers: &tonic::codegen::http::HeaderMap, peer: std::net::SocketAddr) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| peer.ip().to_string())
+}

@@ -4,6 +4,7 @@
 //! `embedded://` keeps a durable log in the embedded SQLite database, so a
 //! restart loses and repeats nothing. `kafka://` arrives with the Kafka issue.
 
+mod consume;
 mod embedded;
 mod kafka;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use consume::consume;
 pub use embedded::EmbeddedBus;
 pub use kafka::{KafkaBus, KafkaSettings};
 

@@ -38,6 +38,75 @@ pub struct Config {
     pub mail: MailConfig,
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
+    pub feedback: FeedbackConfig,
+}
+
+/// The feedback role: inbound bounces and complaints, unsubscribe and
+/// tracking links, and what each kind of feedback does to a subscriber.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// SMTP and LMTP listener (one port; LHLO picks LMTP) for mail to the
+    /// bounce domain, the complaint addresses and the unsubscribe mailto
+    /// address. The bounce domain's MX, or a relay's transport map, points here.
+    pub inbound_addr: SocketAddr,
+    /// Feedback-loop mailboxes that receive ARF complaints. Default: `fbl@{mail.domain}`.
+    pub complaint_addresses: Vec<String>,
+    /// Largest inbound message (SIZE); larger ones get 552.
+    pub max_message_bytes: usize,
+    /// Concurrent inbound connections; more get 421.
+    pub max_connections: usize,
+    /// Seconds an inbound client may stay silent before it is disconnected.
+    pub command_timeout_secs: u64,
+    /// Days raw feedback messages and their verdicts are kept.
+    pub retention_days: u32,
+    /// Open pixel and click redirects in campaign HTML. A subscriber whose
+    /// `tracking` attribute is false is never tracked.
+    pub tracking: bool,
+    /// What feedback does, for every tenant without its own entry in `tenants`.
+    pub policy: FeedbackPolicy,
+    /// Per-tenant policies, by tenant id.
+    pub tenants: std::collections::BTreeMap<String, FeedbackPolicy>,
+}
+
+/// How bounces turn into suppressions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackPolicy {
+    /// A soft bounce (or mailbox full) adds 1 to the subscriber's score; at
+    /// this score the address is suppressed.
+    pub soft_bounce_threshold: f64,
+    /// The score halves every this many days without a bounce.
+    pub soft_bounce_half_life_days: f64,
+}
+
+impl Default for FeedbackPolicy {
+    fn default() -> Self {
+        Self { soft_bounce_threshold: 3.0, soft_bounce_half_life_days: 7.0 }
+    }
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        Self {
+            inbound_addr: "127.0.0.1:2525".parse().expect("valid literal"),
+            complaint_addresses: Vec::new(),
+            max_message_bytes: 25 * 1024 * 1024,
+            max_connections: 100,
+            command_timeout_secs: 300,
+            retention_days: 90,
+            tracking: true,
+            policy: FeedbackPolicy::default(),
+            tenants: Default::default(),
+        }
+    }
+}
+
+impl FeedbackConfig {
+    /// The policy of `tenant`.
+    pub fn policy_of(&self, tenant: &str) -> &FeedbackPolicy {
+        self.tenants.get(tenant).unwrap_or(&self.policy)
+    }
 }
 
 /// Abuse limits: token buckets refilled at `*_per_second`, holding up to
@@ -101,6 +170,7 @@ impl Default for Config {
             mail: MailConfig::default(),
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
+            feedback: FeedbackConfig::default(),
         }
     }
 }
@@ -450,6 +520,25 @@ impl Config {
         url::Url::parse(&self.mail.public_url).map_err(|error| invalid("mail.public_url", format!("{error}")))?;
         if self.mail.domain.is_empty() || self.mail.domain.contains(['@', ' ', '\r', '\n']) {
             return Err(invalid("mail.domain", "must be a bare domain name"));
+        }
+        let policies = std::iter::once(("feedback.policy".to_owned(), &self.feedback.policy))
+            .chain(self.feedback.tenants.iter().map(|(tenant, policy)| (format!("feedback.tenants.{tenant}"), policy)));
+        for (key, policy) in policies {
+            if !(policy.soft_bounce_threshold.is_finite() && policy.soft_bounce_threshold >= 1.0) {
+                return Err(invalid(&format!("{key}.soft_bounce_threshold"), "must be at least 1"));
+            }
+            if !(policy.soft_bounce_half_life_days.is_finite() && policy.soft_bounce_half_life_days > 0.0) {
+                return Err(invalid(&format!("{key}.soft_bounce_half_life_days"), "must be a positive number of days"));
+            }
+        }
+        if self.feedback.max_connections == 0 {
+            return Err(invalid("feedback.max_connections", "must be at least 1"));
+        }
+        if self.feedback.retention_days == 0 {
+            return Err(invalid("feedback.retention_days", "must be at least 1"));
+        }
+        if let Some(bad) = self.feedback.complaint_addresses.iter().find(|a| !a.contains('@')) {
+            return Err(invalid("feedback.complaint_addresses", format!("{bad:?} is not an address")));
         }
         Ok(())
     }

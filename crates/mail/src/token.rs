@@ -24,10 +24,17 @@ pub struct UnsubscribeClaims {
     /// opt-in links, so one kind can never be used as the other.
     #[serde(rename = "p", default, skip_serializing_if = "String::is_empty")]
     pub purpose: String,
+    /// Click tokens: the only URL the redirect may go to.
+    #[serde(rename = "u", default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
 }
 
 /// The purpose of double opt-in confirmation tokens.
 pub const PURPOSE_CONFIRM: &str = "confirm";
+/// The purpose of open-pixel tokens.
+pub const PURPOSE_OPEN: &str = "open";
+/// The purpose of click-redirect tokens (they carry the target URL).
+pub const PURPOSE_CLICK: &str = "click";
 
 /// Signs and verifies tokens of the form `KEYID.PAYLOAD.SIGNATURE` (base64url).
 #[derive(Clone)]
@@ -98,6 +105,7 @@ mod tests {
             list_id: "l".into(),
             campaign_id: "c".into(),
             purpose: String::new(),
+            url: String::new(),
         }
     }
 

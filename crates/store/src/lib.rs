@@ -225,6 +225,9 @@ pub trait CampaignStore: Send + Sync {
     async fn without_outcome(&self, campaign_id: &str, subscriber_ids: &[String]) -> Result<Vec<String>>;
     /// Campaigns in `state` across tenants, for resuming work after a restart.
     async fn campaigns_in_state(&self, state: CampaignState, limit: usize) -> Result<Vec<Campaign>>;
+    /// The tenant of a campaign, by its id alone (a bounce's VERP address
+    /// names the campaign, not the tenant).
+    async fn campaign_tenant(&self, campaign_id: &str) -> Result<Option<String>>;
 }
 
 /// The send ledger: one row per (campaign, subscriber), claimed before
@@ -247,9 +250,51 @@ pub trait SendLedger: Send + Sync {
     async fn release(&self, campaign_id: &str, subscriber_id: &str, owner: &str) -> Result<()>;
 }
 
+/// Feedback records by (tenant, time-ordered id), kept `retention` long;
+/// soft-bounce scores by (tenant, subscriber).
+#[async_trait]
+pub trait FeedbackStore: Send + Sync {
+    /// Stores a record; the raw message is compressed and sealed with the tenant's key.
+    async fn insert_feedback(&self, record: FeedbackRecord) -> Result<()>;
+    /// Newest first, keyset-paged by id; `kind` filters when given. With
+    /// `with_raw` the raw messages are opened too (reclassification).
+    async fn list_feedback(
+        &self,
+        tenant: &str,
+        kind: Option<String>,
+        with_raw: bool,
+        page: PageRequest,
+    ) -> Result<Page<FeedbackRecord>>;
+    /// Replaces the classification and verdict of a stored record.
+    async fn update_feedback_verdict(&self, record: FeedbackRecord) -> Result<bool>;
+    /// Adds `increment` to the subscriber's soft-bounce score after decaying
+    /// the stored score by `half_life_ms` since it was last changed; returns the new score.
+    async fn add_bounce_score(&self, tenant: &str, subscriber_id: &str, increment: f64, half_life_ms: i64)
+    -> Result<f64>;
+    /// Deletes records received before `before` (Unix ms); returns how many.
+    async fn purge_feedback(&self, before: i64) -> Result<u64>;
+    /// Counts `kind` once per (campaign, subscriber) in the campaign's stats.
+    /// Returns false when it was counted already.
+    async fn record_engagement(
+        &self,
+        tenant: &str,
+        campaign_id: &str,
+        subscriber_id: &str,
+        kind: Engagement,
+    ) -> Result<bool>;
+}
+
 /// Everything a role may need from the store.
 pub trait Store:
-    ListStore + SubscriberStore + SuppressionStore + AccessStore + AuditLog + KeyManagement + CampaignStore + SendLedger
+    ListStore
+    + SubscriberStore
+    + SuppressionStore
+    + AccessStore
+    + AuditLog
+    + KeyManagement
+    + CampaignStore
+    + SendLedger
+    + FeedbackStore
 {
 }
 impl<
@@ -260,7 +305,8 @@ impl<
         + AuditLog
         + KeyManagement
         + CampaignStore
-        + SendLedger,
+        + SendLedger
+        + FeedbackStore,
 > Store for T
 {
 }

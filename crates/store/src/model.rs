@@ -321,6 +321,8 @@ pub struct SubscriberExport {
     pub consent: Vec<ConsentRecord>,
     pub suppressions: Vec<Suppression>,
     pub deliveries: Vec<Delivery>,
+    /// Bounces, complaints and unsubscribes received about them (without the raw messages).
+    pub feedback: Vec<FeedbackRecord>,
 }
 
 /// A tenant: every resource belongs to exactly one.
@@ -416,6 +418,11 @@ pub struct CampaignStats {
     pub delivered: i64,
     pub failed: i64,
     pub deferred: i64,
+    pub bounced: i64,
+    pub complained: i64,
+    pub unsubscribed: i64,
+    pub opened: i64,
+    pub clicked: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -525,4 +532,54 @@ pub struct AuditEntry {
     pub detail: String,
     /// The caller's address, or `cli`.
     pub source: String,
+}
+
+/// One inbound feedback message (bounce, complaint, auto-reply) or one
+/// feedback action (unsubscribe), with the verdict given to it. Unattributed
+/// messages (no signed link to one of our messages) have an empty tenant.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct FeedbackRecord {
+    pub tenant: String,
+    /// Time-ordered (UUIDv7).
+    pub id: String,
+    pub time: i64,
+    /// `bounce`, `complaint`, `auto_reply`, `unsubscribe`, `unknown`.
+    pub kind: String,
+    pub subscriber_id: String,
+    pub campaign_id: String,
+    /// `hard`, `soft`, `block`, `mailbox_full`, `auto_reply`, `complaint`, `notice`, `unknown`.
+    pub class: String,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    pub status_code: String,
+    pub diagnostic: String,
+    pub reporting_mta: String,
+    /// The classification rule that matched.
+    pub rule: String,
+    /// What was done: `suppressed`, `scored`, `unsubscribed`, `ignored`, `unattributed`.
+    pub verdict: String,
+    /// The whole message as received (the store compresses and seals it); empty for actions.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+/// A kind of feedback counted once per (campaign, recipient) in campaign stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engagement {
+    Bounced,
+    Complained,
+    Unsubscribed,
+    Opened,
+    Clicked,
+}
+
+impl Engagement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bounced => "bounced",
+            Self::Complained => "complained",
+            Self::Unsubscribed => "unsubscribed",
+            Self::Opened => "opened",
+            Self::Clicked => "clicked",
+        }
+    }
 }

@@ -331,6 +331,69 @@ pub async fn data_key_rotation(store: &dyn Store) {
     assert_eq!(store.consent_records("t8", &old.subscriber.id).await.unwrap().len(), 1);
 }
 
+/// Feedback records page newest first, filter by kind, keep the raw message
+/// intact, are erased with their subscriber; engagement counts once;
+/// bounce scores decay.
+pub async fn feedback_records_scores_and_engagement(store: &dyn Store) {
+    store.create_list(list("t9", "l1"), None).await.unwrap();
+    let up = store.upsert_subscriber(subscriber("t9", "fb@example.com", &["l1"]), opts(), None).await.unwrap();
+    let id = up.subscriber.id.clone();
+    let raw: Vec<u8> = (0..50_000u32).flat_map(|i| format!("line {i}\r\n").into_bytes()).collect();
+    for (index, kind) in ["bounce", "complaint", "bounce"].into_iter().enumerate() {
+        let record = FeedbackRecord {
+            tenant: "t9".into(),
+            id: new_id(),
+            time: now_millis() - 1000 + index as i64,
+            kind: kind.into(),
+            subscriber_id: id.clone(),
+            class: "hard".into(),
+            diagnostic: format!("550 5.1.1 no such user {index}"),
+            raw: raw.clone(),
+            ..Default::default()
+        };
+        store.insert_feedback(record).await.unwrap();
+    }
+    let first = store.list_feedback("t9", None, false, PageRequest { size: 2, token: None }).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert!(first.items[0].id > first.items[1].id, "newest first");
+    assert!(first.items[0].raw.is_empty(), "raw only when asked");
+    let rest = store.list_feedback("t9", None, true, PageRequest { size: 2, token: first.next_token }).await.unwrap();
+    assert_eq!((rest.items.len(), rest.next_token), (1, None));
+    assert_eq!(rest.items[0].raw, raw);
+    assert_eq!(rest.items[0].diagnostic, "550 5.1.1 no such user 0");
+    let bounces = store.list_feedback("t9", Some("bounce".into()), false, PageRequest::new(0, "")).await.unwrap();
+    assert_eq!(bounces.items.len(), 2);
+    let mut changed = bounces.items[0].clone();
+    changed.verdict = "suppressed".into();
+    assert!(store.update_feedback_verdict(changed).await.unwrap());
+    let again = store.list_feedback("t9", Some("bounce".into()), false, PageRequest::new(0, "")).await.unwrap();
+    assert_eq!(again.items[0].verdict, "suppressed");
+
+    assert_eq!(store.add_bounce_score("t9", &id, 1.0, 3_600_000).await.unwrap(), 1.0);
+    let second = store.add_bounce_score("t9", &id, 1.0, 3_600_000).await.unwrap();
+    assert!(second > 1.99 && second <= 2.0, "barely decayed: {second}");
+    let fast = store.add_bounce_score("t9", "other", 1.0, 1).await.unwrap();
+    assert_eq!(fast, 1.0);
+
+    let campaign = store.create_campaign(campaign("t9", "l1"), None).await.unwrap();
+    assert_eq!(store.campaign_tenant(&campaign.id).await.unwrap().as_deref(), Some("t9"));
+    assert_eq!(store.campaign_tenant("nope").await.unwrap(), None);
+    assert!(store.record_engagement("t9", &campaign.id, &id, Engagement::Opened).await.unwrap());
+    assert!(!store.record_engagement("t9", &campaign.id, &id, Engagement::Opened).await.unwrap());
+    assert!(store.record_engagement("t9", &campaign.id, &id, Engagement::Bounced).await.unwrap());
+    let stats = store.get_campaign("t9", &campaign.id).await.unwrap().unwrap().stats;
+    assert_eq!((stats.opened, stats.bounced, stats.clicked), (1, 1, 0));
+
+    let export = store.export_subscriber("t9", &id).await.unwrap().unwrap();
+    assert_eq!(export.feedback.len(), 3);
+    store.erase_subscriber("t9", &id).await.unwrap();
+    assert!(store.list_feedback("t9", None, false, PageRequest::new(0, "")).await.unwrap().items.is_empty());
+    assert_eq!(store.add_bounce_score("t9", &id, 1.0, 3_600_000).await.unwrap(), 1.0, "erased with the subscriber");
+    let old = FeedbackRecord { tenant: "t9".into(), id: new_id(), time: 1, kind: "bounce".into(), ..Default::default() };
+    store.insert_feedback(old).await.unwrap();
+    assert!(store.purge_feedback(now_millis() - 60_000).await.unwrap() >= 1);
+}
+
 /// Runs every case of the suite against `store`.
 pub async fn run_all(store: &dyn Store) {
     idempotent_creates(store).await;
@@ -343,6 +406,7 @@ pub async fn run_all(store: &dyn Store) {
     import_batches_record_progress(store).await;
     tenants_and_keys(store).await;
     data_key_rotation(store).await;
+    feedback_records_scores_and_engagement(store).await;
 }
 
 #[cfg(test)]

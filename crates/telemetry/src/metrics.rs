@@ -37,6 +37,14 @@ pub struct Metrics {
     pub consumed: Family<TopicLabels, Counter>,
     /// Recipients fanned out into send jobs.
     pub fanned_out: Counter,
+    /// Inbound feedback by kind and class (bounce/hard, complaint/complaint, unsubscribe/one_click, ...).
+    pub feedback: Family<FeedbackLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    pub kind: String,
+    pub class: String,
 }
 
 impl Default for Metrics {
@@ -66,7 +74,10 @@ impl Metrics {
         registry.register("bus_consumed", "Records consumed and committed by topic", consumed.clone());
         let fanned_out = Counter::default();
         registry.register("campaign_recipients_fanned_out", "Recipients fanned out into send jobs", fanned_out.clone());
+        let feedback = Family::<FeedbackLabels, Counter>::default();
+        registry.register("feedback", "Inbound feedback by kind and class", feedback.clone());
         Self {
+            feedback,
             registry: Arc::new(registry),
             sends,
             send_seconds,
@@ -88,6 +99,10 @@ impl Metrics {
 
     pub fn count_consumed(&self, topic: &str, n: u64) {
         self.consumed.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc_by(n);
+    }
+
+    pub fn count_feedback(&self, kind: &str, class: &str) {
+        self.feedback.get_or_create(&FeedbackLabels { kind: kind.to_owned(), class: class.to_owned() }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -200,6 +200,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     config.server.grpc_addr = "127.0.0.1:0".parse()?;
     config.server.admin_addr = "127.0.0.1:0".parse()?;
     config.server.http_addr = "127.0.0.1:0".parse()?;
+    config.feedback.inbound_addr = "127.0.0.1:0".parse()?;
     config.store.url = None;
     config.smtp.url = None;
     config.validate()?;

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod demo;
 pub mod dkim;
+pub mod feedback;
 pub mod import;
 pub mod node;
 pub mod tls;

@@ -68,6 +68,9 @@ enum Command {
     /// DKIM signing keys (in `mail.dkim_dir`).
     #[command(subcommand)]
     Dkim(broadside::dkim::DkimCommand),
+    /// Bounces and complaints: classify a message, reclassify the stored ones.
+    #[command(subcommand)]
+    Feedback(broadside::feedback::FeedbackCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -160,6 +163,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(command) => broadside::admin::audit(&load()?, command).await?,
         Command::Encryption(command) => broadside::admin::encryption(&load()?, command).await?,
         Command::Dkim(command) => broadside::dkim::run(&load()?, command)?,
+        Command::Feedback(command @ broadside::feedback::FeedbackCommand::Classify { .. }) => {
+            broadside::feedback::run(&Config::default(), command).await?
+        }
+        Command::Feedback(command) => broadside::feedback::run(&load()?, command).await?,
         Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
         Command::Lists(command) => client::lists(&client_args, command).await?,
         Command::Subscribers(command) => client::subscribers(&client_args, command).await?,

@@ -76,8 +76,11 @@ impl FromStr for Role {
 pub struct Node {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    /// The public HTTP listener (confirmation links), when the subscribers role runs here.
+    /// The public HTTP listener (confirmation, unsubscribe and tracking links),
+    /// when the subscribers or feedback role runs here.
     pub http_addr: Option<SocketAddr>,
+    /// The inbound SMTP/LMTP listener, when the feedback role runs here.
+    pub inbound_addr: Option<SocketAddr>,
     /// Set when this start created the bootstrap admin key and wrote it here.
     pub admin_key_file: Option<std::path::PathBuf>,
     pub metrics: Metrics,
@@ -132,6 +135,8 @@ impl Node {
             };
             let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), settings);
             http_routes = http_routes.merge(broadside_subscribers::http_routes(api.clone()));
+            let feedback_worker = api.clone().run_feedback(workers_stop.clone());
+            workers.push(("subscribers", tokio::spawn(async move { Ok(feedback_worker.await?) })));
             routes.add_service(api.into_service());
             routes.add_service(broadside_subscribers::ApiKeyApi::new(backends.store.clone()).into_service());
             routes.add_service(broadside_subscribers::AuditApi::new(backends.store.clone()).into_service());
@@ -156,9 +161,18 @@ impl Node {
             health.set_serving::<CampaignServiceServer<broadside_dispatch::CampaignApi>>().await;
             workers.push(("dispatch", tokio::spawn(dispatch.run(workers_stop.clone()))));
         }
+        let mut inbound_addr = None;
         if roles.contains(&Role::Feedback) {
-            routes.add_service(broadside_feedback::FeedbackApi::new(backends.store.clone()).into_service());
+            let feedback =
+                crate::feedback::role(config, backends.store.clone(), backends.bus.clone(), metrics.clone())?;
+            routes.add_service(feedback.api().into_service());
+            http_routes = http_routes.merge(feedback.http_routes());
             health.set_serving::<FeedbackServiceServer<broadside_feedback::FeedbackApi>>().await;
+            let listener = tokio::net::TcpListener::bind(config.feedback.inbound_addr)
+                .await
+                .with_context(|| format!("feedback.inbound_addr {}: cannot listen", config.feedback.inbound_addr))?;
+            inbound_addr = Some(listener.local_addr()?);
+            workers.push(("feedback", tokio::spawn(feedback.run(listener, workers_stop.clone()))));
         }
         if roles.contains(&Role::Sender) {
             let settings = SenderSettings {
@@ -228,7 +242,7 @@ impl Node {
         .await?;
         let mut servers = vec![grpc, admin];
         let mut http_addr = None;
-        if roles.contains(&Role::Subscribers) {
+        if roles.contains(&Role::Subscribers) || roles.contains(&Role::Feedback) {
             let listener = tokio::net::TcpListener::bind(config.server.http_addr)
                 .await
                 .with_context(|| format!("server.http_addr {}: cannot listen", config.server.http_addr))?;
@@ -244,7 +258,7 @@ impl Node {
         }
         readiness.set(true);
         let names: Vec<String> = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
-        tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, http = ?http_addr, "broadside node started");
+        tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, http = ?http_addr, inbound = ?inbound_addr, "broadside node started");
         Ok(Node {
             grpc_addr,
             admin_addr,
@@ -256,6 +270,7 @@ impl Node {
             workers,
             servers,
             http_addr,
+            inbound_addr,
             admin_key_file,
         })
     }

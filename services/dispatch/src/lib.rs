@@ -5,6 +5,7 @@
 mod campaigns;
 mod compliance;
 mod convert;
+mod engagement;
 mod fanout;
 mod outcomes;
 mod templates;
@@ -74,9 +75,11 @@ impl Dispatch {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let fanout = tokio::spawn(fanout::run(self.clone(), shutdown.clone()));
         let outcomes = tokio::spawn(outcomes::run(self.clone(), shutdown.clone()));
-        let (fanout, outcomes) = tokio::join!(fanout, outcomes);
+        let engagement = tokio::spawn(engagement::run(self.clone(), shutdown.clone()));
+        let (fanout, outcomes, engagement) = tokio::join!(fanout, outcomes, engagement);
         fanout??;
         outcomes??;
+        engagement??;
         Ok(())
     }
 }

@@ -220,6 +220,7 @@ impl Sender {
             list_id: job.list_id.clone(),
             campaign_id: job.campaign_id.clone(),
             purpose: String::new(),
+            url: String::new(),
         });
         let settings = &self.settings;
         let unsubscribe_url = format!("{}/u/{token}", settings.public_url.trim_end_matches('/'));

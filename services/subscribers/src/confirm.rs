@@ -29,6 +29,7 @@ impl SubscriberApi {
             list_id: list_id.to_owned(),
             campaign_id: String::new(),
             purpose: PURPOSE_CONFIRM.into(),
+            url: String::new(),
         });
         format!("{}/confirm/{token}", self.settings.public_url.trim_end_matches('/'))
     }
@@ -144,17 +145,6 @@ fn page(title: &str, body: &str) -> Html<String> {
     ))
 }
 
-/// The client's address: the first `X-Forwarded-For` hop (behind an ingress), else the peer.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| peer.ip().to_string())
-}
-
 async fn confirm_page(Path(token): Path<String>) -> Html<String> {
     let token = escape_html(&token);
     page(
@@ -181,7 +171,7 @@ async fn confirm_post(
     let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let consent = broadside_proto::v1::ConsentContext {
         source: "confirm_link".into(),
-        ip: client_ip(&headers, peer),
+        ip: broadside_auth::limits::client_ip(&headers, peer),
         user_agent,
     };
     let request = ConfirmSubscriptionRequest { token, consent: Some(consent) };

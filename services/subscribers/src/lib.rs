@@ -9,6 +9,7 @@
 mod confirm;
 mod convert;
 mod events;
+mod feedback;
 mod grpc;
 mod import;
 mod keys;

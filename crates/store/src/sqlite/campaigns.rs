@@ -216,6 +216,16 @@ impl CampaignStore for SqliteStore {
         })
         .await
     }
+
+    async fn campaign_tenant(&self, campaign_id: &str) -> Result<Option<String>> {
+        let id = campaign_id.to_owned();
+        self.tx(move |tx| {
+            Ok(tx
+                .query_row("SELECT tenant FROM campaigns WHERE id = ?1 LIMIT 1", params![id], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
 }
 
 /// Moves a sending campaign to COMPLETED once fan-out is done and every

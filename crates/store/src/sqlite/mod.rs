@@ -16,6 +16,7 @@ use keys::Crypto;
 mod access;
 mod campaigns;
 mod encrypt;
+mod feedback;
 mod keys;
 mod subscribers;
 mod writer;
@@ -159,6 +160,29 @@ CREATE TABLE audit_log (
         r#"
 ALTER TABLE campaigns ADD COLUMN send_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE campaigns ADD COLUMN send_window TEXT NOT NULL DEFAULT '';
+"#,
+    ),
+    Migration::Sql(
+        r#"
+CREATE TABLE feedback_records (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL,
+    subscriber_id TEXT NOT NULL, campaign_id TEXT NOT NULL, class TEXT NOT NULL, status_code TEXT NOT NULL,
+    diagnostic BLOB NOT NULL, reporting_mta TEXT NOT NULL, rule TEXT NOT NULL, verdict TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+CREATE INDEX feedback_by_subscriber ON feedback_records (tenant, subscriber_id);
+CREATE INDEX feedback_by_time ON feedback_records (time);
+CREATE TABLE bounce_scores (
+    tenant TEXT NOT NULL, subscriber_id TEXT NOT NULL, score REAL NOT NULL, update_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, subscriber_id)) WITHOUT ROWID;
+CREATE TABLE campaign_engagement (
+    campaign_id TEXT NOT NULL, subscriber_id TEXT NOT NULL, kind TEXT NOT NULL,
+    PRIMARY KEY (campaign_id, subscriber_id, kind)) WITHOUT ROWID;
+ALTER TABLE campaigns ADD COLUMN bounced INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN complained INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN opened INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN clicked INTEGER NOT NULL DEFAULT 0;
 "#,
     ),
 ];
@@ -388,6 +412,11 @@ fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
             delivered: row.get("delivered")?,
             failed: row.get("failed")?,
             deferred: row.get("deferred")?,
+            bounced: row.get("bounced")?,
+            complained: row.get("complained")?,
+            unsubscribed: row.get("unsubscribed")?,
+            opened: row.get("opened")?,
+            clicked: row.get("clicked")?,
         },
         fanout_cursor: row.get("fanout_cursor")?,
         fanout_done: row.get::<_, i64>("fanout_done")? != 0,

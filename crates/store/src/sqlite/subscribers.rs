@@ -490,7 +490,8 @@ impl SubscriberStore for SqliteStore {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let consent = consent_tx(tx, &crypto, &tenant, &id)?;
-            Ok(Some(SubscriberExport { consent, subscriber, suppressions, deliveries }))
+            let feedback = super::feedback::of_subscriber_tx(tx, &crypto, &tenant, &id)?;
+            Ok(Some(SubscriberExport { consent, subscriber, suppressions, deliveries, feedback }))
         })
         .await
     }
@@ -501,6 +502,8 @@ impl SubscriberStore for SqliteStore {
             let Some((hash, _)) = hashes_of(tx, &tenant, &id)? else { return Ok(None) };
             tx.execute("DELETE FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
             tx.execute("DELETE FROM consent_log WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
+            tx.execute("DELETE FROM feedback_records WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
+            tx.execute("DELETE FROM bounce_scores WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
             tx.execute("DELETE FROM subscribers WHERE tenant = ?1 AND id = ?2", params![tenant, id])?;
             // Suppressions by this address keep working, but no longer say whose they are.
             tx.execute(

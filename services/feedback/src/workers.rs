@@ -1,0 +1,101 @@
+//! Background work of the feedback role: 5xx replies from `delivery-events`
+//! go through the bounce policy, and old records are purged.
+
+use std::time::Duration;
+
+use broadside_bus::Topic;
+use broadside_proto::v1::{DeliveryEvent, DeliveryOutcome};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::Feedback;
+use crate::classify::{Class, Kind, Verdict, rules};
+use crate::policy::Attribution;
+
+const GROUP: &str = "feedback";
+
+/// A permanent SMTP failure at send time is a bounce too (a synchronous one).
+pub(crate) async fn consume_deliveries(feedback: Feedback, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let topic = Topic::DeliveryEvents.name(&feedback.settings.topic_prefix);
+    let bus = feedback.bus.clone();
+    broadside_bus::consume(bus, GROUP, &topic, shutdown, |delivered| {
+        let feedback = feedback.clone();
+        async move {
+            let Ok(event) = DeliveryEvent::decode(delivered.record.payload.as_slice()) else {
+                tracing::error!(offset = delivered.offset, "skipping undecodable delivery event");
+                return Ok(());
+            };
+            on_delivery(&feedback, &event).await.map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn on_delivery(feedback: &Feedback, event: &DeliveryEvent) -> Result<(), crate::policy::FeedbackError> {
+    if event.outcome != DeliveryOutcome::Failed as i32 || event.smtp_code < 500 {
+        return Ok(());
+    }
+    let status = if event.enhanced_code.is_empty() { "5.0.0".to_owned() } else { event.enhanced_code.clone() };
+    let class = rules::class_of(&status, &event.detail);
+    let verdict = Verdict {
+        kind: Kind::Bounce,
+        class,
+        status,
+        diagnostic: format!("{} {}", event.smtp_code, event.detail),
+        reporting_mta: event.mx.clone(),
+        rule: "smtp".into(),
+        ..Default::default()
+    };
+    let who = Attribution {
+        tenant: event.tenant.clone(),
+        subscriber_id: event.subscriber_id.clone(),
+        campaign_id: event.campaign_id.clone(),
+        list_id: String::new(),
+        by: "delivery",
+    };
+    let (action, kind) = feedback.decide(&verdict, &who).await?;
+    if let Some(mut kind) = kind {
+        if let broadside_proto::v1::feedback_event::Kind::Bounce(bounce) = &mut kind {
+            bounce.source = "smtp".into();
+        }
+        feedback.publish(&who, kind).await?;
+    }
+    if class != Class::Notice {
+        let record = broadside_store::FeedbackRecord {
+            tenant: who.tenant.clone(),
+            id: broadside_store::new_id(),
+            time: broadside_store::now_millis(),
+            kind: "bounce".into(),
+            subscriber_id: who.subscriber_id.clone(),
+            campaign_id: who.campaign_id.clone(),
+            class: class.as_str().into(),
+            status_code: verdict.status.clone(),
+            diagnostic: verdict.diagnostic.clone(),
+            reporting_mta: verdict.reporting_mta.clone(),
+            rule: "smtp".into(),
+            verdict: action,
+            raw: Vec::new(),
+        };
+        feedback.store.insert_feedback(record).await?;
+        feedback.metrics.count_feedback("bounce", class.as_str());
+    }
+    Ok(())
+}
+
+/// Deletes records past `feedback.retention_days`, hourly.
+pub(crate) async fn purge(feedback: Feedback, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let retention_ms = i64::from(feedback.settings.config.retention_days) * 86_400_000;
+    loop {
+        let before = broadside_store::now_millis() - retention_ms;
+        match feedback.store.purge_feedback(before).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "feedback records past retention deleted"),
+            Err(error) => tracing::warn!(%error, "purging old feedback records failed, will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Applies feedback-events to the state this role owns: a suppressing
+//! bounce suppresses the address and marks the subscriber bounced; a
+//! complaint unsubscribes every list, suppresses and marks them complained;
+//! an unsubscribe leaves one list (or all), recorded in the consent ledger.
+//! Idempotent: an event applied twice changes nothing the second time.
+
+use broadside_bus::{Delivered, Topic};
+use broadside_proto::v1::subscriber_event::Change;
+use broadside_proto::v1::{FeedbackEvent, SuppressionChanged, feedback_event::Kind};
+use broadside_store::{
+    ConsentContext, StoreError, Subscriber, SubscriberStatus, SubscriberUpdate, SubscriptionStatus, Suppression,
+    SuppressionReason, now_millis,
+};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::SubscriberApi;
+use crate::events::{subscription_changed, upserted};
+
+const GROUP: &str = "subscribers-feedback";
+
+impl SubscriberApi {
+    /// Consumes feedback-events until `shutdown`.
+    pub async fn run_feedback(self, shutdown: CancellationToken) -> Result<(), broadside_bus::BusError> {
+        let topic = Topic::FeedbackEvents.name(&self.settings.topic_prefix);
+        let bus = self.bus.clone();
+        broadside_bus::consume(bus, GROUP, &topic, shutdown, |delivered| {
+            let api = self.clone();
+            async move { api.apply_feedback(&delivered).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_feedback(&self, delivered: &Delivered) -> Result<(), String> {
+        let Ok(event) = FeedbackEvent::decode(delivered.record.payload.as_slice()) else {
+            tracing::error!(offset = delivered.offset, "skipping undecodable feedback event");
+            return Ok(());
+        };
+        self.apply_feedback_event(event).await.map_err(|error| error.to_string())
+    }
+
+    async fn apply_feedback_event(&self, event: FeedbackEvent) -> Result<(), crate::ServiceError> {
+        let Some(kind) = event.kind else { return Ok(()) };
+        let store = &self.store;
+        let Some(subscriber) = store.get_subscriber(&event.tenant, &event.subscriber_id).await? else {
+            return Ok(()); // erased, or never ours
+        };
+        let mut changes = Vec::new();
+        match kind {
+            Kind::Bounce(bounce) if bounce.suppress => {
+                self.suppress(&subscriber, SuppressionReason::HardBounce, &mut changes).await?;
+                self.set_status(&subscriber, SubscriberStatus::Bounced).await?;
+                tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, status = %bounce.status_code, class = %bounce.class, "bounced subscriber suppressed");
+            }
+            Kind::Complaint(complaint) => {
+                let consent = ConsentContext { source: "complaint".into(), ip: String::new(), user_agent: complaint.reporter.clone() };
+                self.leave(&subscriber, "", consent, &mut changes).await?;
+                self.suppress(&subscriber, SuppressionReason::Complaint, &mut changes).await?;
+                self.set_status(&subscriber, SubscriberStatus::Complained).await?;
+                tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, feedback_type = %complaint.feedback_type, "complaint: unsubscribed from every list and suppressed");
+            }
+            Kind::Unsubscribe(unsubscribe) => {
+                let consent = ConsentContext { source: unsubscribe.source.clone(), ip: unsubscribe.ip, user_agent: unsubscribe.user_agent };
+                self.leave(&subscriber, &unsubscribe.list_id, consent, &mut changes).await?;
+                tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, list = %unsubscribe.list_id, source = %unsubscribe.source, "unsubscribed");
+            }
+            _ => return Ok(()),
+        }
+        if let Some(latest) = store.get_subscriber(&event.tenant, &event.subscriber_id).await? {
+            changes.push((latest.tenant.clone(), latest.id.clone(), upserted(&latest)));
+        }
+        self.publish(changes).await
+    }
+
+    /// Unsubscribes `list_id` (every list when empty) where still subscribed.
+    async fn leave(
+        &self,
+        subscriber: &Subscriber,
+        list_id: &str,
+        consent: ConsentContext,
+        changes: &mut Vec<(String, String, Change)>,
+    ) -> Result<(), StoreError> {
+        let leaving = subscriber
+            .subscriptions
+            .iter()
+            .filter(|s| s.status != SubscriptionStatus::Unsubscribed && (list_id.is_empty() || s.list_id == list_id));
+        for subscription in leaving {
+            let stored = self
+                .store
+                .set_subscription(&subscriber.tenant, &subscriber.id, &subscription.list_id, SubscriptionStatus::Unsubscribed, consent.clone())
+                .await?;
+            if stored.is_some() {
+                let change = subscription_changed(&subscription.list_id, SubscriptionStatus::Unsubscribed, &consent.source);
+                changes.push((subscriber.tenant.clone(), subscriber.id.clone(), change));
+            }
+        }
+        Ok(())
+    }
+
+    async fn suppress(
+        &self,
+        subscriber: &Subscriber,
+        reason: SuppressionReason,
+        changes: &mut Vec<(String, String, Change)>,
+    ) -> Result<(), StoreError> {
+        let existing = self.store.suppressions_for(&subscriber.tenant, vec![subscriber.email.clone()]).await?;
+        if existing.iter().any(|s| s.list_id.is_empty() && s.reason == reason) {
+            return Ok(());
+        }
+        let stored = self
+            .store
+            .add_suppression(Suppression {
+                tenant: subscriber.tenant.clone(),
+                email_hash: String::new(),
+                list_id: String::new(),
+                target: subscriber.email.clone(),
+                reason,
+                create_time: now_millis(),
+            })
+            .await?;
+        let change = SuppressionChanged { email_hash: stored.email_hash.clone(), reason: reason.as_str().into() };
+        changes.push((subscriber.tenant.clone(), stored.email_hash, Change::SuppressionAdded(change)));
+        Ok(())
+    }
+
+    async fn set_status(&self, subscriber: &Subscriber, status: SubscriberStatus) -> Result<(), StoreError> {
+        if subscriber.status != status {
+            let update = SubscriberUpdate { status: Some(status), ..Default::default() };
+            self.store.update_subscriber(&subscriber.tenant, &subscriber.id, update).await?;
+        }
+        Ok(())
+    }
+}
