@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Broadside's whole test suite. Installs what the tests need when it is
-# missing (Postfix for smtp-sink and the relay tests, python3-dkim as the
-# independent DKIM verifier, tansu as the Kafka broker, cargo-nextest,
+# missing (Postfix for smtp-sink, the relay and the DSN tests, python3-dkim as the
+# independent DKIM verifier, Chromium and chromedriver for the browser test, tansu as the Kafka broker, cargo-nextest,
 # cargo-deny), checks the dependencies' licenses and
 # sources (and advisories when online), builds the binaries the black-box and
 # cluster tests run, then runs every test in the workspace.
@@ -21,6 +21,12 @@ if ! /usr/bin/python3 -c "import dkim, nacl" 2>/dev/null; then
   echo "tests/run.sh: installing python3-dkim and python3-nacl (the independent DKIM verifier)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dkim python3-nacl >/dev/null
+fi
+# Debian's headless Chromium and its chromedriver drive the unsubscribe page test.
+if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then
+  echo "tests/run.sh: installing chromium and chromium-driver (the browser test)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null; then

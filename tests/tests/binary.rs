@@ -256,3 +256,32 @@ fn cli_imports_a_csv_once_and_keys_are_managed_from_the_cli() {
     let (ok, _, err) = run(dir.path(), &["tenants", "create", "Bad Name"]);
     assert!(!ok && err.contains("lowercase"), "{err}");
 }
+
+/// `broadside feedback classify` on a DSN saved from a real Postfix and on an ARF report.
+#[test]
+fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/feedback/fixtures");
+    let dsn = fixtures.join("postfix-550-relay.eml");
+    let (ok, out, err) = run(dir.path(), &["feedback", "classify", dsn.to_str().unwrap(), "--rcpt", "bnc+x@bounces.example"]);
+    assert!(ok, "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verdict["kind"], "bounce");
+    assert_eq!(verdict["class"], "hard");
+    assert_eq!(verdict["recipient"], "gone@refuse.test");
+    assert_eq!(verdict["status"], "5.1.1");
+    assert_eq!(verdict["rule"], "dsn");
+    assert_eq!(verdict["reporting_mta"], "relay.broadside.test (remote 127.0.0.1)");
+    assert!(verdict["diagnostic"].as_str().unwrap().starts_with("550 5.1.1 <gone@refuse.test>"), "{out}");
+    assert_eq!(verdict["hints"]["verp"][0], "bnc+x@bounces.example");
+
+    let arf = fixtures.join("arf.eml");
+    let (ok, out, err) = run(dir.path(), &["feedback", "classify", arf.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((verdict["kind"].as_str(), verdict["class"].as_str()), (Some("complaint"), Some("complaint")));
+    assert_eq!((verdict["feedback_type"].as_str(), verdict["recipient"].as_str()), (Some("abuse"), Some("reader@yahoo.com")));
+
+    let (ok, _, err) = run(dir.path(), &["feedback", "classify", "/nonexistent.eml"]);
+    assert!(!ok && err.contains("/nonexistent.eml"), "{err}");
+}
