@@ -41,7 +41,8 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> anyhow:
             break (String::from_utf8_lossy(&response[..at]).to_ascii_lowercase(), response[at + 4..].to_vec());
         }
     };
-    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+    let length =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
     let chunked = head.contains("transfer-encoding: chunked");
     while length.is_some_and(|n| body.len() < n) || (chunked && !body.ends_with(b"0\r\n\r\n")) {
         let read = stream.read(&mut buffer)?;

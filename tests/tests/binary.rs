@@ -263,7 +263,8 @@ fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/feedback/fixtures");
     let dsn = fixtures.join("postfix-550-relay.eml");
-    let (ok, out, err) = run(dir.path(), &["feedback", "classify", dsn.to_str().unwrap(), "--rcpt", "bnc+x@bounces.example"]);
+    let (ok, out, err) =
+        run(dir.path(), &["feedback", "classify", dsn.to_str().unwrap(), "--rcpt", "bnc+x@bounces.example"]);
     assert!(ok, "{err}");
     let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(verdict["kind"], "bounce");
@@ -280,7 +281,10 @@ fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     assert!(ok, "{err}");
     let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((verdict["kind"].as_str(), verdict["class"].as_str()), (Some("complaint"), Some("complaint")));
-    assert_eq!((verdict["feedback_type"].as_str(), verdict["recipient"].as_str()), (Some("abuse"), Some("reader@yahoo.com")));
+    assert_eq!(
+        (verdict["feedback_type"].as_str(), verdict["recipient"].as_str()),
+        (Some("abuse"), Some("reader@yahoo.com"))
+    );
 
     let (ok, _, err) = run(dir.path(), &["feedback", "classify", "/nonexistent.eml"]);
     assert!(!ok && err.contains("/nonexistent.eml"), "{err}");

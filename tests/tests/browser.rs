@@ -16,11 +16,16 @@ async fn the_preference_center_unsubscribes_from_one_list_in_chromium() {
     let offers = sandbox.create_list("Product offers").await.unwrap();
     let grace = sandbox.add_subscriber(&weekly, "grace@example.com", "Grace", serde_json::json!({})).await.unwrap();
     let join = Subscriber { email: "grace@example.com".into(), lists: vec![offers.clone()], ..Default::default() };
-    sandbox.subscribers.create_subscriber(CreateSubscriberRequest { subscriber: Some(join), ..Default::default() }).await.unwrap();
+    sandbox
+        .subscribers
+        .create_subscriber(CreateSubscriberRequest { subscriber: Some(join), ..Default::default() })
+        .await
+        .unwrap();
     let campaign = sandbox.create_campaign(&weekly, simple_template()).await.unwrap();
     sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
     sandbox.wait_for_completion(&campaign, Duration::from_secs(30)).await.unwrap();
-    let message = read_messages(&sandbox.outbox()).unwrap().into_iter().find(|m| m.contains("List-Unsubscribe")).unwrap();
+    let message =
+        read_messages(&sandbox.outbox()).unwrap().into_iter().find(|m| m.contains("List-Unsubscribe")).unwrap();
     let unfolded = message.replace("\r\n ", " ");
     let header = unfolded.lines().find(|l| l.starts_with("List-Unsubscribe:")).unwrap();
     let token = broadside_feedback::classify::unsubscribe_tokens(header).pop().unwrap();
@@ -28,7 +33,9 @@ async fn the_preference_center_unsubscribes_from_one_list_in_chromium() {
     let weekly_id = weekly.trim_start_matches("lists/").to_owned();
     let offers_id = offers.trim_start_matches("lists/").to_owned();
 
-    let shots = std::env::var_os("BROADSIDE_TEST_SCREENSHOTS").map(std::path::PathBuf::from).unwrap_or_else(|| dir.path().to_owned());
+    let shots = std::env::var_os("BROADSIDE_TEST_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().to_owned());
     let (landing, saved, page_text) = tokio::task::spawn_blocking(move || {
         let browser = Browser::start().unwrap();
         browser.goto(&format!("http://{http}/u/{token}")).unwrap();
@@ -60,7 +67,10 @@ async fn the_preference_center_unsubscribes_from_one_list_in_chromium() {
         let (get, mut subscribers, weekly) = (get.clone(), subscribers.clone(), weekly.clone());
         async move {
             let now = subscribers.get_subscriber(get).await?.into_inner();
-            let left = now.subscriptions.iter().any(|s| s.list == weekly && s.status == SubscriptionStatus::Unsubscribed as i32);
+            let left = now
+                .subscriptions
+                .iter()
+                .any(|s| s.list == weekly && s.status == SubscriptionStatus::Unsubscribed as i32);
             Ok(left.then_some(now))
         }
     })
@@ -70,7 +80,12 @@ async fn the_preference_center_unsubscribes_from_one_list_in_chromium() {
     assert_eq!(offers_status, SubscriptionStatus::Confirmed as i32, "the other list is kept");
     assert_eq!(after.status, SubscriberStatus::Active as i32);
     let mut subscribers = sandbox.subscribers.clone();
-    let records = subscribers.list_consent_records(ListConsentRecordsRequest { parent: grace.name.clone() }).await.unwrap().into_inner().records;
+    let records = subscribers
+        .list_consent_records(ListConsentRecordsRequest { parent: grace.name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
     let unsubscribe = records.iter().find(|r| r.action == "unsubscribe").unwrap();
     let context = unsubscribe.context.as_ref().unwrap();
     assert_eq!(context.source, "preference_center");

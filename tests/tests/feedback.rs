@@ -38,7 +38,8 @@ async fn postfix_dsns_suppress_bounced_subscribers_and_the_next_campaign_skips_t
 
     let list = sandbox.create_list("Weekly").await.unwrap();
     let good = sandbox.add_subscriber(&list, "reader@example.com", "Reader", serde_json::json!({})).await.unwrap();
-    let unknown = sandbox.add_subscriber(&list, "nosuchuser@local.test", "Nobody", serde_json::json!({})).await.unwrap();
+    let unknown =
+        sandbox.add_subscriber(&list, "nosuchuser@local.test", "Nobody", serde_json::json!({})).await.unwrap();
     let refused = sandbox.add_subscriber(&list, "gone@refuse.test", "Gone", serde_json::json!({})).await.unwrap();
 
     let first = sandbox.create_campaign(&list, simple_template()).await.unwrap();
@@ -73,7 +74,10 @@ async fn postfix_dsns_suppress_bounced_subscribers_and_the_next_campaign_skips_t
     let records = feedback.list_feedback_records(request).await.unwrap().into_inner().records;
     assert_eq!(records.len(), 2, "{records:#?}");
     for record in &records {
-        assert_eq!((record.class.as_str(), record.status_code.as_str(), record.rule.as_str()), ("hard", "5.1.1", "dsn"));
+        assert_eq!(
+            (record.class.as_str(), record.status_code.as_str(), record.rule.as_str()),
+            ("hard", "5.1.1", "dsn")
+        );
         assert_eq!(record.verdict, "suppressed");
         assert_eq!(record.campaign, first);
         assert!(record.reporting_mta.starts_with("relay.broadside.test"), "{record:?}");
@@ -123,7 +127,11 @@ async fn one_click_unsubscribes_once_and_get_never_changes_state() {
     let offers = sandbox.create_list("Offers").await.unwrap();
     let ada = sandbox.add_subscriber(&weekly, "ada@example.com", "Ada", serde_json::json!({})).await.unwrap();
     let update = Subscriber { email: "ada@example.com".into(), lists: vec![offers.clone()], ..Default::default() };
-    sandbox.subscribers.create_subscriber(CreateSubscriberRequest { subscriber: Some(update), ..Default::default() }).await.unwrap();
+    sandbox
+        .subscribers
+        .create_subscriber(CreateSubscriberRequest { subscriber: Some(update), ..Default::default() })
+        .await
+        .unwrap();
     let messages = send_to(&mut sandbox, &weekly).await;
     let token = unsubscribe_token(&messages[0]);
     let http = sandbox.node.as_ref().unwrap().http_addr.unwrap();
@@ -165,18 +173,25 @@ async fn one_click_unsubscribes_once_and_get_never_changes_state() {
         .await
         .unwrap();
         assert_eq!(status, 400, "{bad}");
-        let (status, _) = tokio::task::spawn_blocking(move || http_request(http, "GET", &format!("/c/{bad}"), "")).await.unwrap();
+        let (status, _) =
+            tokio::task::spawn_blocking(move || http_request(http, "GET", &format!("/c/{bad}"), "")).await.unwrap();
         assert_eq!(status, 400);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_tamper = sandbox.subscribers.get_subscriber(get.clone()).await.unwrap().into_inner();
-    assert_eq!(subscription(&after_tamper, &weekly), SubscriptionStatus::Confirmed as i32, "a tampered token changed nothing");
+    assert_eq!(
+        subscription(&after_tamper, &weekly),
+        SubscriptionStatus::Confirmed as i32,
+        "a tampered token changed nothing"
+    );
 
     // RFC 8058 one-click POST, twice: one unsubscribe, one consent record.
     for _ in 0..2 {
         let path = format!("/u/{token}");
         let (status, page) =
-            tokio::task::spawn_blocking(move || http_request(http, "POST", &path, "List-Unsubscribe=One-Click")).await.unwrap();
+            tokio::task::spawn_blocking(move || http_request(http, "POST", &path, "List-Unsubscribe=One-Click"))
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{page}");
         assert!(!page.to_ascii_lowercase().contains("set-cookie"), "no cookies");
     }
@@ -202,7 +217,10 @@ async fn one_click_unsubscribes_once_and_get_never_changes_state() {
     let unsubscribes: Vec<_> = records.iter().filter(|r| r.action == "unsubscribe").collect();
     assert_eq!(unsubscribes.len(), 1, "idempotent: {records:#?}");
     let context = unsubscribes[0].context.as_ref().unwrap();
-    assert_eq!((context.source.as_str(), context.ip.as_str(), context.user_agent.as_str()), ("one_click", "127.0.0.1", "TestBrowser/1.0"));
+    assert_eq!(
+        (context.source.as_str(), context.ip.as_str(), context.user_agent.as_str()),
+        ("one_click", "127.0.0.1", "TestBrowser/1.0")
+    );
 
     // The next campaign to Weekly has nobody left to send to.
     let campaign = sandbox.create_campaign(&weekly, simple_template()).await.unwrap();
@@ -270,14 +288,28 @@ async fn complaints_by_mail_and_api_unsubscribe_everywhere_and_forgeries_change_
     let bob = sandbox.add_subscriber(&weekly, "bob@example.com", "Bob", serde_json::json!({})).await.unwrap();
     let eve = sandbox.add_subscriber(&weekly, "eve@example.com", "Eve", serde_json::json!({})).await.unwrap();
     let join = Subscriber { email: "bob@example.com".into(), lists: vec![offers.clone()], ..Default::default() };
-    sandbox.subscribers.create_subscriber(CreateSubscriberRequest { subscriber: Some(join), ..Default::default() }).await.unwrap();
+    sandbox
+        .subscribers
+        .create_subscriber(CreateSubscriberRequest { subscriber: Some(join), ..Default::default() })
+        .await
+        .unwrap();
     let messages = send_to(&mut sandbox, &weekly).await;
     let to_bob = messages.iter().find(|m| m.contains("bob@example.com")).unwrap();
     let to_eve = messages.iter().find(|m| m.contains("eve@example.com")).unwrap();
     let inbound = sandbox.node.as_ref().unwrap().inbound_addr.unwrap();
 
     // The listener refuses foreign recipients and oversized messages, speaks LMTP too.
-    let replies = smtp(inbound, &["EHLO mx.example", "MAIL FROM:<> SIZE=999999999", "MAIL FROM:<>", "RCPT TO:<someone@elsewhere.example>", "QUIT"]).await;
+    let replies = smtp(
+        inbound,
+        &[
+            "EHLO mx.example",
+            "MAIL FROM:<> SIZE=999999999",
+            "MAIL FROM:<>",
+            "RCPT TO:<someone@elsewhere.example>",
+            "QUIT",
+        ],
+    )
+    .await;
     assert!(replies[0].starts_with("220 "), "{replies:?}");
     assert!(replies.iter().any(|r| r.starts_with("552 5.3.4")), "{replies:?}");
     assert!(replies.iter().any(|r| r.starts_with("550 5.1.1")), "{replies:?}");
@@ -285,7 +317,18 @@ async fn complaints_by_mail_and_api_unsubscribe_everywhere_and_forgeries_change_
     // An ARF report about Bob's message arrives at the feedback-loop mailbox (SMTP).
     let report = String::from_utf8(arf_about(to_bob, None)).unwrap();
     let data = report.replace("\r\n.", "\r\n..");
-    let replies = smtp(inbound, &["EHLO mx.example", "MAIL FROM:<>", "RCPT TO:<fbl@broadside.localhost>", "DATA", &format!("{data}\r\n."), "QUIT"]).await;
+    let replies = smtp(
+        inbound,
+        &[
+            "EHLO mx.example",
+            "MAIL FROM:<>",
+            "RCPT TO:<fbl@broadside.localhost>",
+            "DATA",
+            &format!("{data}\r\n."),
+            "QUIT",
+        ],
+    )
+    .await;
     assert!(replies.iter().any(|r| r.starts_with("250 2.0.0 Handled as complaint (unsubscribed)")), "{replies:?}");
 
     // A forged report about Eve (her headers, but no valid token or VERP tag), by IngestReport.
@@ -308,18 +351,108 @@ async fn complaints_by_mail_and_api_unsubscribe_everywhere_and_forgeries_change_
     })
     .await
     .unwrap();
-    assert!(complained.subscriptions.iter().all(|s| s.status == SubscriptionStatus::Unsubscribed as i32), "{complained:?}");
+    assert!(
+        complained.subscriptions.iter().all(|s| s.status == SubscriptionStatus::Unsubscribed as i32),
+        "{complained:?}"
+    );
     let check = CheckSuppressionRequest { email: "bob@example.com".into(), list: String::new() };
     let suppressed = subscribers.check_suppression(check).await.unwrap().into_inner();
     assert_eq!(suppressed.suppressions[0].reason, SuppressionReason::Complaint as i32);
-    assert_eq!(status_of(&mut sandbox, &eve.name).await, SubscriberStatus::Active as i32, "the forgery changed nothing");
+    assert_eq!(
+        status_of(&mut sandbox, &eve.name).await,
+        SubscriberStatus::Active as i32,
+        "the forgery changed nothing"
+    );
 
     // An auto-reply by LMTP is stored and ignored.
     let auto = "From: Eve <eve@example.com>\r\nTo: bnc@bounces.example\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nBack Monday.";
-    let replies = smtp(inbound, &["LHLO mx.example", "MAIL FROM:<eve@example.com>", "RCPT TO:<fbl@broadside.localhost>", "RCPT TO:<bnc@broadside.localhost>", "DATA", &format!("{auto}\r\n."), "QUIT"]).await;
-    let handled: Vec<_> = replies.iter().filter(|r| r.starts_with("250 2.0.0 Handled as auto_reply (unattributed)")).collect();
+    let replies = smtp(
+        inbound,
+        &[
+            "LHLO mx.example",
+            "MAIL FROM:<eve@example.com>",
+            "RCPT TO:<fbl@broadside.localhost>",
+            "RCPT TO:<bnc@broadside.localhost>",
+            "DATA",
+            &format!("{auto}\r\n."),
+            "QUIT",
+        ],
+    )
+    .await;
+    let handled: Vec<_> =
+        replies.iter().filter(|r| r.starts_with("250 2.0.0 Handled as auto_reply (unattributed)")).collect();
     assert_eq!(handled.len(), 2, "LMTP answers per recipient: {replies:?}");
     let all = feedback.list_feedback_records(ListFeedbackRecordsRequest::default()).await.unwrap().into_inner().records;
-    assert!(all.iter().any(|r| r.kind == "complaint" && r.verdict == "unsubscribed" && r.subscriber == bob.name), "{all:#?}");
+    assert!(
+        all.iter().any(|r| r.kind == "complaint" && r.verdict == "unsubscribed" && r.subscriber == bob.name),
+        "{all:#?}"
+    );
+    sandbox.stop().await.unwrap();
+}
+
+/// Undoes quoted-printable soft breaks and `=3D` so links can be read from a captured message.
+fn unqp(message: &str) -> String {
+    message.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_counts_opens_and_clicks_once_and_respects_the_opt_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
+    let list = sandbox.create_list("Weekly").await.unwrap();
+    sandbox.add_subscriber(&list, "tracked@example.com", "Tracked", serde_json::json!({})).await.unwrap();
+    sandbox
+        .add_subscriber(&list, "private@example.com", "Private", serde_json::json!({"tracking": false}))
+        .await
+        .unwrap();
+    let mut template = simple_template();
+    template.html_body.push_str("<p><a href=\"https://shop.example/offer?x=1&y=2\">See the offer</a></p>");
+    let before = read_messages(&sandbox.outbox()).unwrap().len();
+    let campaign = sandbox.create_campaign(&list, template).await.unwrap();
+    sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.clone() }).await.unwrap();
+    sandbox.wait_for_completion(&campaign, Duration::from_secs(30)).await.unwrap();
+    let messages: Vec<String> = read_messages(&sandbox.outbox()).unwrap().iter().map(|m| unqp(m)).collect();
+    assert_eq!(messages.len(), before + 2);
+    let private = messages.iter().find(|m| m.contains("private@example.com")).unwrap();
+    assert!(
+        private.contains("href=\"https://shop.example/offer?x=1&y=2\"") && !private.contains("/o/"),
+        "opted out: {private}"
+    );
+    let tracked = messages.iter().find(|m| m.contains("tracked@example.com")).unwrap();
+    let link = |marker: &str| {
+        let at = tracked.find(marker).unwrap_or_else(|| panic!("{marker} in {tracked}"));
+        tracked[at..].split('"').next().unwrap().to_owned()
+    };
+    let (open, click) = (link("/o/"), link("/c/"));
+    assert!(!tracked.contains("href=\"https://shop.example"), "the link is rewritten");
+    let http = sandbox.node.as_ref().unwrap().http_addr.unwrap();
+    for _ in 0..2 {
+        let (open, click) = (open.clone(), click.clone());
+        let (status, pixel) = tokio::task::spawn_blocking(move || http_request(http, "GET", &open, "")).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(pixel.contains("image/gif") && pixel.contains("GIF89a"), "{pixel}");
+        let (status, redirect) =
+            tokio::task::spawn_blocking(move || http_request(http, "GET", &click, "")).await.unwrap();
+        assert_eq!(status, 303, "{redirect}");
+        assert!(redirect.to_ascii_lowercase().contains("location: https://shop.example/offer?x=1&y=2"), "{redirect}");
+    }
+    // A click token whose URL was swapped is refused.
+    let mut parts: Vec<String> = click.trim_start_matches("/c/").split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].chars().rev().collect();
+    let forged = format!("/c/{}", parts.join("."));
+    let (status, _) = tokio::task::spawn_blocking(move || http_request(http, "GET", &forged, "")).await.unwrap();
+    assert_eq!(status, 400);
+    let done = sandbox
+        .wait_for_campaign(&campaign, Duration::from_secs(20), |c| {
+            c.stats.as_ref().is_some_and(|s| s.opened == 1 && s.clicked == 1)
+        })
+        .await
+        .unwrap();
+    let stats = done.stats.unwrap();
+    assert_eq!(
+        (stats.opened, stats.clicked, stats.unsubscribed, stats.bounced),
+        (1, 1, 0, 0),
+        "each counted once per recipient"
+    );
     sandbox.stop().await.unwrap();
 }

@@ -12,7 +12,13 @@ use crate::{Delivered, DynBus, Result};
 /// Runs `apply` over every record of `topic` in consumer group `group` until
 /// `shutdown`. `apply` must be idempotent (a batch may be applied again after
 /// a failure or a crash). Returns the number of records committed.
-pub async fn consume<F, Fut>(bus: DynBus, group: &str, topic: &str, shutdown: CancellationToken, mut apply: F) -> Result<u64>
+pub async fn consume<F, Fut>(
+    bus: DynBus,
+    group: &str,
+    topic: &str,
+    shutdown: CancellationToken,
+    mut apply: F,
+) -> Result<u64>
 where
     F: FnMut(Delivered) -> Fut,
     Fut: Future<Output = std::result::Result<(), String>>,
@@ -53,7 +59,9 @@ where
         }
         match consumer.commit(&batch).await {
             Ok(()) => committed += batch.len() as u64,
-            Err(error) => tracing::warn!(%error, topic, group, "committing offsets failed, continuing (records are applied idempotently)"),
+            Err(error) => {
+                tracing::warn!(%error, topic, group, "committing offsets failed, continuing (records are applied idempotently)")
+            }
         }
     }
     Ok(committed)

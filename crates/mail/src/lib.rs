@@ -8,6 +8,7 @@ pub mod dkim;
 pub mod message;
 pub mod template;
 pub mod token;
+pub mod tracking;
 pub mod transport;
 pub mod verp;
 

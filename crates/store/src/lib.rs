@@ -269,8 +269,13 @@ pub trait FeedbackStore: Send + Sync {
     async fn update_feedback_verdict(&self, record: FeedbackRecord) -> Result<bool>;
     /// Adds `increment` to the subscriber's soft-bounce score after decaying
     /// the stored score by `half_life_ms` since it was last changed; returns the new score.
-    async fn add_bounce_score(&self, tenant: &str, subscriber_id: &str, increment: f64, half_life_ms: i64)
-    -> Result<f64>;
+    async fn add_bounce_score(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+        increment: f64,
+        half_life_ms: i64,
+    ) -> Result<f64>;
     /// Deletes records received before `before` (Unix ms); returns how many.
     async fn purge_feedback(&self, before: i64) -> Result<u64>;
     /// Counts `kind` once per (campaign, subscriber) in the campaign's stats.

@@ -389,7 +389,8 @@ pub async fn feedback_records_scores_and_engagement(store: &dyn Store) {
     store.erase_subscriber("t9", &id).await.unwrap();
     assert!(store.list_feedback("t9", None, false, PageRequest::new(0, "")).await.unwrap().items.is_empty());
     assert_eq!(store.add_bounce_score("t9", &id, 1.0, 3_600_000).await.unwrap(), 1.0, "erased with the subscriber");
-    let old = FeedbackRecord { tenant: "t9".into(), id: new_id(), time: 1, kind: "bounce".into(), ..Default::default() };
+    let old =
+        FeedbackRecord { tenant: "t9".into(), id: new_id(), time: 1, kind: "bounce".into(), ..Default::default() };
     store.insert_feedback(old).await.unwrap();
     assert!(store.purge_feedback(now_millis() - 60_000).await.unwrap() >= 1);
 }

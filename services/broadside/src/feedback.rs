@@ -38,7 +38,12 @@ pub enum FeedbackCommand {
 }
 
 /// The feedback role over `store` and `bus`, configured from `config`.
-pub fn role(config: &Config, store: DynStore, bus: broadside_bus::DynBus, metrics: broadside_telemetry::Metrics) -> anyhow::Result<Feedback> {
+pub fn role(
+    config: &Config,
+    store: DynStore,
+    bus: broadside_bus::DynBus,
+    metrics: broadside_telemetry::Metrics,
+) -> anyhow::Result<Feedback> {
     let settings = FeedbackSettings {
         topic_prefix: config.bus.topic_prefix.clone(),
         signer: backends::token_signer(config)?,

@@ -183,6 +183,7 @@ impl Node {
                 retry_base: Duration::from_secs_f64(config.sender.retry_base_secs),
                 topic_prefix: prefix.clone(),
                 public_url: config.mail.public_url.clone(),
+                tracking: config.feedback.tracking,
                 domain: config.mail.domain.clone(),
                 bounce_domain: config.bounce_domain().to_owned(),
                 destinations: config.sender.destinations.clone(),

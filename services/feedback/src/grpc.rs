@@ -35,8 +35,16 @@ fn to_proto(record: &broadside_store::FeedbackRecord) -> FeedbackRecord {
     FeedbackRecord {
         name: format!("feedbackRecords/{}", record.id),
         kind: record.kind.clone(),
-        subscriber: if record.subscriber_id.is_empty() { String::new() } else { format!("subscribers/{}", record.subscriber_id) },
-        campaign: if record.campaign_id.is_empty() { String::new() } else { format!("campaigns/{}", record.campaign_id) },
+        subscriber: if record.subscriber_id.is_empty() {
+            String::new()
+        } else {
+            format!("subscribers/{}", record.subscriber_id)
+        },
+        campaign: if record.campaign_id.is_empty() {
+            String::new()
+        } else {
+            format!("campaigns/{}", record.campaign_id)
+        },
         status_code: record.status_code.clone(),
         verdict: record.verdict.clone(),
         receive_time: millis_to_timestamp(record.time),
@@ -58,7 +66,9 @@ fn parse_filter(filter: &str) -> Result<Option<String>, ServiceError> {
         .map(str::trim_start)
         .and_then(|rest| rest.strip_prefix('='))
         .map(|rest| rest.trim().trim_matches('"'))
-        .ok_or_else(|| ServiceError::invalid("filter", format!("unsupported filter {filter:?}: use kind = \"bounce\"")))?;
+        .ok_or_else(|| {
+            ServiceError::invalid("filter", format!("unsupported filter {filter:?}: use kind = \"bounce\""))
+        })?;
     if !KINDS.contains(&value) {
         return Err(ServiceError::invalid("filter", format!("unknown kind {value:?} (one of {})", KINDS.join(", "))));
     }
@@ -75,7 +85,8 @@ impl FeedbackService for FeedbackApi {
         let request = request.into_inner();
         let kind = parse_filter(&request.filter)?;
         let page = PageRequest::new(request.page_size.into(), &request.page_token);
-        let page = self.feedback.store.list_feedback(&caller.tenant, kind, false, page).await.map_err(ServiceError::from)?;
+        let page =
+            self.feedback.store.list_feedback(&caller.tenant, kind, false, page).await.map_err(ServiceError::from)?;
         Ok(Response::new(ListFeedbackRecordsResponse {
             records: page.items.iter().map(to_proto).collect(),
             next_page_token: page.next_token.unwrap_or_default(),
@@ -91,7 +102,8 @@ impl FeedbackService for FeedbackApi {
         if raw.len() > MAX_REPORT {
             return Err(ServiceError::invalid("raw_message", format!("is larger than {MAX_REPORT} bytes")).into());
         }
-        let handled = self.feedback.handle_message(&raw, &[], Some(&caller.tenant)).await.map_err(ServiceError::from)?;
+        let handled =
+            self.feedback.handle_message(&raw, &[], Some(&caller.tenant)).await.map_err(ServiceError::from)?;
         let page = self
             .feedback
             .store

@@ -63,7 +63,13 @@ impl Feedback {
         }
     }
 
-    async fn unsubscribe(&self, claims: &UnsubscribeClaims, list_id: &str, source: &str, visitor: &Visitor) -> Result<(), crate::policy::FeedbackError> {
+    async fn unsubscribe(
+        &self,
+        claims: &UnsubscribeClaims,
+        list_id: &str,
+        source: &str,
+        visitor: &Visitor,
+    ) -> Result<(), crate::policy::FeedbackError> {
         let who = attribution(claims);
         let event = v1::Unsubscribe {
             list_id: list_id.to_owned(),
@@ -98,7 +104,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
@@ -123,7 +131,11 @@ fn invalid_link() -> Response {
 }
 
 fn unavailable() -> Response {
-    page(StatusCode::SERVICE_UNAVAILABLE, "Please try again", "<p>We could not record your request right now. Nothing was changed; please try again in a minute.</p>")
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Please try again",
+        "<p>We could not record your request right now. Nothing was changed; please try again in a minute.</p>",
+    )
 }
 
 /// `j•••@example.com`: enough for a person to recognise the address, not to harvest it.
@@ -146,7 +158,11 @@ async fn landing(State(feedback): State<Feedback>, Path(token): Path<String>) ->
     let subscriber = match feedback.store.get_subscriber(&claims.tenant, &claims.subscriber_id).await {
         Ok(Some(subscriber)) => subscriber,
         Ok(None) => {
-            return page(StatusCode::OK, "You are not on our lists", "<p>We hold no subscription for this link any more: you will not receive further messages.</p>");
+            return page(
+                StatusCode::OK,
+                "You are not on our lists",
+                "<p>We hold no subscription for this link any more: you will not receive further messages.</p>",
+            );
         }
         Err(error) => {
             tracing::warn!(%error, "landing page: store read failed");
@@ -196,7 +212,11 @@ async fn one_click(
     match feedback.unsubscribe(&claims, &claims.list_id, source, &visitor(&headers, peer)).await {
         Ok(()) => {
             let list = escape_html(&list_name(&feedback, &claims.tenant, &claims.list_id).await);
-            page(StatusCode::OK, "You are unsubscribed", &format!("<p class=\"done\" id=\"done\">You will no longer receive <strong>{list}</strong>.</p>"))
+            page(
+                StatusCode::OK,
+                "You are unsubscribed",
+                &format!("<p class=\"done\" id=\"done\">You will no longer receive <strong>{list}</strong>.</p>"),
+            )
         }
         Err(error) => {
             tracing::warn!(%error, "unsubscribe not recorded");
@@ -240,7 +260,10 @@ async fn preferences(
     let body = if names.is_empty() {
         "<p class=\"done\" id=\"done\">Your preferences are saved. Nothing changed.</p>".to_owned()
     } else {
-        format!("<p class=\"done\" id=\"done\">Your preferences are saved. You will no longer receive:</p><ul>{}</ul>", names.concat())
+        format!(
+            "<p class=\"done\" id=\"done\">Your preferences are saved. You will no longer receive:</p><ul>{}</ul>",
+            names.concat()
+        )
     };
     page(StatusCode::OK, "Preferences saved", &body)
 }

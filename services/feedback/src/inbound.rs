@@ -236,7 +236,11 @@ impl Session {
             let over = line.len() >= max && !done;
             reader.consume(used);
             if done {
-                return Ok(if line.len() >= max && line.last() != Some(&b'\n') { Line::TooLong } else { Line::Text(line) });
+                return Ok(if line.len() >= max && line.last() != Some(&b'\n') {
+                    Line::TooLong
+                } else {
+                    Line::Text(line)
+                });
             }
             if over {
                 // Skip the rest of the over-long line.
@@ -247,7 +251,11 @@ impl Session {
 
     /// Reads DATA up to the lone dot, undoing dot-stuffing. `None` when the
     /// message exceeded `max` (read to its end and discarded).
-    async fn read_data<R: AsyncBufReadExt + Unpin>(&self, reader: &mut R, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    async fn read_data<R: AsyncBufReadExt + Unpin>(
+        &self,
+        reader: &mut R,
+        max: usize,
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let mut message = Vec::new();
         let mut too_big = false;
         loop {

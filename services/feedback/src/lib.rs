@@ -73,7 +73,13 @@ pub struct Feedback {
 
 impl Feedback {
     pub fn new(store: DynStore, bus: DynBus, settings: FeedbackSettings, metrics: Metrics) -> Self {
-        Self { events_topic: Topic::FeedbackEvents.name(&settings.topic_prefix), store, bus, settings: Arc::new(settings), metrics }
+        Self {
+            events_topic: Topic::FeedbackEvents.name(&settings.topic_prefix),
+            store,
+            bus,
+            settings: Arc::new(settings),
+            metrics,
+        }
     }
 
     /// The gRPC API.

@@ -59,7 +59,13 @@ impl Feedback {
         for address in &verdict.hints.verp {
             let Ok((campaign_id, subscriber_id)) = verp.parse(address) else { continue };
             if let Some(tenant) = self.store.campaign_tenant(&campaign_id).await? {
-                return Ok(Some(Attribution { tenant, subscriber_id, campaign_id, list_id: String::new(), by: "verp" }));
+                return Ok(Some(Attribution {
+                    tenant,
+                    subscriber_id,
+                    campaign_id,
+                    list_id: String::new(),
+                    by: "verp",
+                }));
             }
         }
         for token in &verdict.hints.tokens {
@@ -104,7 +110,8 @@ impl Feedback {
         if let (Some(event), Some(who)) = (event, &attribution) {
             self.publish(who, event).await?;
         }
-        let tenant = attribution.as_ref().map(|a| a.tenant.clone()).or(tenant_only.map(str::to_owned)).unwrap_or_default();
+        let tenant =
+            attribution.as_ref().map(|a| a.tenant.clone()).or(tenant_only.map(str::to_owned)).unwrap_or_default();
         let record = FeedbackRecord {
             tenant,
             id: new_id(),
@@ -224,7 +231,8 @@ impl Feedback {
                     list_id: claims.list_id,
                     by: "token",
                 };
-                let unsubscribe = v1::Unsubscribe { list_id: who.list_id.clone(), source: "mailto".into(), ..Default::default() };
+                let unsubscribe =
+                    v1::Unsubscribe { list_id: who.list_id.clone(), source: "mailto".into(), ..Default::default() };
                 self.publish(&who, EventKind::Unsubscribe(unsubscribe)).await?;
                 ("unsubscribed".to_owned(), Some(who))
             }
@@ -267,7 +275,11 @@ impl Feedback {
     /// Returns the updated record when its classification changed; with
     /// `apply`, stores it and, where the new verdict calls for an action the
     /// old one did not take, takes it.
-    pub async fn reclassify(&self, record: &FeedbackRecord, apply: bool) -> Result<Option<FeedbackRecord>, FeedbackError> {
+    pub async fn reclassify(
+        &self,
+        record: &FeedbackRecord,
+        apply: bool,
+    ) -> Result<Option<FeedbackRecord>, FeedbackError> {
         if record.raw.is_empty() {
             return Ok(None); // an action (unsubscribe) or a 5xx reply: nothing to re-read
         }

@@ -243,10 +243,29 @@ impl Sender {
             text_body: &template.text_body,
         };
         let key = format!("{}/{}@{}", template.tenant, template.id, template.version);
-        let rendered = match self.engine.render(&key, &source, &context) {
+        let mut rendered = match self.engine.render(&key, &source, &context) {
             Ok(rendered) => rendered,
             Err(error) => return Ok(Some(Attempt::failed(format!("render: {error}")))),
         };
+        // Opens and clicks, unless tracking is off here or the subscriber opted out (`tracking: false`).
+        let opted_out = attributes.get("tracking").is_some_and(|v| v == &serde_json::Value::Bool(false));
+        if settings.tracking
+            && !opted_out
+            && let Some(html) = &rendered.html_body
+        {
+            let claims = UnsubscribeClaims {
+                tenant: job.tenant.clone(),
+                subscriber_id: job.subscriber_id.clone(),
+                list_id: job.list_id.clone(),
+                campaign_id: job.campaign_id.clone(),
+                purpose: String::new(),
+                url: String::new(),
+            };
+            match broadside_mail::tracking::add_tracking(html, &settings.public_url, &self.signer, &claims) {
+                Ok(tracked) => rendered.html_body = Some(tracked),
+                Err(error) => return Ok(Some(Attempt::failed(format!("build: {error}")))),
+            }
+        }
         let return_path = self.verp.return_path(&job.campaign_id, &job.subscriber_id, &settings.bounce_domain);
         let envelope = Envelope {
             tenant: &job.tenant,

@@ -43,8 +43,10 @@ pub struct SenderSettings {
     /// First retry delay after a 4xx; doubles per attempt up to an hour.
     pub retry_base: Duration,
     pub topic_prefix: String,
-    /// Base URL for one-click unsubscribe links.
+    /// Base URL for one-click unsubscribe links and tracking.
     pub public_url: String,
+    /// Rewrite HTML links through the click redirect and add the open pixel.
+    pub tracking: bool,
     /// Domain for Message-ID, List-Id and the mailto unsubscribe address.
     pub domain: String,
     /// Domain of VERP return paths.

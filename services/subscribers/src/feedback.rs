@@ -54,14 +54,22 @@ impl SubscriberApi {
                 tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, status = %bounce.status_code, class = %bounce.class, "bounced subscriber suppressed");
             }
             Kind::Complaint(complaint) => {
-                let consent = ConsentContext { source: "complaint".into(), ip: String::new(), user_agent: complaint.reporter.clone() };
+                let consent = ConsentContext {
+                    source: "complaint".into(),
+                    ip: String::new(),
+                    user_agent: complaint.reporter.clone(),
+                };
                 self.leave(&subscriber, "", consent, &mut changes).await?;
                 self.suppress(&subscriber, SuppressionReason::Complaint, &mut changes).await?;
                 self.set_status(&subscriber, SubscriberStatus::Complained).await?;
                 tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, feedback_type = %complaint.feedback_type, "complaint: unsubscribed from every list and suppressed");
             }
             Kind::Unsubscribe(unsubscribe) => {
-                let consent = ConsentContext { source: unsubscribe.source.clone(), ip: unsubscribe.ip, user_agent: unsubscribe.user_agent };
+                let consent = ConsentContext {
+                    source: unsubscribe.source.clone(),
+                    ip: unsubscribe.ip,
+                    user_agent: unsubscribe.user_agent,
+                };
                 self.leave(&subscriber, &unsubscribe.list_id, consent, &mut changes).await?;
                 tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, list = %unsubscribe.list_id, source = %unsubscribe.source, "unsubscribed");
             }
@@ -88,10 +96,17 @@ impl SubscriberApi {
         for subscription in leaving {
             let stored = self
                 .store
-                .set_subscription(&subscriber.tenant, &subscriber.id, &subscription.list_id, SubscriptionStatus::Unsubscribed, consent.clone())
+                .set_subscription(
+                    &subscriber.tenant,
+                    &subscriber.id,
+                    &subscription.list_id,
+                    SubscriptionStatus::Unsubscribed,
+                    consent.clone(),
+                )
                 .await?;
             if stored.is_some() {
-                let change = subscription_changed(&subscription.list_id, SubscriptionStatus::Unsubscribed, &consent.source);
+                let change =
+                    subscription_changed(&subscription.list_id, SubscriptionStatus::Unsubscribed, &consent.source);
                 changes.push((subscriber.tenant.clone(), subscriber.id.clone(), change));
             }
         }

@@ -197,8 +197,7 @@ impl FeedbackStore for SqliteStore {
     }
 
     async fn purge_feedback(&self, before: i64) -> Result<u64> {
-        self.tx(move |tx| Ok(tx.execute("DELETE FROM feedback_records WHERE time < ?1", params![before])? as u64))
-            .await
+        self.tx(move |tx| Ok(tx.execute("DELETE FROM feedback_records WHERE time < ?1", params![before])? as u64)).await
     }
 
     async fn record_engagement(

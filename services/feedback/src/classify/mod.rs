@@ -12,8 +12,8 @@ pub mod rules;
 use mail_parser::{Message, MessageParser, MimeHeaders};
 use serde::Serialize;
 
-pub use rules::Class;
 use fields::{Fields, parse_groups, typed_value};
+pub use rules::Class;
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -127,13 +127,14 @@ impl Report {
                 }
                 "message/feedback-report" => {
                     let text = String::from_utf8_lossy(part.contents());
-                    report.feedback = Some(parse_groups(&text).into_iter().flat_map(|g| g.0).collect::<Vec<_>>())
-                        .map(Fields);
+                    report.feedback =
+                        Some(parse_groups(&text).into_iter().flat_map(|g| g.0).collect::<Vec<_>>()).map(Fields);
                 }
                 "message/rfc822" | "message/global" | "text/rfc822-headers" | "message/rfc822-headers" => {
                     if report.original.is_none() {
                         let text = String::from_utf8_lossy(part.contents());
-                        let head = text.split("\n\n").next().unwrap_or_default().split("\r\n\r\n").next().unwrap_or_default();
+                        let head =
+                            text.split("\n\n").next().unwrap_or_default().split("\r\n\r\n").next().unwrap_or_default();
                         report.original = parse_groups(head).into_iter().next();
                     }
                 }
@@ -211,7 +212,8 @@ fn dsn(verdict: &mut Verdict, groups: &[Fields]) {
     verdict.kind = Kind::Bounce;
     verdict.rule = "dsn".into();
     verdict.reporting_mta = groups[0].get("reporting-mta").map(typed_value).unwrap_or_default().to_owned();
-    let recipients: Vec<&Fields> = groups.iter().filter(|g| g.get("action").is_some() || g.get("status").is_some()).collect();
+    let recipients: Vec<&Fields> =
+        groups.iter().filter(|g| g.get("action").is_some() || g.get("status").is_some()).collect();
     // The first failed recipient; else the first delayed one; else the first.
     let pick = |action: &str| {
         recipients.iter().find(|g| g.get("action").is_some_and(|a| a.trim().eq_ignore_ascii_case(action))).copied()
@@ -256,8 +258,16 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "unzustellbar",
 ];
 
-const AUTO_REPLY_SUBJECTS: &[&str] =
-    &["out of office", "automatic reply", "auto reply", "autoreply", "auto-reply", "vacation", "abwesenheit", "absence"];
+const AUTO_REPLY_SUBJECTS: &[&str] = &[
+    "out of office",
+    "automatic reply",
+    "auto reply",
+    "autoreply",
+    "auto-reply",
+    "vacation",
+    "abwesenheit",
+    "absence",
+];
 
 fn text(verdict: &mut Verdict, message: &Message<'_>, report: &Report) {
     let subject = message.subject().unwrap_or_default().to_ascii_lowercase();
@@ -276,7 +286,8 @@ fn text(verdict: &mut Verdict, message: &Message<'_>, report: &Report) {
             verdict.kind = Kind::Bounce;
             verdict.rule = bounce.rule.into();
             verdict.class = rules::class_of(&bounce.status, &bounce.diagnostic);
-            (verdict.recipient, verdict.status, verdict.diagnostic) = (bounce.recipient, bounce.status, bounce.diagnostic);
+            (verdict.recipient, verdict.status, verdict.diagnostic) =
+                (bounce.recipient, bounce.status, bounce.diagnostic);
             verdict.reporting_mta = from;
             return;
         }

@@ -51,15 +51,23 @@ fn regex(pattern: &str) -> Regex {
 pub static STATUS: LazyLock<Regex> = LazyLock::new(|| regex(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b"));
 /// A basic SMTP reply code at the start of a reply (`550 ` or `550-`).
 static REPLY: LazyLock<Regex> = LazyLock::new(|| regex(r"(?m)(?:^|[\s:(])([245]\d\d)[\s:-]"));
-static ADDRESS: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+"));
-static FULL: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"(?i)mailbox (is )?full|over ?quota|quota exceeded|exceeded (the )?storage|insufficient (system )?storage|mailbox size limit"));
+static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
+    regex(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+")
+});
+static FULL: LazyLock<Regex> = LazyLock::new(|| {
+    regex(
+        r"(?i)mailbox (is )?full|over ?quota|quota exceeded|exceeded (the )?storage|insufficient (system )?storage|mailbox size limit",
+    )
+});
 static BLOCKED: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r"(?i)\bspam\b|blocked|block ?list|blacklist|reputation|\bpolicy\b|rejected for policy|dmarc|spf|not authorized|access denied|\brbl\b|spamhaus")
+    regex(
+        r"(?i)\bspam\b|blocked|block ?list|blacklist|reputation|\bpolicy\b|rejected for policy|dmarc|spf|not authorized|access denied|\brbl\b|spamhaus",
+    )
 });
 static UNKNOWN_USER: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r"(?i)user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|doesn't exist|recipient not found|address not found|no mailbox|invalid (recipient|mailbox|address)|not our customer|mailbox unavailable|account (has been )?disabled|unrouteable address|recipientnotfound|address couldn't be found|doesn't have a .* account")
+    regex(
+        r"(?i)user unknown|unknown user|no such (user|mailbox|recipient)|does not exist|doesn't exist|recipient not found|address not found|no mailbox|invalid (recipient|mailbox|address)|not our customer|mailbox unavailable|account (has been )?disabled|unrouteable address|recipientnotfound|address couldn't be found|doesn't have a .* account",
+    )
 });
 
 /// The first RFC 3463 code in `text`.
@@ -80,7 +88,8 @@ pub fn addresses(text: &str) -> impl Iterator<Item = &str> {
 /// The class of a failure with `status` (RFC 3463), refined by its wording.
 pub fn class_of(status: &str, diagnostic: &str) -> Class {
     let mut parts = status.split('.');
-    let (Some(class), subject, detail) = (parts.next(), parts.next().unwrap_or("0"), parts.next().unwrap_or("0")) else {
+    let (Some(class), subject, detail) = (parts.next(), parts.next().unwrap_or("0"), parts.next().unwrap_or("0"))
+    else {
         return Class::Unknown;
     };
     if FULL.is_match(diagnostic) || (subject == "2" && detail == "2") {
