@@ -289,3 +289,41 @@ fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     let (ok, _, err) = run(dir.path(), &["feedback", "classify", "/nonexistent.eml"]);
     assert!(!ok && err.contains("/nonexistent.eml"), "{err}");
 }
+
+/// `broadside feedback reclassify` finds stored messages whose verdict today's rules change, and `--apply` stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
+    use broadside_store::{FeedbackRecord, PageRequest, new_id, now_millis};
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/feedback/fixtures");
+    let raw = std::fs::read(fixtures.join("sendmail.eml")).unwrap();
+    let id = new_id();
+    {
+        let store = broadside_tests::open_store(dir.path()).unwrap();
+        // As an older rule set would have stored it: unknown.
+        let stale = FeedbackRecord {
+            id: id.clone(),
+            time: now_millis(),
+            kind: "unknown".into(),
+            class: "unknown".into(),
+            rule: "none".into(),
+            verdict: "unattributed".into(),
+            raw,
+            ..Default::default()
+        };
+        store.insert_feedback(stale).await.unwrap();
+    }
+    let (ok, out, err) = run(dir.path(), &["feedback", "reclassify"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&id) && out.contains("unknown unknown (none) -> bounce hard (sendmail)"), "{out}");
+    assert!(err.contains("1 would change"), "{err}");
+    let (ok, _, err) = run(dir.path(), &["feedback", "reclassify", "--apply"]);
+    assert!(ok && err.contains("1 changed"), "{err}");
+    let store = broadside_tests::open_store(dir.path()).unwrap();
+    let page = store.list_feedback("", None, false, PageRequest::new(10, "")).await.unwrap();
+    let record = page.items.iter().find(|r| r.id == id).unwrap();
+    assert_eq!((record.kind.as_str(), record.class.as_str(), record.status_code.as_str()), ("bounce", "hard", "5.1.1"));
+    assert_eq!(record.verdict, "unattributed", "no signed attribution: still no action");
+    let (ok, out, _) = run(dir.path(), &["feedback", "reclassify"]);
+    assert!(ok && out.is_empty(), "nothing left to change: {out}");
+}

@@ -387,6 +387,36 @@ async fn complaints_by_mail_and_api_unsubscribe_everywhere_and_forgeries_change_
         all.iter().any(|r| r.kind == "complaint" && r.verdict == "unsubscribed" && r.subscriber == bob.name),
         "{all:#?}"
     );
+
+    // Soft bounces (mailbox full) to Eve's VERP address: scored twice, suppressed at the third (threshold 3).
+    let verp = to_eve.lines().next().unwrap().trim_start_matches("Return-Path: <").trim_end_matches('>').to_owned();
+    let dsn = |n: usize| {
+        format!(
+            "From: MAILER-DAEMON@mx.example\r\nTo: {verp}\r\nSubject: Delivery Status Notification\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nTry {n}\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\nFinal-Recipient: rfc822; eve@example.com\r\n\
+             Action: failed\r\nStatus: 4.2.2\r\nDiagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n\r\n--b--"
+        )
+    };
+    for (n, expected) in [(1, "scored"), (2, "scored"), (3, "suppressed")] {
+        let rcpt = format!("RCPT TO:<{verp}>");
+        let data = format!("{}\r\n.", dsn(n));
+        let replies = smtp(inbound, &["EHLO mx.example", "MAIL FROM:<>", &rcpt, "DATA", &data, "QUIT"]).await;
+        assert!(
+            replies.iter().any(|r| r == &format!("250 2.0.0 Handled as bounce ({expected})")),
+            "bounce {n}: {replies:?}"
+        );
+    }
+    let get = GetSubscriberRequest { name: eve.name.clone() };
+    wait_for("the third soft bounce to mark Eve bounced", Duration::from_secs(20), || {
+        let (get, mut subscribers) = (get.clone(), subscribers.clone());
+        async move {
+            let status = subscribers.get_subscriber(get).await?.into_inner().status;
+            Ok((status == SubscriberStatus::Bounced as i32).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
     sandbox.stop().await.unwrap();
 }
 

@@ -51,6 +51,27 @@ async fn a_permanent_rejection_fails_the_recipient_and_completes_the_campaign() 
     let done = sandbox.wait_for_completion(&campaign, Duration::from_secs(60)).await.unwrap();
     let stats = done.stats.unwrap();
     assert_eq!((stats.delivered, stats.failed), (0, 5));
+    // A 5xx at send time goes through the bounce policy too. smtp-sink answers
+    // `500 5.3.0 Error: command failed`: a mail-system failure, not a bad
+    // address, so it is scored as a soft bounce and nobody is suppressed yet.
+    let bounced = sandbox
+        .wait_for_campaign(&campaign, Duration::from_secs(20), |c| c.stats.as_ref().is_some_and(|s| s.bounced == 5))
+        .await
+        .unwrap();
+    assert_eq!(bounced.stats.unwrap().bounced, 5);
+    let node = sandbox.node.as_ref().unwrap();
+    let channel = broadside_tests::authed(node, &sandbox.api_key).await.unwrap();
+    let mut feedback = broadside_proto::v1::feedback_service_client::FeedbackServiceClient::new(channel);
+    let records =
+        feedback.list_feedback_records(ListFeedbackRecordsRequest::default()).await.unwrap().into_inner().records;
+    assert_eq!(records.len(), 5, "{records:#?}");
+    assert!(
+        records.iter().all(|r| (r.class.as_str(), r.status_code.as_str(), r.rule.as_str(), r.verdict.as_str())
+            == ("soft", "5.3.0", "smtp", "scored")),
+        "{records:#?}"
+    );
+    let check = CheckSuppressionRequest { email: "user3@example.com".into(), list: String::new() };
+    assert!(!sandbox.subscribers.check_suppression(check).await.unwrap().into_inner().suppressed);
     sandbox.stop().await.unwrap();
 }
 
