@@ -98,15 +98,16 @@ fn decode_headers(text: &str) -> Vec<(String, String)> {
 
 #[async_trait]
 impl Bus for EmbeddedBus {
-    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<()> {
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<(u32, i64)>> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (topic, partitions) = (topic.to_owned(), self.partitions);
         let records: Vec<Record> = records.into_iter().map(|r| Record { payload: self.seal(r.payload), ..r }).collect();
-        self.run(move |conn| {
+        let landed = self.run(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut heads: HashMap<u32, i64> = HashMap::new();
+            let mut landed = Vec::with_capacity(records.len());
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
             {
                 let mut head_query = tx.prepare_cached("SELECT MAX(offset) FROM bus_log WHERE topic = ?1 AND partition = ?2")?;
@@ -123,14 +124,15 @@ impl Bus for EmbeddedBus {
                     };
                     insert.execute(params![topic, partition, next, record.key, record.payload, encode_headers(&record.headers), now])?;
                     heads.insert(partition, next + 1);
+                    landed.push((partition, next));
                 }
             }
             tx.commit()?;
-            Ok(())
+            Ok(landed)
         })
         .await?;
         self.appended.notify_waiters();
-        Ok(())
+        Ok(landed)
     }
 
     async fn redact(&self, topic: &str, key: &str, redact: Redactor) -> Result<u64> {

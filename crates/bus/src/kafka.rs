@@ -124,7 +124,7 @@ impl Bus for KafkaBus {
         Ok(0)
     }
 
-    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<()> {
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<(u32, i64)>> {
         let sends = records.iter().map(|record| {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -140,12 +140,14 @@ impl Bus for KafkaBus {
                 .headers(headers);
             self.producer.send(future_record, Duration::from_secs(120))
         });
+        let mut landed = Vec::with_capacity(records.len());
         for result in join_all(sends).await {
-            if let Err((error, _)) = result {
-                return Err(kafka_error(&format!("publish to {topic}"), error));
+            match result {
+                Ok(delivery) => landed.push((delivery.partition as u32, delivery.offset)),
+                Err((error, _)) => return Err(kafka_error(&format!("publish to {topic}"), error)),
             }
         }
-        Ok(())
+        Ok(landed)
     }
 
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {

@@ -106,8 +106,10 @@ pub struct Delivered {
 pub trait Bus: Send + Sync {
     /// Appends `records` to `topic`. When this returns Ok, every record is
     /// durable; on Err none may be assumed written (retry the whole batch:
-    /// consumers are idempotent).
-    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<()>;
+    /// consumers are idempotent). Returns where each record landed
+    /// (partition, offset), in order: a reader that has applied past those
+    /// offsets reflects the write (read-your-writes).
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<(u32, i64)>>;
     /// Joins consumer group `group` on `topics`, starting at its committed offsets.
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
     /// Partitions per topic.
