@@ -81,6 +81,14 @@ pub trait SubscriberStore: Send + Sync {
         sendable_only: bool,
         page: PageRequest,
     ) -> Result<Page<Subscriber>>;
+    /// Every membership of one list with its status, keyset-paged by
+    /// subscriber id (projections load from it; no personal data is opened).
+    async fn member_statuses(
+        &self,
+        tenant: &str,
+        list_id: &str,
+        page: PageRequest,
+    ) -> Result<Page<(String, SubscriptionStatus)>>;
     /// Whether one member may be mailed now: the same rule as
     /// `list_members(sendable_only)`, checked again just before sending so a
     /// suppression or unsubscribe during a long campaign takes effect at once.
@@ -289,6 +297,17 @@ pub trait FeedbackStore: Send + Sync {
     ) -> Result<bool>;
 }
 
+/// Segment definitions by (tenant, id). The rule is stored as canonical text.
+#[async_trait]
+pub trait SegmentStore: Send + Sync {
+    /// Inserts; with a `request_id` seen before, returns the first result.
+    async fn create_segment(&self, segment: Segment, request_id: Option<String>) -> Result<Segment>;
+    async fn get_segment(&self, tenant: &str, segment_id: &str) -> Result<Option<Segment>>;
+    async fn list_segments(&self, tenant: &str, page: PageRequest) -> Result<Page<Segment>>;
+    /// Returns false when it did not exist.
+    async fn delete_segment(&self, tenant: &str, segment_id: &str) -> Result<bool>;
+}
+
 /// Everything a role may need from the store.
 pub trait Store:
     ListStore
@@ -300,6 +319,7 @@ pub trait Store:
     + CampaignStore
     + SendLedger
     + FeedbackStore
+    + SegmentStore
 {
 }
 impl<
@@ -311,7 +331,8 @@ impl<
         + KeyManagement
         + CampaignStore
         + SendLedger
-        + FeedbackStore,
+        + FeedbackStore
+        + SegmentStore,
 > Store for T
 {
 }

@@ -442,6 +442,8 @@ pub struct Campaign {
     pub stream: String,
     /// The sender's postal address (CAN-SPAM).
     pub postal_address: String,
+    /// A segment id: only the list's members that match it; empty for all.
+    pub segment_id: String,
     /// Fan-out waits until then (Unix ms); 0 sends as soon as started.
     pub send_at: i64,
     /// `HH:MM-HH:MM ZONE` outside which senders hold the campaign's mail
@@ -582,4 +584,15 @@ impl Engagement {
             Self::Clicked => "clicked",
         }
     }
+}
+
+/// A named segment rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    pub tenant: String,
+    pub id: String,
+    pub display_name: String,
+    /// Canonical rule text.
+    pub rule: String,
+    pub create_time: i64,
 }

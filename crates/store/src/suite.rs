@@ -47,6 +47,7 @@ fn campaign(tenant: &str, list_id: &str) -> Campaign {
         postal_address: "1 Main St, Springfield".into(),
         send_at: 0,
         send_window: "09:00-17:00 Europe/Paris".into(),
+        segment_id: String::new(),
         state: CampaignState::Draft,
         stats: CampaignStats::default(),
         fanout_cursor: String::new(),
@@ -395,6 +396,42 @@ pub async fn feedback_records_scores_and_engagement(store: &dyn Store) {
     assert!(store.purge_feedback(now_millis() - 60_000).await.unwrap() >= 1);
 }
 
+/// Segments are kept per tenant, idempotent by request id; membership statuses page by subscriber.
+pub async fn segments_and_member_statuses(store: &dyn Store) {
+    let segment = Segment { tenant: "t10".into(), id: new_id(), display_name: "DE".into(), rule: "attributes.country = \"DE\"".into(), create_time: now_millis() };
+    let first = store.create_segment(segment.clone(), Some("r1".into())).await.unwrap();
+    let again = Segment { id: new_id(), ..segment.clone() };
+    assert_eq!(store.create_segment(again, Some("r1".into())).await.unwrap(), first, "same request id, same segment");
+    assert_eq!(store.get_segment("t10", &first.id).await.unwrap().as_ref(), Some(&first));
+    assert!(store.get_segment("other", &first.id).await.unwrap().is_none(), "tenants are isolated");
+    assert_eq!(store.list_segments("t10", PageRequest::new(0, "")).await.unwrap().items.len(), 1);
+    assert!(store.delete_segment("t10", &first.id).await.unwrap());
+    assert!(!store.delete_segment("t10", &first.id).await.unwrap());
+
+    store.create_list(list("t10", "l1"), None).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let up = store.upsert_subscriber(subscriber("t10", &format!("m{n}@example.com"), &["l1"]), opts(), None).await.unwrap();
+        ids.push(up.subscriber.id);
+    }
+    ids.sort();
+    let consent = ConsentContext { source: "test".into(), ..Default::default() };
+    store.set_subscription("t10", &ids[1], "l1", SubscriptionStatus::Unsubscribed, consent).await.unwrap();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = store.member_statuses("t10", "l1", PageRequest::new(2, &token)).await.unwrap();
+        seen.extend(page.items);
+        match page.next_token {
+            Some(next) => token = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(seen[1].1, SubscriptionStatus::Unsubscribed);
+    assert_eq!(seen[0].1, SubscriptionStatus::Confirmed);
+}
+
 /// Runs every case of the suite against `store`.
 pub async fn run_all(store: &dyn Store) {
     idempotent_creates(store).await;
@@ -408,6 +445,7 @@ pub async fn run_all(store: &dyn Store) {
     tenants_and_keys(store).await;
     data_key_rotation(store).await;
     feedback_records_scores_and_engagement(store).await;
+    segments_and_member_statuses(store).await;
 }
 
 #[cfg(test)]

@@ -72,6 +72,21 @@ impl FromStr for Role {
     }
 }
 
+/// Campaign fan-out asks the segmentation role of this process who is in a segment.
+struct SegmentsForDispatch(broadside_segmentation::SegmentApi);
+
+#[async_trait::async_trait]
+impl broadside_dispatch::SegmentMembers for SegmentsForDispatch {
+    async fn members(
+        &self,
+        tenant: &str,
+        segment_id: &str,
+        list_id: &str,
+    ) -> Result<Vec<String>, broadside_proto::ServiceError> {
+        self.0.members(tenant, segment_id, Some(list_id)).await
+    }
+}
+
 /// A running node.
 pub struct Node {
     pub grpc_addr: SocketAddr,
@@ -142,12 +157,18 @@ impl Node {
             routes.add_service(broadside_subscribers::AuditApi::new(backends.store.clone()).into_service());
             health.set_serving::<SubscriberServiceServer<broadside_subscribers::SubscriberApi>>().await;
         }
+        let mut segments = None;
         if roles.contains(&Role::Segmentation) {
-            routes.add_service(broadside_segmentation::SegmentApi::new(backends.store.clone()).into_service());
+            let live = broadside_segmentation::live::Live::default();
+            let run = live.clone().run(backends.store.clone(), backends.bus.clone(), prefix.clone(), workers_stop.clone());
+            workers.push(("segmentation", tokio::spawn(run)));
+            let api = broadside_segmentation::SegmentApi::new(backends.store.clone(), live);
+            segments = Some(api.clone());
+            routes.add_service(api.into_service());
             health.set_serving::<SegmentServiceServer<broadside_segmentation::SegmentApi>>().await;
         }
         if roles.contains(&Role::Dispatch) {
-            let dispatch = Dispatch::new(
+            let mut dispatch = Dispatch::new(
                 backends.store.clone(),
                 backends.bus.clone(),
                 prefix,
@@ -155,6 +176,9 @@ impl Node {
                 config.sender.max_age_secs,
                 Duration::from_secs(config.dispatch.reconcile_after_secs),
             );
+            if let Some(segments) = &segments {
+                dispatch = dispatch.with_segments(std::sync::Arc::new(SegmentsForDispatch(segments.clone())));
+            }
             routes.add_service(dispatch.template_api().into_service());
             routes.add_service(dispatch.campaign_api().into_service());
             health.set_serving::<TemplateServiceServer<broadside_dispatch::TemplateApi>>().await;

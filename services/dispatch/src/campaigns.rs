@@ -57,6 +57,20 @@ impl CampaignApi {
         if store.get_list(&caller.tenant, list_id).await?.is_none() {
             return Err(ServiceError::NotFound(format!("campaign.list: {}", campaign.list)));
         }
+        let segment_id = if campaign.segment.is_empty() {
+            String::new()
+        } else {
+            let id = names::parse("campaign.segment", &campaign.segment, "segments")?;
+            if self.dispatch.segments.is_none() {
+                return Err(ServiceError::FailedPrecondition(
+                    "campaign.segment: segment targeting needs the segmentation role in the dispatch process (--roles dispatch,segmentation)".into(),
+                ));
+            }
+            if store.get_segment(&caller.tenant, id).await?.is_none() {
+                return Err(ServiceError::NotFound(format!("campaign.segment: {}", campaign.segment)));
+            }
+            id.to_owned()
+        };
         let transactional = match CampaignStream::try_from(campaign.stream) {
             Ok(CampaignStream::Transactional) => true,
             Ok(_) => false,
@@ -96,6 +110,7 @@ impl CampaignApi {
                     postal_address: campaign.postal_address.trim().to_owned(),
                     send_at: campaign.send_at.as_ref().map(broadside_proto::convert::timestamp_to_millis).unwrap_or(0),
                     send_window,
+                    segment_id,
                     state: State::Draft,
                     stats: Default::default(),
                     fanout_cursor: String::new(),

@@ -99,13 +99,18 @@ async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<(
     let expires_at = campaign.start_time.max(now_millis()) + dispatch.max_age_ms;
     let mut token = None;
     let mut resent = 0_usize;
+    let segment = segment_members(dispatch, campaign).await?;
     loop {
         let page = dispatch
             .store
             .list_members(&campaign.tenant, &campaign.list_id, true, PageRequest { size: PAGE_SIZE, token })
             .await?;
         // Only recipients fanned out before (ids up to the fan-out cursor).
-        let fanned: Vec<&Subscriber> = page.items.iter().filter(|s| s.id <= campaign.fanout_cursor).collect();
+        let fanned: Vec<&Subscriber> = page
+            .items
+            .iter()
+            .filter(|s| s.id <= campaign.fanout_cursor && segment.as_ref().is_none_or(|m| m.contains(&s.id)))
+            .collect();
         let ids: Vec<String> = fanned.iter().map(|s| s.id.clone()).collect();
         let missing = dispatch.store.without_outcome(&campaign.id, &ids).await?;
         let records: Vec<Record> = fanned
@@ -135,10 +140,26 @@ async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<(
     Ok(())
 }
 
+/// The members of the campaign's segment in its list, evaluated now; `None`
+/// when the campaign targets the whole list.
+async fn segment_members(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
+    if campaign.segment_id.is_empty() {
+        return Ok(None);
+    }
+    let segments = dispatch
+        .segments
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("campaign targets segment {} but segmentation does not run in this process", campaign.segment_id))?;
+    let members = segments.members(&campaign.tenant, &campaign.segment_id, &campaign.list_id).await?;
+    tracing::info!(segment = %campaign.segment_id, members = members.len(), "segment evaluated for fan-out");
+    Ok(Some(members.into_iter().collect()))
+}
+
 #[tracing::instrument(skip_all, fields(campaign = %campaign.id), err)]
 async fn fan_out(dispatch: &Dispatch, mut campaign: Campaign, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let topic = dispatch.topic(Topic::SendJobs);
     let expires_at = campaign.start_time.max(now_millis()) + dispatch.max_age_ms;
+    let segment = segment_members(dispatch, &campaign).await?;
     while !campaign.fanout_done && !shutdown.is_cancelled() {
         let token = (!campaign.fanout_cursor.is_empty()).then(|| campaign.fanout_cursor.clone());
         let page = dispatch
@@ -149,6 +170,7 @@ async fn fan_out(dispatch: &Dispatch, mut campaign: Campaign, shutdown: &Cancell
         let records: Vec<Record> = page
             .items
             .iter()
+            .filter(|subscriber| segment.as_ref().is_none_or(|m| m.contains(&subscriber.id)))
             .map(|subscriber| send_job(&campaign, subscriber, expires_at, traceparent.clone()))
             .collect();
         let added = records.len() as i64;

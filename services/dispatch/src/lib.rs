@@ -13,6 +13,7 @@ mod templates;
 use std::sync::Arc;
 
 use broadside_bus::{DynBus, Topic};
+use broadside_proto::ServiceError;
 use broadside_store::DynStore;
 use broadside_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -35,6 +36,15 @@ pub struct Dispatch {
     reconcile_after: std::time::Duration,
     /// Wakes the fan-out worker when a campaign starts.
     fanout_wake: Arc<Notify>,
+    /// Segment membership for campaigns that target a segment.
+    segments: Option<Arc<dyn SegmentMembers>>,
+}
+
+/// Who is in a segment (the segmentation role, when it runs in this process).
+#[async_trait::async_trait]
+pub trait SegmentMembers: Send + Sync {
+    /// The ids of the members of `segment_id` who are in `list_id`.
+    async fn members(&self, tenant: &str, segment_id: &str, list_id: &str) -> Result<Vec<String>, ServiceError>;
 }
 
 impl Dispatch {
@@ -54,6 +64,7 @@ impl Dispatch {
             max_age_ms: (max_age_secs * 1000) as i64,
             reconcile_after,
             fanout_wake: Arc::new(Notify::new()),
+            segments: None,
         }
     }
 
@@ -72,6 +83,12 @@ impl Dispatch {
     /// Runs the fan-out worker and the delivery-event consumer until `shutdown`.
     /// Both resume where they stopped: fan-out from its stored cursor,
     /// the consumer from its committed offsets.
+    /// Lets campaigns target segments.
+    pub fn with_segments(mut self, segments: Arc<dyn SegmentMembers>) -> Self {
+        self.segments = Some(segments);
+        self
+    }
+
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let fanout = tokio::spawn(fanout::run(self.clone(), shutdown.clone()));
         let outcomes = tokio::spawn(outcomes::run(self.clone(), shutdown.clone()));

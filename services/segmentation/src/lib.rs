@@ -3,5 +3,9 @@
 //! milliseconds ([`engine`]), kept current from the bus ([`live`]), and the
 //! SegmentService API ([`api`]).
 
+mod api;
 pub mod engine;
+pub mod live;
 pub mod rule;
+
+pub use api::SegmentApi;

@@ -14,6 +14,25 @@ use prost::Message as _;
 
 use crate::SubscriberApi;
 
+tokio::task_local! {
+    /// Where this request's subscriber-events landed (partition → highest offset),
+    /// returned to gRPC callers as the `x-broadside-position` header.
+    pub(crate) static WRITTEN: std::cell::RefCell<std::collections::BTreeMap<u32, i64>>;
+}
+
+/// Runs `request` and returns what it returned with the position of the events it published.
+pub(crate) async fn with_position<T>(request: impl std::future::Future<Output = T>) -> (T, String) {
+    WRITTEN
+        .scope(Default::default(), async {
+            let result = request.await;
+            let position = WRITTEN.with(|written| {
+                written.borrow().iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
+            });
+            (result, position)
+        })
+        .await
+}
+
 pub(crate) fn status_name(status: SubscriptionStatus) -> &'static str {
     match status {
         SubscriptionStatus::Unconfirmed => "unconfirmed",
@@ -34,6 +53,7 @@ pub(crate) fn upserted(subscriber: &Subscriber) -> Change {
             .iter()
             .map(|s| (s.list_id.clone(), status_name(s.status).to_owned()))
             .collect(),
+        create_time: millis_to_timestamp(subscriber.create_time),
     })
 }
 
@@ -76,7 +96,14 @@ impl SubscriberApi {
                 }
             })
             .collect();
-        self.bus.publish(&self.events_topic, records).await?;
+        let landed = self.bus.publish(&self.events_topic, records).await?;
+        let _ = WRITTEN.try_with(|written| {
+            let mut written = written.borrow_mut();
+            for (partition, offset) in landed {
+                let highest = written.entry(partition).or_insert(offset);
+                *highest = (*highest).max(offset);
+            }
+        });
         Ok(())
     }
 }

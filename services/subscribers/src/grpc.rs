@@ -11,7 +11,15 @@ use crate::SubscriberApi;
 macro_rules! call {
     ($self:ident, $request:ident, $scope:expr, $method:ident) => {{
         let caller = $self.auth.authorize_request(&$request, $scope).await?;
-        Ok(Response::new(SubscriberApi::$method($self, &caller, $request.into_inner()).await?))
+        let (result, position) =
+            crate::events::with_position(SubscriberApi::$method($self, &caller, $request.into_inner())).await;
+        let mut response = Response::new(result?);
+        if let Ok(value) = position.parse() {
+            if !position.is_empty() {
+                response.metadata_mut().insert(crate::POSITION_HEADER, value);
+            }
+        }
+        Ok(response)
     }};
 }
 

@@ -33,6 +33,11 @@ pub use convert::{list_to_proto, subscriber_to_proto};
 pub use import::{MAX_LINE_BYTES, MAX_ROW_BYTES};
 pub use keys::{ApiKeyApi, AuditApi, parse_scopes};
 
+/// Response header of every SubscriberService call that published
+/// subscriber-events: `partition:offset,...`. Pass it to PreviewSegment's
+/// `min_position` to read your own write.
+pub const POSITION_HEADER: &str = "x-broadside-position";
+
 /// What the role needs besides the store and the bus: how to mail and link
 /// double opt-in confirmations.
 #[derive(Clone)]

@@ -55,11 +55,11 @@ impl CampaignStore for SqliteStore {
                 return must_get_campaign(tx, &campaign.tenant, &id);
             }
             tx.execute(
-                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time, max_messages_per_second, stream, postal_address, send_at, send_window) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "INSERT INTO campaigns (tenant, id, display_name, template_id, template_version, list_id, from_address, from_name, reply_to, state, create_time, max_messages_per_second, stream, postal_address, send_at, send_window, segment_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![campaign.tenant, campaign.id, campaign.display_name, campaign.template_id, campaign.template_version, campaign.list_id,
                     campaign.from_address, campaign.from_name, campaign.reply_to, campaign.state as i64, campaign.create_time,
-                    campaign.max_messages_per_second, campaign.stream, campaign.postal_address, campaign.send_at, campaign.send_window],
+                    campaign.max_messages_per_second, campaign.stream, campaign.postal_address, campaign.send_at, campaign.send_window, campaign.segment_id],
             )?;
             remember(tx, &campaign.tenant, &request_id, "campaign", &campaign.id)?;
             must_get_campaign(tx, &campaign.tenant, &campaign.id)

@@ -18,6 +18,7 @@ mod campaigns;
 mod encrypt;
 mod feedback;
 mod keys;
+mod segments;
 mod subscribers;
 mod writer;
 
@@ -183,6 +184,15 @@ ALTER TABLE campaigns ADD COLUMN complained INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE campaigns ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE campaigns ADD COLUMN opened INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE campaigns ADD COLUMN clicked INTEGER NOT NULL DEFAULT 0;
+"#,
+    ),
+    Migration::Sql(
+        r#"
+CREATE TABLE segments (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT NOT NULL, rule TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+ALTER TABLE campaigns ADD COLUMN segment_id TEXT NOT NULL DEFAULT '';
 "#,
     ),
 ];
@@ -406,6 +416,7 @@ fn campaign_from_row(row: &Row<'_>) -> rusqlite::Result<Campaign> {
         postal_address: row.get("postal_address")?,
         send_at: row.get("send_at")?,
         send_window: row.get("send_window")?,
+        segment_id: row.get("segment_id")?,
         state: CampaignState::from_i64(row.get("state")?),
         stats: CampaignStats {
             recipients: row.get("recipients")?,

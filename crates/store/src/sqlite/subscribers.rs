@@ -289,6 +289,29 @@ impl SubscriberStore for SqliteStore {
         .await
     }
 
+    async fn member_statuses(
+        &self,
+        tenant: &str,
+        list_id: &str,
+        page: PageRequest,
+    ) -> Result<Page<(String, SubscriptionStatus)>> {
+        let (tenant, list_id) = (tenant.to_owned(), list_id.to_owned());
+        self.tx(move |tx| {
+            let token = page.token.clone().unwrap_or_default();
+            let rows: Vec<(String, SubscriptionStatus)> = tx
+                .prepare_cached(
+                    "SELECT subscriber_id, status FROM memberships WHERE tenant = ?1 AND list_id = ?2 AND subscriber_id > ?3 \
+                     ORDER BY subscriber_id LIMIT ?4",
+                )?
+                .query_map(params![tenant, list_id, token, (page.size + 1) as i64], |row| {
+                    Ok((row.get(0)?, SubscriptionStatus::from_i64(row.get(1)?)))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(super::page_of(rows, page.size, |row| &row.0))
+        })
+        .await
+    }
+
     async fn list_members(
         &self,
         tenant: &str,

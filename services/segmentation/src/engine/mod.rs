@@ -34,7 +34,8 @@ pub struct Row {
     pub status: String,
     pub created_at: i64,
     pub attributes: Map<String, Json>,
-    /// List id → `unconfirmed`, `confirmed` or `unsubscribed`.
+    /// List id → `unconfirmed`, `confirmed` or `unsubscribed`: the
+    /// memberships that changed (others stay as they were).
     pub subscriptions: Vec<(String, String)>,
 }
 
@@ -124,12 +125,7 @@ impl Projection {
         for (key, value) in &row.attributes {
             self.attributes.entry(key.clone()).or_default().set(dense, value);
         }
-        // The row carries every membership: lists it does not name are left.
-        for (list, members) in self.lists.iter_mut() {
-            if !row.subscriptions.iter().any(|(l, status)| l == list && status == "confirmed") {
-                members.remove(dense);
-            }
-        }
+        // Memberships the row names change; others stay (an import's event names only its list).
         for (list, status) in &row.subscriptions {
             self.set_subscription(dense, list, status);
         }
@@ -142,6 +138,12 @@ impl Projection {
         } else {
             members.remove(dense);
         }
+    }
+
+    /// When a known subscriber was created.
+    pub fn created_at(&self, id: &str) -> Option<i64> {
+        let dense = *self.index.get(&parse_id(id)?)?;
+        Some(self.created[dense as usize]).filter(|t| *t != 0)
     }
 
     /// One membership changed.

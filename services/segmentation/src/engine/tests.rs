@@ -121,7 +121,14 @@ proptest! {
         let mut latest: std::collections::BTreeMap<String, Row> = Default::default();
         for row in rows.iter().chain(&updates) {
             projection.upsert(row);
-            latest.insert(row.id.clone(), row.clone());
+            // Memberships a row does not name stay as they were.
+            let mut merged = row.clone();
+            if let Some(before) = latest.get(&row.id) {
+                let mut lists: std::collections::BTreeMap<String, String> = before.subscriptions.iter().cloned().collect();
+                lists.extend(row.subscriptions.iter().cloned());
+                merged.subscriptions = lists.into_iter().collect();
+            }
+            latest.insert(row.id.clone(), merged);
         }
         for event in &events {
             if latest.contains_key(&event.subscriber) {
