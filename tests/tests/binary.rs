@@ -327,3 +327,14 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
     let (ok, out, _) = run(dir.path(), &["feedback", "reclassify"]);
     assert!(ok && out.is_empty(), "nothing left to change: {out}");
 }
+
+/// A bad rule is shown with a caret under the bad token, before anything is sent.
+#[test]
+fn segments_cli_shows_rule_errors_with_a_caret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(dir.path(), &["--server", "http://127.0.0.1:9", "segments", "preview", "--rule", "attributes.age > 30 and contry = \"DE\""]);
+    assert!(!ok);
+    assert!(err.contains("invalid rule: line 1, column 25: unknown field `contry`"), "{err}");
+    assert!(err.contains("attributes.age > 30 and contry = \"DE\"\n                        ^^^^^^"), "{err}");
+    assert!(err.contains("did you mean attributes.contry?"), "{err}");
+}

@@ -197,6 +197,9 @@ pub enum CampaignsCommand {
         /// Daily window `HH:MM-HH:MM ZONE`, e.g. "09:00-17:00 Europe/Paris".
         #[arg(long, default_value = "")]
         send_window: String,
+        /// `segments/ID`: only the list's members that match it.
+        #[arg(long, default_value = "")]
+        segment: String,
     },
     /// Report the compliance rules (unsubscribe link, postal address, ...) for a campaign.
     Check { campaign: String },
@@ -433,6 +436,7 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
             transactional,
             send_at,
             send_window,
+            segment,
         } => {
             let send_at = send_at
                 .map(|text| {
@@ -453,6 +457,7 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
                 stream: stream as i32,
                 send_at,
                 send_window,
+                segment,
                 ..Default::default()
             };
             let stored = client

@@ -10,6 +10,7 @@ pub mod dkim;
 pub mod feedback;
 pub mod import;
 pub mod node;
+pub mod segments;
 pub mod tls;
 
 pub use node::{Node, Role};
