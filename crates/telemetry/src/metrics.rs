@@ -37,6 +37,10 @@ pub struct Metrics {
     pub consumed: Family<TopicLabels, Counter>,
     /// Recipients fanned out into send jobs.
     pub fanned_out: Counter,
+    /// Subscribers in the segmentation projections of this process.
+    pub segment_subscribers: Gauge,
+    /// Estimated heap bytes of those projections.
+    pub segment_projection_bytes: Gauge,
     /// Inbound feedback by kind and class (bounce/hard, complaint/complaint, unsubscribe/one_click, ...).
     pub feedback: Family<FeedbackLabels, Counter>,
 }
@@ -74,9 +78,15 @@ impl Metrics {
         registry.register("bus_consumed", "Records consumed and committed by topic", consumed.clone());
         let fanned_out = Counter::default();
         registry.register("campaign_recipients_fanned_out", "Recipients fanned out into send jobs", fanned_out.clone());
+        let segment_subscribers = Gauge::default();
+        registry.register("segmentation_subscribers", "Subscribers in the segmentation projections", segment_subscribers.clone());
+        let segment_projection_bytes = Gauge::default();
+        registry.register("segmentation_projection_bytes", "Estimated heap bytes of the segmentation projections", segment_projection_bytes.clone());
         let feedback = Family::<FeedbackLabels, Counter>::default();
         registry.register("feedback", "Inbound feedback by kind and class", feedback.clone());
         Self {
+            segment_subscribers,
+            segment_projection_bytes,
             feedback,
             registry: Arc::new(registry),
             sends,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod bench;
 pub mod bootstrap;
 pub mod client;
 pub mod demo;

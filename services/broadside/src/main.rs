@@ -86,6 +86,9 @@ enum Command {
     /// Campaigns (client of a running node).
     #[command(subcommand)]
     Campaigns(CampaignsCommand),
+    /// Benchmark helpers (bench/segment.sh).
+    #[command(subcommand, hide = true)]
+    Bench(broadside::bench::BenchCommand),
     /// Segments: rules over attributes, lists and engagement (client of a running node).
     #[command(subcommand)]
     Segments(broadside::segments::SegmentsCommand),
@@ -175,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Subscribers(command) => client::subscribers(&client_args, command).await?,
         Command::Templates(command) => client::templates(&client_args, command).await?,
         Command::Campaigns(command) => client::campaigns(&client_args, command).await?,
+        Command::Bench(command) => broadside::bench::run(&load()?, &client_args, command).await?,
         Command::Segments(command) => broadside::segments::run(&client_args, command).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -160,7 +160,13 @@ impl Node {
         let mut segments = None;
         if roles.contains(&Role::Segmentation) {
             let live = broadside_segmentation::live::Live::default();
-            let run = live.clone().run(backends.store.clone(), backends.bus.clone(), prefix.clone(), workers_stop.clone());
+            let run = live.clone().run(
+                backends.store.clone(),
+                backends.bus.clone(),
+                prefix.clone(),
+                metrics.clone(),
+                workers_stop.clone(),
+            );
             workers.push(("segmentation", tokio::spawn(run)));
             let api = broadside_segmentation::SegmentApi::new(backends.store.clone(), live);
             segments = Some(api.clone());
@@ -250,7 +256,13 @@ impl Node {
                 })
             }
             None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // TCP_NODELAY: without it every unary reply waits for the client's delayed ACK (~40 ms).
+                let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+                    if let Ok(stream) = &s {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    s
+                });
                 tokio::spawn(async move {
                     if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
                         tracing::error!(%error, "gRPC server failed");

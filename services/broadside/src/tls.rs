@@ -118,6 +118,8 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Without it every unary reply waits for the client's delayed ACK (~40 ms).
+            let _ = stream.set_nodelay(true);
             let (acceptor, connections) = (acceptor.clone(), sender.clone());
             tokio::spawn(async move {
                 match acceptor.accept(stream).await {

@@ -107,10 +107,19 @@ impl Live {
     }
 
     /// Loads the snapshot, then follows the bus until `shutdown`.
-    pub async fn run(self, store: DynStore, bus: DynBus, prefix: String, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        store: DynStore,
+        bus: DynBus,
+        prefix: String,
+        metrics: broadside_telemetry::Metrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         self.snapshot(&store).await?;
+        self.report(&metrics);
         tracing::info!(subscribers = self.loaded(), seconds = started.elapsed().as_secs_f64(), "segmentation snapshot loaded");
+        let mut reported = std::time::Instant::now();
         let subscriber_topic = Topic::SubscriberEvents.name(&prefix);
         let topics = [subscriber_topic.clone(), Topic::FeedbackEvents.name(&prefix)];
         let group = format!("segmentation-{}", broadside_store::new_id());
@@ -135,8 +144,25 @@ impl Live {
             if !batch.is_empty() {
                 self.advanced.notify_waiters();
             }
+            if reported.elapsed() > Duration::from_secs(10) {
+                self.report(&metrics);
+                reported = std::time::Instant::now();
+            }
         }
         Ok(())
+    }
+
+    /// Sets the size gauges (and trims spare capacity, so the estimate is what is held).
+    fn report(&self, metrics: &broadside_telemetry::Metrics) {
+        let (mut subscribers, mut bytes) = (0, 0);
+        for projection in self.tenants.read().unwrap_or_else(|p| p.into_inner()).values() {
+            let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
+            projection.shrink();
+            subscribers += projection.len();
+            bytes += projection.heap_bytes() as u64;
+        }
+        metrics.segment_subscribers.set(subscribers as i64);
+        metrics.segment_projection_bytes.set(bytes as i64);
     }
 
     async fn snapshot(&self, store: &DynStore) -> anyhow::Result<()> {

@@ -41,7 +41,14 @@ impl SubscriberApi {
     }
 
     async fn apply_feedback_event(&self, event: FeedbackEvent) -> Result<(), crate::ServiceError> {
-        let Some(kind) = event.kind else { return Ok(()) };
+        // Opens, clicks and non-suppressing bounces change nothing here: no store read for them.
+        let Some(kind) = event.kind.filter(|kind| match kind {
+            Kind::Bounce(bounce) => bounce.suppress,
+            Kind::Complaint(_) | Kind::Unsubscribe(_) => true,
+            Kind::Open(_) | Kind::Click(_) => false,
+        }) else {
+            return Ok(());
+        };
         let store = &self.store;
         let Some(subscriber) = store.get_subscriber(&event.tenant, &event.subscriber_id).await? else {
             return Ok(()); // erased, or never ours

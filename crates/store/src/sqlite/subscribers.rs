@@ -94,7 +94,7 @@ fn apply_upsert(
     let inserted =
         tx.prepare_cached(
             "INSERT INTO subscribers (tenant, id, pii, email_key, domain_key, status, create_time, update_time) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (tenant, email_key) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (tenant, email_key) DO NOTHING",
         )?
         .execute(params![
             tenant,
@@ -103,6 +103,8 @@ fn apply_upsert(
             key,
             domain_key(keys, &subscriber.email),
             subscriber.status as i64,
+            // A migration may carry the original signup time; never one in the future.
+            if subscriber.create_time > 0 && subscriber.create_time <= now { subscriber.create_time } else { now },
             now
         ])? > 0;
     let mut state = None;

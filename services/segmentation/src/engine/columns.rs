@@ -52,6 +52,11 @@ impl TextColumn {
         self.garbage = 0;
     }
 
+    pub(super) fn shrink(&mut self) {
+        self.arena.shrink_to_fit();
+        self.spans.shrink_to_fit();
+    }
+
     pub(super) fn matching(&self, scope: &RoaringBitmap, test: impl Fn(&str) -> bool) -> RoaringBitmap {
         scope.iter().filter(|d| test(self.get(*d))).collect()
     }
@@ -125,6 +130,11 @@ impl Attribute {
             // Null, arrays and objects: present, but no comparison matches them.
             _ => {}
         }
+    }
+
+    pub(super) fn shrink(&mut self) {
+        self.numbers.shrink_to_fit();
+        self.texts.shrink_to_fit();
     }
 
     pub(super) fn present(&self) -> RoaringBitmap {

@@ -48,6 +48,15 @@ struct Event {
     campaign: u32,
 }
 
+/// One day of one activity: its events, and who had one (for `within:` as bitmap unions).
+#[derive(Default)]
+struct Day {
+    events: Vec<Event>,
+    members: RoaringBitmap,
+}
+
+const DAY: u32 = 86_400;
+
 /// A tenant's projection.
 #[derive(Default)]
 pub struct Projection {
@@ -61,7 +70,8 @@ pub struct Projection {
     lists: HashMap<String, RoaringBitmap>,
     attributes: HashMap<String, Attribute>,
     campaigns: HashMap<String, u32>,
-    events: [Vec<Event>; 5],
+    /// Per activity, events bucketed by UTC day (insertion in any order is O(log days)).
+    events: [std::collections::BTreeMap<u32, Day>; 5],
     /// Subscribers with at least one event of the activity, and per (activity, campaign).
     ever: [RoaringBitmap; 5],
     ever_in: HashMap<(usize, u32), RoaringBitmap>,
@@ -169,8 +179,11 @@ impl Projection {
         for attribute in self.attributes.values_mut() {
             attribute.clear(dense);
         }
-        for events in &mut self.events {
-            events.retain(|e| e.subscriber != dense);
+        for days in &mut self.events {
+            for day in days.values_mut() {
+                day.events.retain(|e| e.subscriber != dense);
+                day.members.remove(dense);
+            }
         }
     }
 
@@ -180,12 +193,27 @@ impl Projection {
         let next = self.campaigns.len() as u32;
         let campaign = *self.campaigns.entry(campaign.to_owned()).or_insert(next);
         let event = Event { subscriber: dense, time: (time_ms / 1000).clamp(0, u32::MAX as i64) as u32, campaign };
-        let events = &mut self.events[activity.index()];
-        // Events arrive in time order almost always; keep the log sorted anyway.
-        let at = events.partition_point(|e| e.time <= event.time);
-        events.insert(at, event);
+        let day = self.events[activity.index()].entry(event.time / DAY).or_default();
+        day.events.push(event);
+        day.members.insert(dense);
         self.ever[activity.index()].insert(dense);
         self.ever_in.entry((activity.index(), campaign)).or_default().insert(dense);
+    }
+
+    /// Gives back spare capacity (after a bulk load).
+    pub fn shrink(&mut self) {
+        self.ids.shrink_to_fit();
+        self.created.shrink_to_fit();
+        self.emails.shrink();
+        self.names.shrink();
+        for attribute in self.attributes.values_mut() {
+            attribute.shrink();
+        }
+        for days in &mut self.events {
+            for day in days.values_mut() {
+                day.events.shrink_to_fit();
+            }
+        }
     }
 
     /// Approximate heap bytes held (for the benchmark's bytes per subscriber).
@@ -200,7 +228,12 @@ impl Projection {
             + self.statuses.iter().map(bitmaps).sum::<usize>()
             + self.lists.values().map(bitmaps).sum::<usize>()
             + self.attributes.values().map(Attribute::heap_bytes).sum::<usize>()
-            + self.events.iter().map(|e| e.capacity() * std::mem::size_of::<Event>()).sum::<usize>()
+            + self
+                .events
+                .iter()
+                .flat_map(|days| days.values())
+                .map(|day| day.events.capacity() * std::mem::size_of::<Event>() + bitmaps(&day.members) + 48)
+                .sum::<usize>()
             + self.ever.iter().map(bitmaps).sum::<usize>()
             + self.ever_in.values().map(bitmaps).sum::<usize>()
     }
@@ -314,19 +347,27 @@ impl Projection {
                 None => self.ever[activity].clone(),
             };
         }
-        let events = &self.events[activity];
-        let start = match engagement.within {
-            Some(seconds) => {
-                let since = ((now_ms / 1000) - seconds).max(0) as u32;
-                events.partition_point(|e| e.time < since)
-            }
-            None => 0,
+        let since = engagement.within.map(|seconds| ((now_ms / 1000) - seconds).clamp(0, u32::MAX as i64) as u32);
+        let days = match since {
+            Some(since) => self.events[activity].range(since / DAY..),
+            None => self.events[activity].range(..),
         };
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        for event in &events[start..] {
-            if campaign.is_none_or(|code| code == event.campaign) {
-                *counts.entry(event.subscriber).or_default() += 1;
+        let in_window = |e: &&Event| since.is_none_or(|s| e.time >= s) && campaign.is_none_or(|c| c == e.campaign);
+        // "At least once in the window": whole days are bitmap unions; only the first day is filtered by time.
+        if engagement.count == (Op::Ge, 1) && campaign.is_none() {
+            let mut matched = RoaringBitmap::new();
+            for (number, day) in days {
+                if since.is_some_and(|s| *number == s / DAY) {
+                    matched.extend(day.events.iter().filter(in_window).map(|e| e.subscriber));
+                } else {
+                    matched |= &day.members;
+                }
             }
+            return matched;
+        }
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for event in days.flat_map(|(_, day)| day.events.iter()).filter(in_window) {
+            *counts.entry(event.subscriber).or_default() += 1;
         }
         let (op, n) = engagement.count;
         let mut matched: RoaringBitmap = counts.iter().filter(|(_, c)| op.holds(*c, &n)).map(|(s, _)| *s).collect();
@@ -351,7 +392,7 @@ fn is_cheap(rule: &Rule) -> bool {
         Rule::InList(_) => true,
         Rule::Compare { field: Field::Status, .. } | Rule::In { field: Field::Status, .. } => true,
         Rule::Exists { field: Field::Attribute(_) } => true,
-        Rule::Engaged(e) => e.within.is_none() && e.count == (Op::Ge, 1),
+        Rule::Engaged(e) => e.count == (Op::Ge, 1),
         Rule::Not(inner) => is_cheap(inner),
         Rule::All(rules) | Rule::Any(rules) => rules.iter().all(is_cheap),
         _ => false,
