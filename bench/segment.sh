@@ -63,6 +63,8 @@ for _ in $(seq 1 600); do
   [ "${a%% *}" = "${b%% *}" ] && break
 done
 
+evaluated=$("$BIN" --server "http://127.0.0.1:$GRPC" segments preview --rule "$RULE" --sample 1)
+say "server side: ${evaluated%%$'\n'*}"
 result=$("$BIN" --server "http://127.0.0.1:$GRPC" bench preview --rule "$RULE" --runs 50)
 say "broadside: $result"
 ours_total=$(sed -n 's/.*total=\([0-9]*\).*/\1/p' <<<"$result")

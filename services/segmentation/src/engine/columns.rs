@@ -9,6 +9,11 @@ use serde_json::Value as Json;
 
 use crate::rule::{Op, Value};
 
+/// A bitmap from ids in increasing order (appends, much faster than inserts).
+pub(super) fn sorted(ids: impl Iterator<Item = u32>) -> RoaringBitmap {
+    RoaringBitmap::from_sorted_iter(ids).expect("a bitmap iterates in order")
+}
+
 /// Strings by dense number, in one arena (8 bytes per row plus the text).
 #[derive(Default)]
 pub(super) struct TextColumn {
@@ -58,7 +63,7 @@ impl TextColumn {
     }
 
     pub(super) fn matching(&self, scope: &RoaringBitmap, test: impl Fn(&str) -> bool) -> RoaringBitmap {
-        scope.iter().filter(|d| test(self.get(*d))).collect()
+        sorted(scope.iter().filter(|d| test(self.get(*d))))
     }
 
     pub(super) fn non_empty(&self, scope: &RoaringBitmap) -> RoaringBitmap {
@@ -82,7 +87,15 @@ pub(super) struct Attribute {
     codes: HashMap<Box<str>, u32>,
     trues: RoaringBitmap,
     falses: RoaringBitmap,
+    /// Members per dictionary code while there are few codes (country, plan,
+    /// language...): `=` and `in` are then bitmap operations, not scans.
+    /// Dropped for good once the attribute has more than [`MAX_CODE_BITMAPS`] values.
+    by_code: Option<Vec<RoaringBitmap>>,
+    many_values: bool,
 }
+
+/// Distinct text values an attribute may have and still keep one bitmap per value.
+const MAX_CODE_BITMAPS: usize = 256;
 
 impl Attribute {
     pub(super) fn clear(&mut self, dense: u32) {
@@ -93,6 +106,11 @@ impl Attribute {
             *n = f64::NAN;
         }
         if let Some(code) = self.texts.get_mut(dense as usize) {
+            if let Some(by_code) = self.by_code.as_mut()
+                && let Some(members) = by_code.get_mut(*code as usize)
+            {
+                members.remove(dense);
+            }
             *code = 0;
         }
         self.trues.remove(dense);
@@ -120,6 +138,18 @@ impl Attribute {
                     self.dictionary.push(text.as_str().into());
                 }
                 self.texts[at] = code;
+                if self.dictionary.len() > MAX_CODE_BITMAPS {
+                    self.many_values = true;
+                    self.by_code = None;
+                } else if self.by_code.is_none() && !self.many_values {
+                    self.by_code = Some(Vec::new());
+                }
+                if let Some(by_code) = self.by_code.as_mut() {
+                    if by_code.len() <= code as usize {
+                        by_code.resize(code as usize + 1, RoaringBitmap::new());
+                    }
+                    by_code[code as usize].insert(dense);
+                }
             }
             Json::Bool(true) => {
                 self.trues.insert(dense);
@@ -158,7 +188,7 @@ impl Attribute {
         if !wanted.contains(&true) {
             return RoaringBitmap::new();
         }
-        scope.iter().filter(|d| wanted[self.code(*d) as usize]).collect()
+        sorted(scope.iter().filter(|d| wanted[self.code(*d) as usize]))
     }
 
     /// Rows of `scope` whose value `op` `value` (`Ne` is handled by the caller).
@@ -168,16 +198,19 @@ impl Attribute {
                 if self.numbers.is_empty() {
                     return RoaringBitmap::new();
                 }
-                scope.iter().filter(|d| {
+                sorted(scope.iter().filter(|d| {
                     let v = self.number(*d);
                     !v.is_nan() && op.holds(&v, n)
-                }).collect()
+                }))
             }
             Value::Text(text) => {
                 if op == Op::Eq {
                     let Some(code) = self.codes.get(text.as_str()) else { return RoaringBitmap::new() };
                     let code = *code;
-                    return scope.iter().filter(|d| self.code(*d) == code).collect();
+                    if let Some(members) = self.by_code.as_ref().and_then(|b| b.get(code as usize)) {
+                        return members & scope;
+                    }
+                    return sorted(scope.iter().filter(|d| self.code(*d) == code));
                 }
                 self.scan_codes(scope, &self.codes_where(|t| op.holds(&t, &text.as_str())))
             }
@@ -187,6 +220,33 @@ impl Attribute {
             },
             Value::Ago(_) | Value::At(_) => RoaringBitmap::new(),
         }
+    }
+
+    /// The same comparison as [`Self::compare`], one row at a time (`None`: use `compare`).
+    pub(super) fn row_test(&self, op: Op, value: &Value) -> Option<Box<dyn Fn(u32) -> bool + '_>> {
+        Some(match value {
+            Value::Number(n) => {
+                let n = *n;
+                Box::new(move |d| {
+                    let v = self.number(d);
+                    !v.is_nan() && op.holds(&v, &n)
+                })
+            }
+            // With a bitmap per value, `=` is an intersection: let `compare` do it.
+            Value::Text(_) if op == Op::Eq && self.by_code.is_some() => return None,
+            Value::Text(text) if op == Op::Eq => match self.codes.get(text.as_str()) {
+                Some(code) => {
+                    let code = *code;
+                    Box::new(move |d| self.code(d) == code)
+                }
+                None => Box::new(|_| false),
+            },
+            Value::Text(text) => {
+                let wanted = self.codes_where(|t| op.holds(&t, &text.as_str()));
+                Box::new(move |d| wanted[self.code(d) as usize])
+            }
+            _ => return None,
+        })
     }
 
     /// Rows whose text value (lowercased) passes `test`.
@@ -201,5 +261,6 @@ impl Attribute {
             + self.dictionary.iter().map(|t| t.len() * 2 + 16 + 24).sum::<usize>()
             + self.trues.serialized_size()
             + self.falses.serialized_size()
+            + self.by_code.iter().flatten().map(RoaringBitmap::serialized_size).sum::<usize>()
     }
 }

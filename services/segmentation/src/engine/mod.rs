@@ -19,7 +19,7 @@ pub(crate) mod tests;
 
 use std::collections::HashMap;
 
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use serde_json::{Map, Value as Json};
 
 use crate::rule::{Activity, Engagement, Field, Op, Rule, STATUSES, Value};
@@ -248,16 +248,26 @@ impl Projection {
         let scope = || within.cloned().unwrap_or_else(|| self.alive.clone());
         let mut result = match rule {
             Rule::All(rules) => {
-                // Bitmap-only conditions first: they are cheap and narrow the scans.
+                // Bitmap-only conditions first: they are cheap and narrow the scans. The value
+                // comparisons that follow run fused, in one pass over the rows left.
                 let (cheap, scans): (Vec<&Rule>, Vec<&Rule>) = rules.iter().partition(|r| is_cheap(r));
                 let mut acc = scope();
+                let mut tests: Vec<Box<dyn Fn(u32) -> bool + '_>> = Vec::new();
                 for rule in cheap.into_iter().chain(scans) {
                     if acc.is_empty() {
                         break;
                     }
-                    acc = self.eval(rule, now_ms, Some(&acc));
+                    match self.row_test(rule, now_ms) {
+                        Some(test) => tests.push(test),
+                        None => acc = self.eval(rule, now_ms, Some(&acc)),
+                    }
                 }
-                acc
+                if tests.is_empty() {
+                    acc
+                } else {
+                    RoaringBitmap::from_sorted_iter(acc.iter().filter(|d| tests.iter().all(|test| test(*d))))
+                        .expect("a bitmap iterates in order")
+                }
             }
             Rule::Any(rules) => {
                 let mut acc = RoaringBitmap::new();
@@ -292,6 +302,50 @@ impl Projection {
         result
     }
 
+    /// A per-row test for a value comparison, for fused scans; `None` for
+    /// conditions that are bitmaps (or not comparisons).
+    fn row_test(&self, rule: &Rule, now_ms: i64) -> Option<Box<dyn Fn(u32) -> bool + '_>> {
+        match rule {
+            Rule::Compare { field, op: Op::Ne, value } => {
+                let equal = self.value_test(field, Op::Eq, value, now_ms)?;
+                Some(Box::new(move |d| !equal(d)))
+            }
+            Rule::Compare { field, op, value } => self.value_test(field, *op, value, now_ms),
+            Rule::In { field, values } if !matches!(field, Field::Status) => {
+                let tests: Vec<_> = values.iter().map(|v| self.value_test(field, Op::Eq, v, now_ms)).collect::<Option<_>>()?;
+                Some(Box::new(move |d| tests.iter().any(|t| t(d))))
+            }
+            _ => None,
+        }
+    }
+
+    fn value_test(&self, field: &Field, op: Op, value: &Value, now_ms: i64) -> Option<Box<dyn Fn(u32) -> bool + '_>> {
+        Some(match (field, value) {
+            (Field::Status, _) => return None,
+            (Field::CreatedAt, Value::Ago(seconds)) => {
+                let bound = now_ms - seconds * 1000;
+                Box::new(move |d| op.holds(&self.created[d as usize], &bound))
+            }
+            (Field::CreatedAt, Value::At(bound)) => {
+                let bound = *bound;
+                Box::new(move |d| op.holds(&self.created[d as usize], &bound))
+            }
+            (Field::Email, Value::Text(text)) => {
+                let text = text.to_lowercase();
+                Box::new(move |d| op.holds(&self.emails.get(d), &text.as_str()))
+            }
+            (Field::DisplayName, Value::Text(text)) => {
+                let text = text.clone();
+                Box::new(move |d| op.holds(&self.names.get(d), &text.as_str()))
+            }
+            (Field::Attribute(key), value) => match self.attributes.get(key) {
+                Some(attribute) => attribute.row_test(op, value)?,
+                None => Box::new(|_| false),
+            },
+            _ => Box::new(|_| false),
+        })
+    }
+
     fn compare(&self, field: &Field, op: Op, value: &Value, now_ms: i64, scope: &RoaringBitmap) -> RoaringBitmap {
         if op == Op::Ne {
             return scope - self.compare(field, Op::Eq, value, now_ms, scope);
@@ -306,7 +360,7 @@ impl Projection {
                     Value::At(ms) => *ms,
                     _ => unreachable!("matched above"),
                 };
-                scope.iter().filter(|d| op.holds(&self.created[*d as usize], &bound)).collect()
+                columns::sorted(scope.iter().filter(|d| op.holds(&self.created[*d as usize], &bound)))
             }
             (Field::Email, Value::Text(text)) => self.emails.matching(scope, |s| op.holds(&s, &text.to_lowercase().as_str())),
             (Field::DisplayName, Value::Text(text)) => self.names.matching(scope, |s| op.holds(&s, &text.as_str())),
@@ -355,15 +409,17 @@ impl Projection {
         let in_window = |e: &&Event| since.is_none_or(|s| e.time >= s) && campaign.is_none_or(|c| c == e.campaign);
         // "At least once in the window": whole days are bitmap unions; only the first day is filtered by time.
         if engagement.count == (Op::Ge, 1) && campaign.is_none() {
-            let mut matched = RoaringBitmap::new();
+            let mut first_day = RoaringBitmap::new();
+            let mut whole_days = Vec::new();
             for (number, day) in days {
                 if since.is_some_and(|s| *number == s / DAY) {
-                    matched.extend(day.events.iter().filter(in_window).map(|e| e.subscriber));
+                    first_day.extend(day.events.iter().filter(in_window).map(|e| e.subscriber));
                 } else {
-                    matched |= &day.members;
+                    whole_days.push(&day.members);
                 }
             }
-            return matched;
+            // One multi-way union: pairwise `|=` would re-merge the growing result for every day.
+            return whole_days.into_iter().chain(std::iter::once(&first_day)).union();
         }
         let mut counts: HashMap<u32, u32> = HashMap::new();
         for event in days.flat_map(|(_, day)| day.events.iter()).filter(in_window) {
