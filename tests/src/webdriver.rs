@@ -133,6 +133,20 @@ impl Browser {
         Ok(id.with_context(|| format!("no element {css}"))?.to_owned())
     }
 
+    /// Waits up to `timeout` for an element to appear (after a click that loads a page).
+    pub fn wait_for(&self, css: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.find(css) {
+                Ok(id) => return Ok(id),
+                Err(error) if Instant::now() > deadline => {
+                    return Err(error.context(format!("waited {timeout:?} for {css}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     pub fn click(&self, css: &str) -> anyhow::Result<()> {
         let id = self.find(css)?;
         self.call("POST", &format!("/element/{id}/click"), Some(json!({})))?;

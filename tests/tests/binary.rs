@@ -332,7 +332,10 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
 #[test]
 fn segments_cli_shows_rule_errors_with_a_caret() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, _, err) = run(dir.path(), &["--server", "http://127.0.0.1:9", "segments", "preview", "--rule", "attributes.age > 30 and contry = \"DE\""]);
+    let (ok, _, err) = run(
+        dir.path(),
+        &["--server", "http://127.0.0.1:9", "segments", "preview", "--rule", "attributes.age > 30 and contry = \"DE\""],
+    );
     assert!(!ok);
     assert!(err.contains("invalid rule: line 1, column 25: unknown field `contry`"), "{err}");
     assert!(err.contains("attributes.age > 30 and contry = \"DE\"\n                        ^^^^^^"), "{err}");

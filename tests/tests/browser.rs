@@ -39,6 +39,7 @@ async fn the_preference_center_unsubscribes_from_one_list_in_chromium() {
     let (landing, saved, page_text) = tokio::task::spawn_blocking(move || {
         let browser = Browser::start().unwrap();
         browser.goto(&format!("http://{http}/u/{token}")).unwrap();
+        browser.wait_for("#save", Duration::from_secs(20)).unwrap();
         assert_eq!(browser.title().unwrap(), "Manage your subscription");
         assert!(browser.is_selected(&format!("#list-{weekly_id}")).unwrap(), "subscribed lists start checked");
         assert!(browser.is_selected(&format!("#list-{offers_id}")).unwrap());
@@ -46,6 +47,7 @@ async fn the_preference_center_unsubscribes_from_one_list_in_chromium() {
         // Leave Weekly news, keep Product offers.
         browser.click(&format!("#list-{weekly_id}")).unwrap();
         browser.click("#save").unwrap();
+        browser.wait_for("#done", Duration::from_secs(20)).unwrap();
         let text = browser.text("#done").unwrap();
         let list_text = browser.text("main").unwrap();
         (landing, browser.screenshot().unwrap(), format!("{text}\n{list_text}"))

@@ -12,8 +12,17 @@ async fn segments(sandbox: &Sandbox) -> SegmentServiceClient<broadside::client::
     SegmentServiceClient::new(broadside_tests::authed(sandbox.node.as_ref().unwrap(), &sandbox.api_key).await.unwrap())
 }
 
-async fn preview(client: &mut SegmentServiceClient<broadside::client::Authed>, rule: &str, min_position: &str) -> PreviewSegmentResponse {
-    let request = PreviewSegmentRequest { rule: rule.into(), min_position: min_position.into(), page_size: 100, ..Default::default() };
+async fn preview(
+    client: &mut SegmentServiceClient<broadside::client::Authed>,
+    rule: &str,
+    min_position: &str,
+) -> PreviewSegmentResponse {
+    let request = PreviewSegmentRequest {
+        rule: rule.into(),
+        min_position: min_position.into(),
+        page_size: 100,
+        ..Default::default()
+    };
     wait_for("the projection to load", Duration::from_secs(20), || {
         let (mut client, request) = (client.clone(), request.clone());
         async move {
@@ -59,7 +68,8 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
     assert!(!first.position.is_empty());
 
     // Move p0 to DE aged 35, then read it back at once by the position of the write.
-    let p0 = sandbox.subscribers.list_subscribers(ListSubscribersRequest::default()).await.unwrap().into_inner().subscribers;
+    let p0 =
+        sandbox.subscribers.list_subscribers(ListSubscribersRequest::default()).await.unwrap().into_inner().subscribers;
     let p0 = p0.into_iter().find(|s| s.email == "p0@example.com").unwrap();
     let update = UpdateSubscriberRequest {
         subscriber: Some(Subscriber {
@@ -72,7 +82,8 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
         update_mask: vec!["attributes".into()],
     };
     let response = sandbox.subscribers.update_subscriber(update).await.unwrap();
-    let position = response.metadata().get("x-broadside-position").expect("a position header").to_str().unwrap().to_owned();
+    let position =
+        response.metadata().get("x-broadside-position").expect("a position header").to_str().unwrap().to_owned();
     assert!(position.contains(':'), "{position}");
     let after = preview(&mut client, &rule, &position).await;
     assert_eq!(after.total, 3, "the write is reflected as soon as the preview answers");
@@ -80,7 +91,11 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
     let reflected = broadside_segmentation::live::parse_position(&after.position).unwrap();
     for (partition, offset) in broadside_segmentation::live::parse_position(&position).unwrap() {
         let applied = reflected.iter().find(|(p, _)| *p == partition).map(|(_, o)| *o);
-        assert!(applied.is_some_and(|applied| applied >= offset), "answer at {} covers the write at {position}", after.position);
+        assert!(
+            applied.is_some_and(|applied| applied >= offset),
+            "answer at {} covers the write at {position}",
+            after.position
+        );
     }
     let bad_position = client
         .preview_segment(PreviewSegmentRequest { rule: rule.clone(), min_position: "x".into(), ..Default::default() })
@@ -89,15 +104,28 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
     assert_eq!(bad_position.code(), tonic::Code::InvalidArgument);
 
     // Bad rules name the place and the fix.
-    let bad = Segment { display_name: "bad".into(), rule: "attributes.country = \"DE\" and\ncontry = 1".into(), ..Default::default() };
-    let error = client.create_segment(CreateSegmentRequest { segment: Some(bad), ..Default::default() }).await.unwrap_err();
+    let bad = Segment {
+        display_name: "bad".into(),
+        rule: "attributes.country = \"DE\" and\ncontry = 1".into(),
+        ..Default::default()
+    };
+    let error =
+        client.create_segment(CreateSegmentRequest { segment: Some(bad), ..Default::default() }).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
-    assert!(error.message().starts_with("segment.rule: line 2, column 1: unknown field `contry`"), "{}", error.message());
+    assert!(
+        error.message().starts_with("segment.rule: line 2, column 1: unknown field `contry`"),
+        "{}",
+        error.message()
+    );
 
     // A tree creates the same segment as its text; a campaign targets it.
     let tree = broadside_segmentation::rule::proto::to_proto(&broadside_segmentation::rule::parse(&rule).unwrap());
     let segment = Segment { display_name: "German adults".into(), tree: Some(tree), ..Default::default() };
-    let segment = client.create_segment(CreateSegmentRequest { segment: Some(segment), ..Default::default() }).await.unwrap().into_inner();
+    let segment = client
+        .create_segment(CreateSegmentRequest { segment: Some(segment), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(segment.rule, rule);
     let listed = client.list_segments(ListSegmentsRequest::default()).await.unwrap().into_inner().segments;
     assert_eq!(listed.len(), 1);
@@ -117,7 +145,12 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
         postal_address: broadside_tests::POSTAL_ADDRESS.into(),
         ..Default::default()
     };
-    let campaign = sandbox.campaigns.create_campaign(CreateCampaignRequest { campaign: Some(campaign), ..Default::default() }).await.unwrap().into_inner();
+    let campaign = sandbox
+        .campaigns
+        .create_campaign(CreateCampaignRequest { campaign: Some(campaign), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(campaign.segment, segment.name);
     sandbox.campaigns.start_campaign(StartCampaignRequest { name: campaign.name.clone() }).await.unwrap();
     let done = sandbox.wait_for_completion(&campaign.name, Duration::from_secs(30)).await.unwrap();
@@ -129,7 +162,11 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
     }
 
     let stream = client
-        .stream_segment_members(StreamSegmentMembersRequest { name: segment.name.clone(), page_size: 2, ..Default::default() })
+        .stream_segment_members(StreamSegmentMembersRequest {
+            name: segment.name.clone(),
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -398,7 +398,13 @@ pub async fn feedback_records_scores_and_engagement(store: &dyn Store) {
 
 /// Segments are kept per tenant, idempotent by request id; membership statuses page by subscriber.
 pub async fn segments_and_member_statuses(store: &dyn Store) {
-    let segment = Segment { tenant: "t10".into(), id: new_id(), display_name: "DE".into(), rule: "attributes.country = \"DE\"".into(), create_time: now_millis() };
+    let segment = Segment {
+        tenant: "t10".into(),
+        id: new_id(),
+        display_name: "DE".into(),
+        rule: "attributes.country = \"DE\"".into(),
+        create_time: now_millis(),
+    };
     let first = store.create_segment(segment.clone(), Some("r1".into())).await.unwrap();
     let again = Segment { id: new_id(), ..segment.clone() };
     assert_eq!(store.create_segment(again, Some("r1".into())).await.unwrap(), first, "same request id, same segment");
@@ -411,7 +417,10 @@ pub async fn segments_and_member_statuses(store: &dyn Store) {
     store.create_list(list("t10", "l1"), None).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..5 {
-        let up = store.upsert_subscriber(subscriber("t10", &format!("m{n}@example.com"), &["l1"]), opts(), None).await.unwrap();
+        let up = store
+            .upsert_subscriber(subscriber("t10", &format!("m{n}@example.com"), &["l1"]), opts(), None)
+            .await
+            .unwrap();
         ids.push(up.subscriber.id);
     }
     ids.sort();

@@ -79,9 +79,17 @@ impl Metrics {
         let fanned_out = Counter::default();
         registry.register("campaign_recipients_fanned_out", "Recipients fanned out into send jobs", fanned_out.clone());
         let segment_subscribers = Gauge::default();
-        registry.register("segmentation_subscribers", "Subscribers in the segmentation projections", segment_subscribers.clone());
+        registry.register(
+            "segmentation_subscribers",
+            "Subscribers in the segmentation projections",
+            segment_subscribers.clone(),
+        );
         let segment_projection_bytes = Gauge::default();
-        registry.register("segmentation_projection_bytes", "Estimated heap bytes of the segmentation projections", segment_projection_bytes.clone());
+        registry.register(
+            "segmentation_projection_bytes",
+            "Estimated heap bytes of the segmentation projections",
+            segment_projection_bytes.clone(),
+        );
         let feedback = Family::<FeedbackLabels, Counter>::default();
         registry.register("feedback", "Inbound feedback by kind and class", feedback.clone());
         Self {

@@ -11,7 +11,9 @@ use broadside_config::Config;
 use broadside_proto::convert::millis_to_timestamp;
 use broadside_proto::v1::segment_service_client::SegmentServiceClient;
 use broadside_proto::v1::{self, PreviewSegmentRequest, feedback_event::Kind};
-use broadside_store::{ImportJob, ImportRow, MailingList, OptIn, Subscriber, SubscriberStatus, UpsertOptions, now_millis};
+use broadside_store::{
+    ImportJob, ImportRow, MailingList, OptIn, Subscriber, SubscriberStatus, UpsertOptions, now_millis,
+};
 use clap::Subcommand;
 use prost::Message as _;
 
@@ -65,7 +67,8 @@ fn away_from(time: i64, boundary: i64) -> i64 {
 }
 
 const COUNTRIES: [&str; 8] = ["DE", "DE", "FR", "US", "GB", "ES", "IT", "NL"];
-const CITIES: [&str; 10] = ["Berlin", "Paris", "Austin", "Leeds", "Madrid", "Milan", "Utrecht", "Hamburg", "Lyon", "Denver"];
+const CITIES: [&str; 10] =
+    ["Berlin", "Paris", "Austin", "Leeds", "Madrid", "Milan", "Utrecht", "Hamburg", "Lyon", "Denver"];
 
 pub async fn run(config: &Config, args: &ClientArgs, command: BenchCommand) -> anyhow::Result<()> {
     match command {
@@ -94,7 +97,14 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
     crate::bootstrap::ensure_admin_key(&store, &config.data_dir).await?;
     let tenant = broadside_store::DEFAULT_TENANT;
     for id in ["weekly", "monthly"] {
-        let list = MailingList { tenant: tenant.into(), id: id.into(), display_name: id.into(), description: String::new(), opt_in: OptIn::Single, create_time: now_millis() };
+        let list = MailingList {
+            tenant: tenant.into(),
+            id: id.into(),
+            display_name: id.into(),
+            description: String::new(),
+            opt_in: OptIn::Single,
+            create_time: now_millis(),
+        };
         if store.get_list(tenant, id).await?.is_none() {
             store.create_list(list, None).await?;
         }
@@ -146,7 +156,11 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
                         subscriber_id: id.clone(),
                         campaign_id: campaign.into(),
                         time: millis_to_timestamp(time),
-                        kind: Some(if kind == 0 { Kind::Open(v1::Open::default()) } else { Kind::Click(v1::Click { url: "https://shop.example/".into() }) }),
+                        kind: Some(if kind == 0 {
+                            Kind::Open(v1::Open::default())
+                        } else {
+                            Kind::Click(v1::Click { url: "https://shop.example/".into() })
+                        }),
                     };
                     records.push(Record::event(&id, tenant, "broadside.v1.FeedbackEvent", event.encode_to_vec(), None));
                     events += 1;

@@ -257,12 +257,13 @@ impl Node {
             }
             None => {
                 // TCP_NODELAY: without it every unary reply waits for the client's delayed ACK (~40 ms).
-                let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-                    if let Ok(stream) = &s {
-                        let _ = stream.set_nodelay(true);
-                    }
-                    s
-                });
+                let incoming =
+                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+                        if let Ok(stream) = &s {
+                            let _ = stream.set_nodelay(true);
+                        }
+                        s
+                    });
                 tokio::spawn(async move {
                     if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
                         tracing::error!(%error, "gRPC server failed");

@@ -44,7 +44,11 @@ pub fn campaign_to_proto(campaign: &Campaign) -> v1::Campaign {
         postal_address: campaign.postal_address.clone(),
         send_at: (campaign.send_at > 0).then(|| millis_to_timestamp(campaign.send_at)).flatten(),
         send_window: campaign.send_window.clone(),
-        segment: if campaign.segment_id.is_empty() { String::new() } else { format!("segments/{}", campaign.segment_id) },
+        segment: if campaign.segment_id.is_empty() {
+            String::new()
+        } else {
+            format!("segments/{}", campaign.segment_id)
+        },
     }
 }
 

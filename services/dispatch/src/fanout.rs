@@ -142,14 +142,19 @@ async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<(
 
 /// The members of the campaign's segment in its list, evaluated now; `None`
 /// when the campaign targets the whole list.
-async fn segment_members(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
+async fn segment_members(
+    dispatch: &Dispatch,
+    campaign: &Campaign,
+) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
     if campaign.segment_id.is_empty() {
         return Ok(None);
     }
-    let segments = dispatch
-        .segments
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("campaign targets segment {} but segmentation does not run in this process", campaign.segment_id))?;
+    let segments = dispatch.segments.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "campaign targets segment {} but segmentation does not run in this process",
+            campaign.segment_id
+        )
+    })?;
     let members = segments.members(&campaign.tenant, &campaign.segment_id, &campaign.list_id).await?;
     tracing::info!(segment = %campaign.segment_id, members = members.len(), "segment evaluated for fan-out");
     Ok(Some(members.into_iter().collect()))

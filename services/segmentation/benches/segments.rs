@@ -39,7 +39,9 @@ fn benches(c: &mut Criterion) {
     let projection = projection(200_000);
     let rule = parse(RULE).unwrap();
     let now = broadside_store::now_millis();
-    c.bench_function("evaluate five-clause rule, 200k subscribers", |b| b.iter(|| projection.evaluate(&rule, now).len()));
+    c.bench_function("evaluate five-clause rule, 200k subscribers", |b| {
+        b.iter(|| projection.evaluate(&rule, now).len())
+    });
 }
 
 criterion_group!(segments, benches);

@@ -35,7 +35,12 @@ impl SegmentApi {
     }
 
     /// The members of a stored segment (optionally within one list), as subscriber ids.
-    pub async fn members(&self, tenant: &str, segment_id: &str, list_id: Option<&str>) -> Result<Vec<String>, ServiceError> {
+    pub async fn members(
+        &self,
+        tenant: &str,
+        segment_id: &str,
+        list_id: Option<&str>,
+    ) -> Result<Vec<String>, ServiceError> {
         let segment = self
             .store
             .get_segment(tenant, segment_id)
@@ -82,7 +87,9 @@ fn rule_of(field: &str, text: &str, tree: Option<&SegmentRule>) -> Result<Rule, 
         (false, None) => rule::parse(text).map_err(|e| ServiceError::invalid(format!("{field}.rule"), e.to_string())),
         (true, Some(tree)) => rule::proto::from_proto(tree, &format!("{field}.tree"))
             .map_err(|e| ServiceError::invalid(e.path, e.message)),
-        (true, None) => Err(ServiceError::invalid(format!("{field}.rule"), "is required, e.g. attributes.country = \"DE\"")),
+        (true, None) => {
+            Err(ServiceError::invalid(format!("{field}.rule"), "is required, e.g. attributes.country = \"DE\""))
+        }
     }
 }
 
@@ -123,7 +130,8 @@ impl SegmentService for SegmentApi {
         let request_id = (!request.request_id.is_empty()).then_some(request.request_id);
         let stored = self.store.create_segment(stored, request_id).await.map_err(ServiceError::from)?;
         let detail = serde_json::json!({ "rule": stored.rule });
-        broadside_auth::audit(&self.store, &caller, "segment.create", &format!("segments/{}", stored.id), detail).await?;
+        broadside_auth::audit(&self.store, &caller, "segment.create", &format!("segments/{}", stored.id), detail)
+            .await?;
         Ok(Response::new(to_proto(&stored)))
     }
 
@@ -134,7 +142,10 @@ impl SegmentService for SegmentApi {
         Ok(Response::new(to_proto(&segment.ok_or_else(|| ServiceError::NotFound(request.get_ref().name.clone()))?)))
     }
 
-    async fn list_segments(&self, request: Request<ListSegmentsRequest>) -> Result<Response<ListSegmentsResponse>, Status> {
+    async fn list_segments(
+        &self,
+        request: Request<ListSegmentsRequest>,
+    ) -> Result<Response<ListSegmentsResponse>, Status> {
         let caller = self.auth.authorize_request(&request, Scope::Read).await?;
         let request = request.into_inner();
         let page = PageRequest::new(request.page_size.into(), &request.page_token);
@@ -156,7 +167,10 @@ impl SegmentService for SegmentApi {
         Ok(Response::new(()))
     }
 
-    async fn preview_segment(&self, request: Request<PreviewSegmentRequest>) -> Result<Response<PreviewSegmentResponse>, Status> {
+    async fn preview_segment(
+        &self,
+        request: Request<PreviewSegmentRequest>,
+    ) -> Result<Response<PreviewSegmentResponse>, Status> {
         let caller = self.auth.authorize_request(&request, Scope::Read).await?;
         let request = request.into_inner();
         let rule = if request.name.is_empty() {
@@ -170,7 +184,8 @@ impl SegmentService for SegmentApi {
         let list = list_of(&request.list)?;
         self.ensure_ready()?;
         if !request.min_position.is_empty() {
-            let written = parse_position(&request.min_position).map_err(|e| ServiceError::invalid("min_position", e))?;
+            let written =
+                parse_position(&request.min_position).map_err(|e| ServiceError::invalid("min_position", e))?;
             if !self.live.wait_for(&written, READ_YOUR_WRITES_WAIT).await {
                 return Err(ServiceError::Unavailable(format!(
                     "the projection has not reached min_position {} within {READ_YOUR_WRITES_WAIT:?} (it is at {}); retry",
@@ -184,10 +199,15 @@ impl SegmentService for SegmentApi {
         let started = Instant::now();
         let (members, projection) = self.evaluate(&caller.tenant, &rule, list);
         let evaluate_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let size = match request.page_size { n if n <= 0 => 10, n => n.min(1000) as usize };
+        let size = match request.page_size {
+            n if n <= 0 => 10,
+            n => n.min(1000) as usize,
+        };
         let after: u32 = match request.page_token.as_str() {
             "" => 0,
-            token => token.parse::<u32>().map_err(|_| ServiceError::invalid("page_token", "is not a token this API returned"))?,
+            token => token
+                .parse::<u32>()
+                .map_err(|_| ServiceError::invalid("page_token", "is not a token this API returned"))?,
         };
         let projection = projection.read().unwrap_or_else(|p| p.into_inner());
         let mut page: Vec<u32> = members.range(after..).take(size + 1).collect();
@@ -213,7 +233,10 @@ impl SegmentService for SegmentApi {
         let id = names::parse("name", &request.name, "segments")?;
         let list = list_of(&request.list)?;
         let members = self.members(&caller.tenant, id, list).await?;
-        let size = match request.page_size { n if n <= 0 => 1000, n => n.min(10_000) as usize };
+        let size = match request.page_size {
+            n if n <= 0 => 1000,
+            n => n.min(10_000) as usize,
+        };
         let pages: Vec<Result<SegmentMembersPage, Status>> =
             members.chunks(size).map(|chunk| Ok(SegmentMembersPage { subscriber_ids: chunk.to_vec() })).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(pages))))

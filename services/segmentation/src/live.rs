@@ -38,7 +38,10 @@ pub fn parse_position(text: &str) -> Result<Vec<(u32, i64)>, String> {
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (p, o) = part.split_once(':').ok_or_else(|| format!("{part:?} is not partition:offset"))?;
-            Ok((p.parse().map_err(|_| format!("{p:?} is not a partition"))?, o.parse().map_err(|_| format!("{o:?} is not an offset"))?))
+            Ok((
+                p.parse().map_err(|_| format!("{p:?} is not a partition"))?,
+                o.parse().map_err(|_| format!("{o:?} is not an offset"))?,
+            ))
         })
         .collect()
 }
@@ -118,7 +121,11 @@ impl Live {
         let started = std::time::Instant::now();
         self.snapshot(&store).await?;
         self.report(&metrics);
-        tracing::info!(subscribers = self.loaded(), seconds = started.elapsed().as_secs_f64(), "segmentation snapshot loaded");
+        tracing::info!(
+            subscribers = self.loaded(),
+            seconds = started.elapsed().as_secs_f64(),
+            "segmentation snapshot loaded"
+        );
         let mut reported = std::time::Instant::now();
         let subscriber_topic = Topic::SubscriberEvents.name(&prefix);
         let topics = [subscriber_topic.clone(), Topic::FeedbackEvents.name(&prefix)];
@@ -170,7 +177,8 @@ impl Live {
             let projection = self.tenant(&tenant.id);
             let mut token = String::new();
             loop {
-                let page = store.list_subscribers(&tenant.id, PageRequest { size: 1000, token: Some(token.clone()) }).await?;
+                let page =
+                    store.list_subscribers(&tenant.id, PageRequest { size: 1000, token: Some(token.clone()) }).await?;
                 {
                     let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
                     for subscriber in &page.items {
@@ -197,7 +205,13 @@ impl Live {
                 for list in &page.items {
                     let mut members = String::new();
                     loop {
-                        let batch = store.member_statuses(&tenant.id, &list.id, PageRequest { size: 1000, token: Some(members.clone()) }).await?;
+                        let batch = store
+                            .member_statuses(
+                                &tenant.id,
+                                &list.id,
+                                PageRequest { size: 1000, token: Some(members.clone()) },
+                            )
+                            .await?;
                         let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
                         for (subscriber, status) in &batch.items {
                             let status = match status {
@@ -228,17 +242,23 @@ impl Live {
         if !payload.is_empty() {
             if subscriber_events {
                 let events = match delivered.record.header(broadside_bus::headers::TYPE) {
-                    Some("broadside.v1.SubscriberEventBatch") => SubscriberEventBatch::decode(payload).map(|b| b.events),
+                    Some("broadside.v1.SubscriberEventBatch") => {
+                        SubscriberEventBatch::decode(payload).map(|b| b.events)
+                    }
                     _ => SubscriberEvent::decode(payload).map(|e| vec![e]),
                 };
                 match events {
                     Ok(events) => events.into_iter().for_each(|event| self.subscriber_event(event)),
-                    Err(error) => tracing::error!(%error, offset = delivered.offset, "segmentation: undecodable subscriber event skipped"),
+                    Err(error) => {
+                        tracing::error!(%error, offset = delivered.offset, "segmentation: undecodable subscriber event skipped")
+                    }
                 }
             } else {
                 match FeedbackEvent::decode(payload) {
                     Ok(event) => self.feedback_event(event),
-                    Err(error) => tracing::error!(%error, offset = delivered.offset, "segmentation: undecodable feedback event skipped"),
+                    Err(error) => {
+                        tracing::error!(%error, offset = delivered.offset, "segmentation: undecodable feedback event skipped")
+                    }
                 }
             }
         }

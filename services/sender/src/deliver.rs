@@ -214,14 +214,16 @@ impl Sender {
         let Some(template) = self.template(&job.tenant, &job.template_id).await? else {
             return Ok(Some(Attempt::failed(format!("template {} no longer exists", job.template_id))));
         };
-        let token = self.signer.sign(&UnsubscribeClaims {
+        // Who this message is to: the unsubscribe token, and the base of the tracking tokens.
+        let claims = UnsubscribeClaims {
             tenant: job.tenant.clone(),
             subscriber_id: job.subscriber_id.clone(),
             list_id: job.list_id.clone(),
             campaign_id: job.campaign_id.clone(),
             purpose: String::new(),
             url: String::new(),
-        });
+        };
+        let token = self.signer.sign(&claims);
         let settings = &self.settings;
         let unsubscribe_url = format!("{}/u/{token}", settings.public_url.trim_end_matches('/'));
         let unsubscribe_mailto = format!("mailto:unsubscribe@{}?subject=unsubscribe%3A{token}", settings.domain);
@@ -253,14 +255,6 @@ impl Sender {
             && !opted_out
             && let Some(html) = &rendered.html_body
         {
-            let claims = UnsubscribeClaims {
-                tenant: job.tenant.clone(),
-                subscriber_id: job.subscriber_id.clone(),
-                list_id: job.list_id.clone(),
-                campaign_id: job.campaign_id.clone(),
-                purpose: String::new(),
-                url: String::new(),
-            };
             match broadside_mail::tracking::add_tracking(html, &settings.public_url, &self.signer, &claims) {
                 Ok(tracked) => rendered.html_body = Some(tracked),
                 Err(error) => return Ok(Some(Attempt::failed(format!("build: {error}")))),

@@ -25,9 +25,8 @@ pub(crate) async fn with_position<T>(request: impl std::future::Future<Output = 
     WRITTEN
         .scope(Default::default(), async {
             let result = request.await;
-            let position = WRITTEN.with(|written| {
-                written.borrow().iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
-            });
+            let position = WRITTEN
+                .with(|written| written.borrow().iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
             (result, position)
         })
         .await

@@ -22,7 +22,11 @@ impl SegmentStore for SqliteStore {
         self.tx(move |tx| {
             if let Some(id) = remembered(tx, &segment.tenant, &request_id, "segment")? {
                 return tx
-                    .query_row("SELECT * FROM segments WHERE tenant = ?1 AND id = ?2", params![segment.tenant, id], from_row)
+                    .query_row(
+                        "SELECT * FROM segments WHERE tenant = ?1 AND id = ?2",
+                        params![segment.tenant, id],
+                        from_row,
+                    )
                     .optional()?
                     .ok_or_else(|| StoreError::NotFound(format!("segments/{id}")));
             }
@@ -39,7 +43,9 @@ impl SegmentStore for SqliteStore {
     async fn get_segment(&self, tenant: &str, segment_id: &str) -> Result<Option<Segment>> {
         let (tenant, id) = (tenant.to_owned(), segment_id.to_owned());
         self.tx(move |tx| {
-            Ok(tx.query_row("SELECT * FROM segments WHERE tenant = ?1 AND id = ?2", params![tenant, id], from_row).optional()?)
+            Ok(tx
+                .query_row("SELECT * FROM segments WHERE tenant = ?1 AND id = ?2", params![tenant, id], from_row)
+                .optional()?)
         })
         .await
     }
@@ -47,13 +53,24 @@ impl SegmentStore for SqliteStore {
     async fn list_segments(&self, tenant: &str, page: PageRequest) -> Result<Page<Segment>> {
         let tenant = tenant.to_owned();
         self.tx(move |tx| {
-            paged(tx, "SELECT * FROM segments WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3", &tenant, None, &page, from_row, |s| &s.id)
+            paged(
+                tx,
+                "SELECT * FROM segments WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &tenant,
+                None,
+                &page,
+                from_row,
+                |s| &s.id,
+            )
         })
         .await
     }
 
     async fn delete_segment(&self, tenant: &str, segment_id: &str) -> Result<bool> {
         let (tenant, id) = (tenant.to_owned(), segment_id.to_owned());
-        self.tx(move |tx| Ok(tx.execute("DELETE FROM segments WHERE tenant = ?1 AND id = ?2", params![tenant, id])? > 0)).await
+        self.tx(
+            move |tx| Ok(tx.execute("DELETE FROM segments WHERE tenant = ?1 AND id = ?2", params![tenant, id])? > 0),
+        )
+        .await
     }
 }

@@ -312,7 +312,8 @@ impl Projection {
             }
             Rule::Compare { field, op, value } => self.value_test(field, *op, value, now_ms),
             Rule::In { field, values } if !matches!(field, Field::Status) => {
-                let tests: Vec<_> = values.iter().map(|v| self.value_test(field, Op::Eq, v, now_ms)).collect::<Option<_>>()?;
+                let tests: Vec<_> =
+                    values.iter().map(|v| self.value_test(field, Op::Eq, v, now_ms)).collect::<Option<_>>()?;
                 Some(Box::new(move |d| tests.iter().any(|t| t(d))))
             }
             _ => None,
@@ -362,7 +363,9 @@ impl Projection {
                 };
                 columns::sorted(scope.iter().filter(|d| op.holds(&self.created[*d as usize], &bound)))
             }
-            (Field::Email, Value::Text(text)) => self.emails.matching(scope, |s| op.holds(&s, &text.to_lowercase().as_str())),
+            (Field::Email, Value::Text(text)) => {
+                self.emails.matching(scope, |s| op.holds(&s, &text.to_lowercase().as_str()))
+            }
             (Field::DisplayName, Value::Text(text)) => self.names.matching(scope, |s| op.holds(&s, &text.as_str())),
             (Field::Attribute(key), value) => {
                 self.attributes.get(key).map(|a| a.compare(op, value, scope)).unwrap_or_default()
@@ -375,7 +378,9 @@ impl Projection {
         match field {
             Field::Email => self.emails.matching(scope, |s| test(s)),
             Field::DisplayName => self.names.matching(scope, |s| test(&s.to_lowercase())),
-            Field::Attribute(key) => self.attributes.get(key).map(|a| a.text_matching(scope, &test)).unwrap_or_default(),
+            Field::Attribute(key) => {
+                self.attributes.get(key).map(|a| a.text_matching(scope, &test)).unwrap_or_default()
+            }
             Field::Status => STATUSES
                 .iter()
                 .enumerate()

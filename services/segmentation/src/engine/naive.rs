@@ -23,7 +23,9 @@ pub(super) fn matches(rule: &Rule, row: &Row, events: &[NaiveEvent], now_ms: i64
         Rule::Compare { field, op: Op::Ne, value } => !equal_or_ordered(field, Op::Eq, value, row, now_ms),
         Rule::Compare { field, op, value } => equal_or_ordered(field, *op, value, row, now_ms),
         Rule::In { field, values } => values.iter().any(|v| equal_or_ordered(field, Op::Eq, v, row, now_ms)),
-        Rule::Contains { field, text } => text_of(field, row).is_some_and(|s| s.to_lowercase().contains(&text.to_lowercase())),
+        Rule::Contains { field, text } => {
+            text_of(field, row).is_some_and(|s| s.to_lowercase().contains(&text.to_lowercase()))
+        }
         Rule::StartsWith { field, text } => {
             text_of(field, row).is_some_and(|s| s.to_lowercase().starts_with(&text.to_lowercase()))
         }

@@ -27,7 +27,11 @@ fn arb_row(n: u8) -> impl Strategy<Value = Row> {
         prop::sample::select(crate::rule::STATUSES.to_vec()),
         0i64..4,
         prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), arb_json(), 0..3),
-        prop::collection::btree_map(prop::sample::select(vec!["l1", "l2"]), prop::sample::select(vec!["confirmed", "unconfirmed", "unsubscribed"]), 0..3),
+        prop::collection::btree_map(
+            prop::sample::select(vec!["l1", "l2"]),
+            prop::sample::select(vec!["confirmed", "unconfirmed", "unsubscribed"]),
+            0..3,
+        ),
     )
         .prop_map(move |(email, name, status, age, attributes, subscriptions)| Row {
             id: id(n),
@@ -64,11 +68,21 @@ fn arb_leaf() -> impl Strategy<Value = Rule> {
     prop_oneof![
         (arb_field(), arb_op(), arb_value()).prop_map(|(field, op, value)| Rule::Compare { field, op, value }),
         (arb_field(), prop::collection::vec(arb_value(), 1..3)).prop_map(|(field, values)| Rule::In { field, values }),
-        (arb_field(), prop::sample::select(vec!["d", "X", "@example", ""])).prop_map(|(field, t)| Rule::Contains { field, text: t.into() }),
-        (arb_field(), prop::sample::select(vec!["d", "a", "b"])).prop_map(|(field, t)| Rule::StartsWith { field, text: t.into() }),
+        (arb_field(), prop::sample::select(vec!["d", "X", "@example", ""]))
+            .prop_map(|(field, t)| Rule::Contains { field, text: t.into() }),
+        (arb_field(), prop::sample::select(vec!["d", "a", "b"]))
+            .prop_map(|(field, t)| Rule::StartsWith { field, text: t.into() }),
         arb_field().prop_map(|field| Rule::Exists { field }),
-        prop::sample::select(crate::rule::STATUSES.to_vec()).prop_map(|s| Rule::Compare { field: Field::Status, op: Op::Eq, value: Value::Text(s.into()) }),
-        (arb_op(), 0i64..200).prop_map(|(op, days)| Rule::Compare { field: Field::CreatedAt, op, value: Value::Ago(days * 86_400) }),
+        prop::sample::select(crate::rule::STATUSES.to_vec()).prop_map(|s| Rule::Compare {
+            field: Field::Status,
+            op: Op::Eq,
+            value: Value::Text(s.into())
+        }),
+        (arb_op(), 0i64..200).prop_map(|(op, days)| Rule::Compare {
+            field: Field::CreatedAt,
+            op,
+            value: Value::Ago(days * 86_400)
+        }),
         prop::sample::select(vec!["l1", "l2", "l3"]).prop_map(|l| Rule::InList(l.into())),
         (
             prop::sample::select(Activity::ALL.to_vec()),
@@ -77,7 +91,12 @@ fn arb_leaf() -> impl Strategy<Value = Rule> {
             arb_op(),
             0u32..3,
         )
-            .prop_map(|(activity, within, campaign, op, n)| Rule::Engaged(Engagement { activity, within, campaign: campaign.map(str::to_owned), count: (op, n) })),
+            .prop_map(|(activity, within, campaign, op, n)| Rule::Engaged(Engagement {
+                activity,
+                within,
+                campaign: campaign.map(str::to_owned),
+                count: (op, n)
+            })),
     ]
 }
 
@@ -93,13 +112,23 @@ pub(crate) fn arb_rule() -> impl Strategy<Value = Rule> {
 
 fn arb_events() -> impl Strategy<Value = Vec<NaiveEvent>> {
     prop::collection::vec(
-        (0u8..12, prop::sample::select(Activity::ALL.to_vec()), prop::sample::select(vec!["c1", "c2"]), 0i64..(60 * 86_400)),
+        (
+            0u8..12,
+            prop::sample::select(Activity::ALL.to_vec()),
+            prop::sample::select(vec!["c1", "c2"]),
+            0i64..(60 * 86_400),
+        ),
         0..30,
     )
     .prop_map(|events| {
         events
             .into_iter()
-            .map(|(n, activity, campaign, ago)| NaiveEvent { subscriber: id(n), activity, campaign: campaign.into(), time_ms: NOW - ago * 1000 })
+            .map(|(n, activity, campaign, ago)| NaiveEvent {
+                subscriber: id(n),
+                activity,
+                campaign: campaign.into(),
+                time_ms: NOW - ago * 1000,
+            })
             .collect()
     })
 }

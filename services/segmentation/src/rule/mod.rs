@@ -143,11 +143,26 @@ pub enum Rule {
     All(Vec<Rule>),
     Any(Vec<Rule>),
     Not(Box<Rule>),
-    Compare { field: Field, op: Op, value: Value },
-    In { field: Field, values: Vec<Value> },
-    Contains { field: Field, text: String },
-    StartsWith { field: Field, text: String },
-    Exists { field: Field },
+    Compare {
+        field: Field,
+        op: Op,
+        value: Value,
+    },
+    In {
+        field: Field,
+        values: Vec<Value>,
+    },
+    Contains {
+        field: Field,
+        text: String,
+    },
+    StartsWith {
+        field: Field,
+        text: String,
+    },
+    Exists {
+        field: Field,
+    },
     /// Confirmed member of the list (an id).
     InList(String),
     Engaged(Engagement),

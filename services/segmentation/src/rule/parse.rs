@@ -127,7 +127,10 @@ fn lex(text: &str) -> Result<Vec<Spanned>, RuleError> {
             '+' => Token::Plus,
             // A minus before a digit in a value position is a negative number; otherwise `now() - 30d`.
             '-' if !(chars.get(i + 1).is_some_and(char::is_ascii_digit)
-                && matches!(tokens.last().map(|t: &Spanned| &t.token), Some(Token::Op(_) | Token::LBracket | Token::Comma))) =>
+                && matches!(
+                    tokens.last().map(|t: &Spanned| &t.token),
+                    Some(Token::Op(_) | Token::LBracket | Token::Comma)
+                )) =>
             {
                 Token::Minus
             }
@@ -160,7 +163,11 @@ fn lex(text: &str) -> Result<Vec<Spanned>, RuleError> {
                 loop {
                     match chars.get(i) {
                         None | Some('\n') => {
-                            return Err(error(&at(i - start), "unterminated text", Some(&format!("close it with {quote}"))));
+                            return Err(error(
+                                &at(i - start),
+                                "unterminated text",
+                                Some(&format!("close it with {quote}")),
+                            ));
                         }
                         Some('\\') => {
                             let escaped = match chars.get(i + 1) {
@@ -191,7 +198,8 @@ fn lex(text: &str) -> Result<Vec<Spanned>, RuleError> {
                 let unit_end = (end..chars.len()).find(|&j| !chars[j].is_ascii_alphabetic()).unwrap_or(chars.len());
                 let unit: String = chars[end..unit_end].iter().collect();
                 let width = unit_end - i;
-                let value: f64 = digits.parse().map_err(|_| error(&at(width), format!("{digits:?} is not a number"), None))?;
+                let value: f64 =
+                    digits.parse().map_err(|_| error(&at(width), format!("{digits:?} is not a number"), None))?;
                 i = unit_end - 1;
                 if unit.is_empty() {
                     Token::Number(value)
@@ -203,7 +211,11 @@ fn lex(text: &str) -> Result<Vec<Spanned>, RuleError> {
                         "d" => 86_400,
                         "w" => 604_800,
                         _ => {
-                            return Err(error(&at(width), format!("unknown duration unit {unit:?}"), Some("use s, m, h, d or w, e.g. 30d")));
+                            return Err(error(
+                                &at(width),
+                                format!("unknown duration unit {unit:?}"),
+                                Some("use s, m, h, d or w, e.g. 30d"),
+                            ));
                         }
                     };
                     if value.fract() != 0.0 || value < 0.0 || value > 1e9 {
@@ -222,7 +234,11 @@ fn lex(text: &str) -> Result<Vec<Spanned>, RuleError> {
                 Token::Ident(name)
             }
             other => {
-                return Err(error(&at(1), format!("unexpected character {other:?}"), Some("quote text values, e.g. \"DE\"")));
+                return Err(error(
+                    &at(1),
+                    format!("unexpected character {other:?}"),
+                    Some("quote text values, e.g. \"DE\""),
+                ));
             }
         };
         i += 1;
@@ -244,7 +260,13 @@ const KEYWORDS: [&str; 9] = ["and", "or", "not", "in", "contains", "starts_with"
 /// Parses rule text into a normalized [`Rule`].
 pub fn parse(text: &str) -> Result<Rule, RuleError> {
     if text.len() > MAX_RULE_BYTES {
-        return Err(RuleError { line: 1, column: 1, width: 1, message: format!("the rule is longer than {MAX_RULE_BYTES} bytes"), hint: None });
+        return Err(RuleError {
+            line: 1,
+            column: 1,
+            width: 1,
+            message: format!("the rule is longer than {MAX_RULE_BYTES} bytes"),
+            hint: None,
+        });
     }
     let mut parser = Parser { tokens: lex(text)?, at: 0, depth: 0 };
     if parser.peek().token == Token::End {
@@ -253,11 +275,21 @@ pub fn parse(text: &str) -> Result<Rule, RuleError> {
     let rule = parser.or()?;
     let next = parser.peek();
     if next.token != Token::End {
-        return Err(error(next, format!("unexpected {}", next.token.describe()), Some("join conditions with `and` or `or`")));
+        return Err(error(
+            next,
+            format!("unexpected {}", next.token.describe()),
+            Some("join conditions with `and` or `or`"),
+        ));
     }
     let rule = rule.normalize();
     if rule.size() > MAX_RULE_SIZE {
-        return Err(RuleError { line: 1, column: 1, width: 1, message: format!("the rule has more than {MAX_RULE_SIZE} conditions"), hint: None });
+        return Err(RuleError {
+            line: 1,
+            column: 1,
+            width: 1,
+            message: format!("the rule has more than {MAX_RULE_SIZE} conditions"),
+            hint: None,
+        });
     }
     Ok(rule)
 }
@@ -362,7 +394,11 @@ impl Parser {
             Token::Ident(word) if word.eq_ignore_ascii_case("contains") || word.eq_ignore_ascii_case("starts_with") => {
                 let text = self.next();
                 let Token::Text(value) = text.token else {
-                    return Err(error(&text, format!("`{word}` takes quoted text"), Some("e.g. email contains \"@example.com\"")));
+                    return Err(error(
+                        &text,
+                        format!("`{word}` takes quoted text"),
+                        Some("e.g. email contains \"@example.com\""),
+                    ));
                 };
                 if word.eq_ignore_ascii_case("contains") {
                     Rule::Contains { field: field.clone(), text: value }
@@ -390,7 +426,11 @@ impl Parser {
         let value = match &next.token {
             Token::Text(text) if field.is_time() => {
                 let ms = parse_time(text).ok_or_else(|| {
-                    error(&next, format!("{text:?} is not a date"), Some("write \"2026-01-31\", \"2026-01-31T09:00:00Z\" or now() - 30d"))
+                    error(
+                        &next,
+                        format!("{text:?} is not a date"),
+                        Some("write \"2026-01-31\", \"2026-01-31T09:00:00Z\" or now() - 30d"),
+                    )
                 })?;
                 Value::At(ms)
             }
@@ -413,11 +453,19 @@ impl Parser {
                 }
             }
             other => {
-                return Err(error(&next, format!("expected a value, found {}", other.describe()), Some("quote text (\"DE\"), or write a number, true, false or now() - 30d")));
+                return Err(error(
+                    &next,
+                    format!("expected a value, found {}", other.describe()),
+                    Some("quote text (\"DE\"), or write a number, true, false or now() - 30d"),
+                ));
             }
         };
         if field.is_time() && !matches!(value, Value::Ago(_) | Value::At(_)) {
-            return Err(error(&next, format!("{field} is a time"), Some("compare it with now() - 30d or a date like \"2026-01-31\"")));
+            return Err(error(
+                &next,
+                format!("{field} is a time"),
+                Some("compare it with now() - 30d or a date like \"2026-01-31\""),
+            ));
         }
         if !field.is_time() && matches!(value, Value::Ago(_)) {
             return Err(error(&next, format!("{field} is not a time"), Some("now() compares with created_at")));
@@ -444,7 +492,11 @@ impl Parser {
         while self.peek().token != Token::RParen {
             let arg = self.next();
             let Token::Ident(key) = &arg.token else {
-                return Err(error(&arg, format!("expected an argument, found {}", arg.token.describe()), Some("within: 30d, campaign: \"ID\" or count >= 2")));
+                return Err(error(
+                    &arg,
+                    format!("expected an argument, found {}", arg.token.describe()),
+                    Some("within: 30d, campaign: \"ID\" or count >= 2"),
+                ));
             };
             match key.as_str() {
                 "within" => {
@@ -459,7 +511,11 @@ impl Parser {
                     self.expect(Token::Colon, "campaign: \"ID\"")?;
                     let value = self.next();
                     let Token::Text(campaign) = value.token else {
-                        return Err(error(&value, "campaign takes the campaign's id in quotes", Some("campaign: \"c1\"")));
+                        return Err(error(
+                            &value,
+                            "campaign takes the campaign's id in quotes",
+                            Some("campaign: \"c1\""),
+                        ));
                     };
                     engagement.campaign = Some(campaign.strip_prefix("campaigns/").unwrap_or(&campaign).to_owned());
                 }
@@ -478,7 +534,11 @@ impl Parser {
                     engagement.count = (op, n as u32);
                 }
                 other => {
-                    return Err(error(&arg, format!("unknown argument `{other}`"), Some("within: 30d, campaign: \"ID\" or count >= 2")));
+                    return Err(error(
+                        &arg,
+                        format!("unknown argument `{other}`"),
+                        Some("within: 30d, campaign: \"ID\" or count >= 2"),
+                    ));
                 }
             }
             if self.peek().token == Token::Comma {
@@ -502,7 +562,9 @@ fn field(at: &Spanned, name: &str) -> Result<Field, RuleError> {
         other => match other.strip_prefix("attributes.").or_else(|| other.strip_prefix("attr.")) {
             Some(key) if !key.is_empty() => Field::Attribute(key.to_owned()),
             _ => {
-                let hint = format!("fields are email, display_name, status, created_at and attributes.<key>: did you mean attributes.{other}?");
+                let hint = format!(
+                    "fields are email, display_name, status, created_at and attributes.<key>: did you mean attributes.{other}?"
+                );
                 return Err(error(at, format!("unknown field `{other}`"), Some(&hint)));
             }
         },

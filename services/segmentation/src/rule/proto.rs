@@ -41,7 +41,11 @@ pub fn to_proto(rule: &Rule) -> SegmentRule {
 }
 
 fn comparison(field: &Field, op: &str, values: &[Value]) -> Node {
-    Node::Comparison(RuleComparison { field: field.to_string(), op: op.into(), values: values.iter().map(value_to_proto).collect() })
+    Node::Comparison(RuleComparison {
+        field: field.to_string(),
+        op: op.into(),
+        values: values.iter().map(value_to_proto).collect(),
+    })
 }
 
 fn value_to_proto(value: &Value) -> RuleValue {
@@ -84,8 +88,14 @@ fn node(tree: &SegmentRule, path: &str, depth: usize) -> Result<Rule, TreeError>
         Node::Comparison(c) => compare(c, &format!("{path}.comparison"))?,
         Node::Engagement(e) => {
             let at = format!("{path}.engagement");
-            let activity = Activity::parse(&e.activity).ok_or_else(|| bad(&format!("{at}.activity"), format!("unknown activity {:?}", e.activity)))?;
-            let op = if e.count_op.is_empty() { Op::Ge } else { Op::parse(&e.count_op).ok_or_else(|| bad(&format!("{at}.count_op"), format!("unknown operator {:?}", e.count_op)))? };
+            let activity = Activity::parse(&e.activity)
+                .ok_or_else(|| bad(&format!("{at}.activity"), format!("unknown activity {:?}", e.activity)))?;
+            let op = if e.count_op.is_empty() {
+                Op::Ge
+            } else {
+                Op::parse(&e.count_op)
+                    .ok_or_else(|| bad(&format!("{at}.count_op"), format!("unknown operator {:?}", e.count_op)))?
+            };
             let count = if e.count_op.is_empty() && e.count == 0 { 1 } else { e.count };
             if e.within_seconds < 0 {
                 return Err(bad(&format!("{at}.within_seconds"), "must not be negative"));
@@ -93,7 +103,8 @@ fn node(tree: &SegmentRule, path: &str, depth: usize) -> Result<Rule, TreeError>
             Rule::Engaged(Engagement {
                 activity,
                 within: (e.within_seconds > 0).then_some(e.within_seconds),
-                campaign: (!e.campaign.is_empty()).then(|| e.campaign.strip_prefix("campaigns/").unwrap_or(&e.campaign).to_owned()),
+                campaign: (!e.campaign.is_empty())
+                    .then(|| e.campaign.strip_prefix("campaigns/").unwrap_or(&e.campaign).to_owned()),
                 count: (op, count),
             })
         }

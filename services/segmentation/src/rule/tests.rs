@@ -13,8 +13,14 @@ fn parses_the_documented_examples() {
         "attributes.country in [\"DE\", \"AT\"] and attributes.age >= 18 and in_list(\"weekly\") and status = \"active\" and (opened(within: 30d) or clicked(campaign: \"c1\")) and not bounced(count >= 2) and created_at > now() - 90d"
     );
     assert_eq!(parse("created_at >= \"2026-01-31\"").unwrap().to_string(), "created_at >= \"2026-01-31T00:00:00Z\"");
-    assert_eq!(parse("in_list('lists/abc') or email contains \"@x\"").unwrap().to_string(), "in_list(\"abc\") or email contains \"@x\"");
-    assert_eq!(parse("attributes.score > -1.5").unwrap(), Rule::Compare { field: Field::Attribute("score".into()), op: Op::Gt, value: Value::Number(-1.5) });
+    assert_eq!(
+        parse("in_list('lists/abc') or email contains \"@x\"").unwrap().to_string(),
+        "in_list(\"abc\") or email contains \"@x\""
+    );
+    assert_eq!(
+        parse("attributes.score > -1.5").unwrap(),
+        Rule::Compare { field: Field::Attribute("score".into()), op: Op::Gt, value: Value::Number(-1.5) }
+    );
 }
 
 #[test]
