@@ -70,7 +70,7 @@ pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<()>
     loop {
         let page = store.list_audit(&tenant, broadside_store::PageRequest::new(1000, &token)).await?;
         for entry in &page.items {
-            println!("{}", serde_json::to_string(entry)?);
+            crate::outln!("{}", serde_json::to_string(entry)?);
         }
         match page.next_token {
             Some(next) => token = next,
@@ -106,11 +106,11 @@ pub async fn encryption(config: &Config, command: EncryptionCommand) -> anyhow::
     match command {
         EncryptionCommand::Rewrap => {
             let count = store.rewrap_keys().await?;
-            println!("re-wrapped {count} keys with master key {:?}", backends::master_keys(config)?.current().id);
+            crate::outln!("re-wrapped {count} keys with master key {:?}", backends::master_keys(config)?.current().id);
         }
         EncryptionCommand::Rotate { tenant } => {
             let id = store.rotate_data_key(&tenant).await?;
-            println!(
+            crate::outln!(
                 "tenant {tenant}: data key {id} is now active; run `broadside encryption reencrypt --tenant {tenant}`"
             );
         }
@@ -124,7 +124,7 @@ pub async fn encryption(config: &Config, command: EncryptionCommand) -> anyhow::
                 total += done;
                 eprintln!("re-sealed {total} values so far");
             }
-            println!("tenant {tenant}: {total} values re-sealed with the active data key");
+            crate::outln!("tenant {tenant}: {total} values re-sealed with the active data key");
         }
     }
     Ok(())
@@ -160,8 +160,8 @@ pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result
                 serde_json::json!({ "scopes": ["admin"] }),
             )
             .await?;
-            println!("tenant {id} created");
-            println!("admin key (shown once, store it now): {}", key.secret);
+            crate::outln!("tenant {id} created");
+            crate::outln!("admin key (shown once, store it now): {}", key.secret);
         }
         TenantsCommand::AllowTransactional { id, off } => {
             if !store.set_allow_transactional(&id, !off).await? {
@@ -169,11 +169,11 @@ pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result
             }
             let detail = serde_json::json!({ "allow_transactional": !off });
             broadside_auth::audit_cli(&store, &id, "tenant.update", &format!("tenants/{id}"), detail).await?;
-            println!("tenant {id}: transactional stream {}", if off { "not allowed" } else { "allowed" });
+            crate::outln!("tenant {id}: transactional stream {}", if off { "not allowed" } else { "allowed" });
         }
         TenantsCommand::List => {
             for tenant in store.list_tenants().await? {
-                println!("{}\t{}", tenant.id, tenant.display_name);
+                crate::outln!("{}\t{}", tenant.id, tenant.display_name);
             }
         }
     }
@@ -202,13 +202,13 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             )
             .await?;
             eprintln!("key apiKeys/{} created for tenant {tenant}; it is shown only once:", key.record.id);
-            println!("{}", key.secret);
+            crate::outln!("{}", key.secret);
         }
         KeysCommand::List { tenant } => {
             for key in store.list_api_keys(&tenant).await? {
                 let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
                 let state = if key.revoke_time > 0 { "revoked" } else { "active" };
-                println!("apiKeys/{}\t{state}\t{}\t{}", key.id, scopes.join(","), key.description);
+                crate::outln!("apiKeys/{}\t{state}\t{}\t{}", key.id, scopes.join(","), key.description);
             }
         }
         KeysCommand::Revoke { key, tenant } => {
@@ -224,7 +224,7 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                 serde_json::json!({}),
             )
             .await?;
-            println!("apiKeys/{id} revoked");
+            crate::outln!("apiKeys/{id} revoked");
         }
     }
     Ok(())

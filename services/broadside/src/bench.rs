@@ -85,7 +85,7 @@ pub async fn run(config: &Config, args: &ClientArgs, command: BenchCommand) -> a
             }
             latencies.sort_by(f64::total_cmp);
             let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-            println!("total={total} p50_ms={:.2} p99_ms={:.2}", at(0.5), at(0.99));
+            crate::outln!("total={total} p50_ms={:.2} p99_ms={:.2}", at(0.5), at(0.99));
             Ok(())
         }
     }

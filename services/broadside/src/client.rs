@@ -255,7 +255,7 @@ pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<(
                 .await
                 .map_err(plain)?
                 .into_inner();
-            println!("{}\t{}", list.name, list.display_name);
+            crate::outln!("{}\t{}", list.name, list.display_name);
         }
         ListsCommand::List => {
             let mut token = String::new();
@@ -266,7 +266,7 @@ pub async fn lists(args: &ClientArgs, command: ListsCommand) -> anyhow::Result<(
                     .map_err(plain)?
                     .into_inner();
                 for list in page.lists {
-                    println!("{}\t{}", list.name, list.display_name);
+                    crate::outln!("{}\t{}", list.name, list.display_name);
                 }
                 if page.next_page_token.is_empty() {
                     break;
@@ -299,7 +299,7 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                 .await
                 .map_err(plain)?
                 .into_inner();
-            println!("{}\t{}", stored.name, stored.email);
+            crate::outln!("{}\t{}", stored.name, stored.email);
         }
         SubscribersCommand::Import(import) => return crate::import::run(args, import).await,
         SubscribersCommand::Export { email } => {
@@ -308,7 +308,7 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                 .await
                 .map_err(plain)?
                 .into_inner();
-            println!("{}", export.json);
+            crate::outln!("{}", export.json);
         }
         SubscribersCommand::Erase { email } => {
             let erased = client
@@ -316,7 +316,7 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                 .await
                 .map_err(plain)?
                 .into_inner();
-            println!("erased; suppressed by hash {}", erased.email_hash);
+            crate::outln!("erased; suppressed by hash {}", erased.email_hash);
         }
         SubscribersCommand::AddSample { list, count, concurrency } => {
             use futures::StreamExt;
@@ -350,7 +350,7 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
             if let Some(Err(status)) = results.into_iter().find(|r| r.is_err()) {
                 return Err(plain(status));
             }
-            println!("added {count} sample subscribers to {list}");
+            crate::outln!("added {count} sample subscribers to {list}");
         }
         SubscribersCommand::List { list } => {
             let mut token = String::new();
@@ -362,7 +362,7 @@ pub async fn subscribers(args: &ClientArgs, command: SubscribersCommand) -> anyh
                 };
                 let page = client.list_subscribers(request).await.map_err(plain)?.into_inner();
                 for subscriber in page.subscribers {
-                    println!("{}\t{}\t{}", subscriber.name, subscriber.email, subscriber.display_name);
+                    crate::outln!("{}\t{}\t{}", subscriber.name, subscriber.email, subscriber.display_name);
                 }
                 if page.next_page_token.is_empty() {
                     break;
@@ -399,7 +399,7 @@ pub async fn templates(args: &ClientArgs, command: TemplatesCommand) -> anyhow::
         .await
         .map_err(plain)?
         .into_inner();
-    println!("{}\tversion {}", stored.name, stored.version);
+    crate::outln!("{}\tversion {}", stored.name, stored.version);
     Ok(())
 }
 
@@ -411,7 +411,7 @@ fn state_name(state: i32) -> String {
 
 fn print_campaign(campaign: &Campaign) {
     let stats = campaign.stats.unwrap_or_default();
-    println!(
+    crate::outln!(
         "{}\tstate={} recipients={} delivered={} failed={} deferred={}",
         campaign.name,
         state_name(campaign.state),
@@ -498,9 +498,9 @@ pub async fn campaigns(args: &ClientArgs, command: CampaignsCommand) -> anyhow::
                     "failed" => "FAIL",
                     _ => "skip",
                 };
-                println!("{mark} {:<26} {}", check.rule, check.message);
+                crate::outln!("{mark} {:<26} {}", check.rule, check.message);
             }
-            println!("{campaign}: {}", if report.passed { "passes" } else { "FAILS" });
+            crate::outln!("{campaign}: {}", if report.passed { "passes" } else { "FAILS" });
         }
         CampaignsCommand::Get { campaign, wait } => loop {
             let current =

@@ -32,19 +32,19 @@ pub fn run(config: &Config, command: DkimCommand) -> anyhow::Result<()> {
             for key in &keys {
                 eprintln!("wrote {} ({})", key.path.display(), key.algorithm);
             }
-            println!("; publish these TXT records, then restart or roll the senders");
+            crate::outln!("; publish these TXT records, then restart or roll the senders");
             for key in &keys {
-                println!("{}. IN TXT ( {} )", key.dns_name, txt_strings(&key.dns_value));
+                crate::outln!("{}. IN TXT ( {} )", key.dns_name, txt_strings(&key.dns_value));
             }
         }
         DkimCommand::List => {
             let dir = config.dkim_dir();
             let keys = DkimKeys::load(&dir)?;
             if keys.is_empty() {
-                println!("no DKIM keys in {}", dir.display());
+                crate::outln!("no DKIM keys in {}", dir.display());
             }
             for key in keys.describe() {
-                println!("{key}");
+                crate::outln!("{key}");
             }
         }
     }

@@ -60,7 +60,7 @@ pub async fn run(config: &Config, command: FeedbackCommand) -> anyhow::Result<()
         FeedbackCommand::Classify { file, rcpt } => {
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let verdict = broadside_feedback::classify::classify(&raw, &rcpt);
-            println!("{}", serde_json::to_string_pretty(&verdict)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&verdict)?);
         }
         FeedbackCommand::Reclassify { tenant, apply } => {
             let backends = backends::open(config)?;
@@ -82,7 +82,7 @@ pub async fn run(config: &Config, command: FeedbackCommand) -> anyhow::Result<()
                         seen += 1;
                         if let Some(update) = feedback.reclassify(&record, apply).await? {
                             changed += 1;
-                            println!(
+                            crate::outln!(
                                 "{}\t{}\t{} {} ({}) -> {} {} ({})\t{}",
                                 if tenant.is_empty() { "-" } else { &tenant },
                                 record.id,

@@ -134,12 +134,12 @@ pub async fn run(client_args: &ClientArgs, args: ImportArgs) -> anyhow::Result<(
     let seconds = started.elapsed().max(Duration::from_millis(1)).as_secs_f64();
     let applied = response.imported + response.updated + response.skipped;
     if response.lines == 0 && response.resumed_lines > 0 {
-        println!(
+        crate::outln!(
             "already imported under request id {request_id} ({} lines); nothing to do (pass --request-id to import again)",
             response.resumed_lines
         );
     }
-    println!(
+    crate::outln!(
         "{}imported {}, updated {}, skipped {}, rejected {} of {} lines in {seconds:.1} s ({:.0} rows/s){}",
         if response.dry_run { "dry run: would have " } else { "" },
         response.imported,

@@ -43,16 +43,6 @@ fn check(rule: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints a line; a closed pipe (`| head`) ends the output quietly instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout(), $($arg)*).is_err() {
-            return Ok(());
-        }
-    }};
-}
-
 pub async fn run(args: &ClientArgs, command: SegmentsCommand) -> anyhow::Result<()> {
     if let SegmentsCommand::Create { rule, .. } | SegmentsCommand::Preview { rule: Some(rule), .. } = &command {
         check(rule)?;
@@ -66,7 +56,7 @@ pub async fn run(args: &ClientArgs, command: SegmentsCommand) -> anyhow::Result<
                 .await
                 .map_err(plain)?
                 .into_inner();
-            out!("{}\t{}\t{}", created.name, created.display_name, created.rule);
+            crate::outln!("{}\t{}\t{}", created.name, created.display_name, created.rule);
         }
         SegmentsCommand::Preview { name, rule, list, sample } => {
             let (name, rule) = match (name, rule) {
@@ -76,10 +66,10 @@ pub async fn run(args: &ClientArgs, command: SegmentsCommand) -> anyhow::Result<
             };
             let request = PreviewSegmentRequest { name, rule, list, page_size: sample, ..Default::default() };
             let preview = client.preview_segment(request).await.map_err(plain)?.into_inner();
-            out!("members={} evaluate_ms={:.2} position={}", preview.total, preview.evaluate_ms, preview.position);
-            out!("rule: {}", preview.rule);
+            crate::outln!("members={} evaluate_ms={:.2} position={}", preview.total, preview.evaluate_ms, preview.position);
+            crate::outln!("rule: {}", preview.rule);
             for subscriber in preview.subscribers {
-                out!("{subscriber}");
+                crate::outln!("{subscriber}");
             }
         }
         SegmentsCommand::List => {
@@ -91,7 +81,7 @@ pub async fn run(args: &ClientArgs, command: SegmentsCommand) -> anyhow::Result<
                     .map_err(plain)?
                     .into_inner();
                 for segment in page.segments {
-                    out!("{}\t{}\t{}", segment.name, segment.display_name, segment.rule);
+                    crate::outln!("{}\t{}\t{}", segment.name, segment.display_name, segment.rule);
                 }
                 if page.next_page_token.is_empty() {
                     break;
