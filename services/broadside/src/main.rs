@@ -161,7 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             broadside::outln!("store is at the current schema ({:?})", config.store_url()?);
             if let broadside_config::BusUrl::Kafka(brokers) = config.bus_url()? {
                 broadside::backends::ensure_kafka_topics(&config, std::time::Duration::from_secs(120)).await?;
-                broadside::outln!("kafka topics ready on {brokers}: {}", broadside::backends::topic_names(&config).join(", "));
+                broadside::outln!(
+                    "kafka topics ready on {brokers}: {}",
+                    broadside::backends::topic_names(&config).join(", ")
+                );
             }
         }
         Command::Tenants(command) => broadside::admin::tenants(&load()?, command).await?,

@@ -66,7 +66,12 @@ pub async fn run(args: &ClientArgs, command: SegmentsCommand) -> anyhow::Result<
             };
             let request = PreviewSegmentRequest { name, rule, list, page_size: sample, ..Default::default() };
             let preview = client.preview_segment(request).await.map_err(plain)?.into_inner();
-            crate::outln!("members={} evaluate_ms={:.2} position={}", preview.total, preview.evaluate_ms, preview.position);
+            crate::outln!(
+                "members={} evaluate_ms={:.2} position={}",
+                preview.total,
+                preview.evaluate_ms,
+                preview.position
+            );
             crate::outln!("rule: {}", preview.rule);
             for subscriber in preview.subscribers {
                 crate::outln!("{subscriber}");

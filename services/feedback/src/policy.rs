@@ -112,24 +112,9 @@ impl Feedback {
         }
         let tenant =
             attribution.as_ref().map(|a| a.tenant.clone()).or(tenant_only.map(str::to_owned)).unwrap_or_default();
-        let record = FeedbackRecord {
-            tenant,
-            id: new_id(),
-            time: now_millis(),
-            kind: verdict.kind.as_str().into(),
-            subscriber_id: attribution.as_ref().map(|a| a.subscriber_id.clone()).unwrap_or_default(),
-            campaign_id: attribution.as_ref().map(|a| a.campaign_id.clone()).unwrap_or_default(),
-            class: verdict.class.as_str().into(),
-            status_code: verdict.status.clone(),
-            diagnostic: verdict.diagnostic.clone(),
-            reporting_mta: verdict.reporting_mta.clone(),
-            rule: verdict.rule.clone(),
-            verdict: action.clone(),
-            raw: with_envelope(raw, envelope_to),
-        };
-        let record_id = record.id.clone();
-        self.store.insert_feedback(record).await?;
-        self.metrics.count_feedback(verdict.kind.as_str(), verdict.class.as_str());
+        let record_id = self
+            .store_verdict(&verdict, attribution.as_ref(), tenant, &action, with_envelope(raw, envelope_to))
+            .await?;
         tracing::info!(
             kind = verdict.kind.as_str(),
             class = verdict.class.as_str(),
@@ -141,6 +126,36 @@ impl Feedback {
             "feedback handled"
         );
         Ok(Handled { verdict, attribution, action, record_id })
+    }
+
+    /// Stores a verdict with the action taken (and the raw message, if any) and counts it.
+    pub(crate) async fn store_verdict(
+        &self,
+        verdict: &Verdict,
+        who: Option<&Attribution>,
+        tenant: String,
+        action: &str,
+        raw: Vec<u8>,
+    ) -> Result<String, FeedbackError> {
+        let record = FeedbackRecord {
+            tenant,
+            id: new_id(),
+            time: now_millis(),
+            kind: verdict.kind.as_str().into(),
+            subscriber_id: who.map(|a| a.subscriber_id.clone()).unwrap_or_default(),
+            campaign_id: who.map(|a| a.campaign_id.clone()).unwrap_or_default(),
+            class: verdict.class.as_str().into(),
+            status_code: verdict.status.clone(),
+            diagnostic: verdict.diagnostic.clone(),
+            reporting_mta: verdict.reporting_mta.clone(),
+            rule: verdict.rule.clone(),
+            verdict: action.into(),
+            raw,
+        };
+        let id = record.id.clone();
+        self.store.insert_feedback(record).await?;
+        self.metrics.count_feedback(verdict.kind.as_str(), verdict.class.as_str());
+        Ok(id)
     }
 
     /// The tenant's policy for a verdict: the action taken and the event to publish.

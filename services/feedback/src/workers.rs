@@ -62,23 +62,7 @@ async fn on_delivery(feedback: &Feedback, event: &DeliveryEvent) -> Result<(), c
         feedback.publish(&who, kind).await?;
     }
     if class != Class::Notice {
-        let record = broadside_store::FeedbackRecord {
-            tenant: who.tenant.clone(),
-            id: broadside_store::new_id(),
-            time: broadside_store::now_millis(),
-            kind: "bounce".into(),
-            subscriber_id: who.subscriber_id.clone(),
-            campaign_id: who.campaign_id.clone(),
-            class: class.as_str().into(),
-            status_code: verdict.status.clone(),
-            diagnostic: verdict.diagnostic.clone(),
-            reporting_mta: verdict.reporting_mta.clone(),
-            rule: "smtp".into(),
-            verdict: action,
-            raw: Vec::new(),
-        };
-        feedback.store.insert_feedback(record).await?;
-        feedback.metrics.count_feedback("bounce", class.as_str());
+        feedback.store_verdict(&verdict, Some(&who), who.tenant.clone(), &action, Vec::new()).await?;
     }
     Ok(())
 }
