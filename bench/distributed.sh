@@ -96,11 +96,23 @@ CAMPAIGN=$("$BIN" $DISPATCH campaigns create --template "$TEMPLATE" --list "$LIS
   --max-per-second "$RATE" | cut -f1)
 CAMPAIGN_ID="${CAMPAIGN#campaigns/}"
 
-stats() { "$BIN" $DISPATCH campaigns get "$CAMPAIGN" | sed 's/.*\t//'; }
+# Every call and wait is bounded: a stuck cluster fails with its logs instead of hanging CI.
+stats() { timeout 30 "$BIN" $DISPATCH campaigns get "$CAMPAIGN" | sed 's/.*\t//'; }
 field() { sed -n "s/.*$1=\([0-9]*\).*/\1/p"; }
-wait_delivered() { # fraction of recipients
-  local target; target=$(python3 -c "print(int($RECIPIENTS * $1))")
-  while [ "$(stats | field delivered)" -lt "$target" ]; do sleep 0.2; done
+diagnose() { # why: what the cluster looked like when it got stuck
+  say "$1"
+  "$CLUSTER" status >&2 || true
+  for log in "$BROADSIDE_CLUSTER_DIR"/logs/*.log; do echo "== $log (last 15 lines)" >&2; tail -n 15 "$log" >&2; done
+  KEEP_WORK=1
+}
+wait_delivered() { # fraction of recipients, within TIMEOUT
+  local target line until; target=$(python3 -c "print(int($RECIPIENTS * $1))"); until=$(( $(date +%s) + TIMEOUT ))
+  while :; do
+    line=$(stats || true)
+    [ "$(echo "$line" | field delivered)" -ge "$target" ] 2>/dev/null && return 0
+    if [ "$(date +%s)" -gt "$until" ]; then diagnose "fewer than $target delivered after ${TIMEOUT}s: $line"; exit 1; fi
+    sleep 0.2
+  done
 }
 
 started=$(now)
@@ -128,10 +140,10 @@ esac
 
 deadline=$(( $(date +%s) + TIMEOUT ))
 while :; do
-  line=$(stats)
+  line=$(stats || true)
   case "$line" in *state=completed*) break ;; esac
   if [ "$(date +%s)" -gt "$deadline" ]; then
-    say "campaign did not complete within ${TIMEOUT}s: $line (cluster kept in $WORK)"; KEEP_WORK=1; break
+    diagnose "campaign did not complete within ${TIMEOUT}s: $line (cluster kept in $WORK)"; break
   fi
   sleep 0.5
 done

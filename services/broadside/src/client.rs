@@ -225,6 +225,10 @@ async fn channel(server: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
     if server.starts_with("https://") {
         endpoint = endpoint.tls_config(tls.config()?).context("TLS settings")?;
     }
+    // A server that accepts but never answers must not hang scripts forever.
+    endpoint = endpoint
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(30)));
     endpoint.connect().await.with_context(|| format!("cannot reach {server}: is `broadside serve` running?"))
 }
 
