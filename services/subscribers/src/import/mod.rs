@@ -76,16 +76,22 @@ impl SubscriberApi {
         let resume_after = job.lines_done;
 
         // Chunks → parser thread → batches → this task, each through a small channel.
-        let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<u8>>(8);
+        let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Vec<u8>, String>>(8);
         let (batch_tx, mut batch_rx) = mpsc::channel::<Parsed>(2);
         let feeder = tokio::spawn(async move {
-            if !first.chunk.is_empty() && chunk_tx.send(first.chunk).await.is_err() {
+            if !first.chunk.is_empty() && chunk_tx.send(Ok(first.chunk)).await.is_err() {
                 return Ok(());
             }
             while let Some(message) = stream.next().await {
-                let message = message
-                    .map_err(|status| ServiceError::Unavailable(format!("client stream: {}", status.message())))?;
-                if chunk_tx.send(message.chunk).await.is_err() {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(status) => {
+                        let reason = format!("the client stream broke: {}", status.message());
+                        let _ = chunk_tx.send(Err(reason.clone())).await;
+                        return Err(ServiceError::Unavailable(reason));
+                    }
+                };
+                if chunk_tx.send(Ok(message.chunk)).await.is_err() {
                     break; // the parser stopped
                 }
             }

@@ -145,15 +145,17 @@ fn fingerprint(keys: &(RandomState, RandomState), email: &str) -> u128 {
     (u128::from(keys.0.hash_one(&key)) << 64) | u128::from(keys.1.hash_one(&key))
 }
 
-/// Reads chunks from the gRPC stream as one byte stream.
+/// Reads chunks from the gRPC stream as one byte stream. A broken client
+/// stream arrives as `Err` and reads as an I/O error, never as the end of
+/// the file: a cut-off last line must not be imported as if it were whole.
 pub(crate) struct ChunkReader {
-    chunks: mpsc::Receiver<Vec<u8>>,
+    chunks: mpsc::Receiver<Result<Vec<u8>, String>>,
     current: Vec<u8>,
     position: usize,
 }
 
 impl ChunkReader {
-    pub(crate) fn new(chunks: mpsc::Receiver<Vec<u8>>) -> Self {
+    pub(crate) fn new(chunks: mpsc::Receiver<Result<Vec<u8>, String>>) -> Self {
         Self { chunks, current: Vec::new(), position: 0 }
     }
 }
@@ -162,7 +164,8 @@ impl Read for ChunkReader {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         while self.position == self.current.len() {
             match self.chunks.blocking_recv() {
-                Some(chunk) => (self.current, self.position) = (chunk, 0),
+                Some(Ok(chunk)) => (self.current, self.position) = (chunk, 0),
+                Some(Err(reason)) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, reason)),
                 None => return Ok(0),
             }
         }
@@ -353,9 +356,21 @@ mod tests {
     /// Parses `data` split into `chunk`-byte pieces; returns accepted rows,
     /// rejections, and a fatal error if any.
     fn run(data: &[u8], chunk: usize) -> (Vec<ImportRow>, Vec<(u64, String)>, Option<ServiceError>) {
-        let (chunk_tx, chunk_rx) = mpsc::channel(data.len() + 1);
+        run_stream(data, chunk, false)
+    }
+
+    /// Like `run`; with `broken`, the client stream fails after the data instead of ending.
+    fn run_stream(
+        data: &[u8],
+        chunk: usize,
+        broken: bool,
+    ) -> (Vec<ImportRow>, Vec<(u64, String)>, Option<ServiceError>) {
+        let (chunk_tx, chunk_rx) = mpsc::channel(data.len() + 2);
         for piece in data.chunks(chunk.max(1)) {
-            chunk_tx.try_send(piece.to_vec()).expect("room for every chunk");
+            chunk_tx.try_send(Ok(piece.to_vec())).expect("room for every chunk");
+        }
+        if broken {
+            chunk_tx.try_send(Err("reset".into())).expect("room for the error");
         }
         drop(chunk_tx);
         let (out_tx, mut out_rx) = mpsc::channel(1024);
@@ -416,6 +431,17 @@ mod tests {
             lines.dedup();
             prop_assert_eq!(lines.len(), before, "a line is reported at most once");
         }
+    }
+
+    #[test]
+    fn a_broken_stream_does_not_import_its_cut_off_last_line() {
+        let data = b"email,name\nada@example.com,Ada\nbob@example.co";
+        let (rows, rejected, fatal) = run_stream(data, 7, true);
+        assert_eq!(rows.iter().map(|r| r.subscriber.email.as_str()).collect::<Vec<_>>(), ["ada@example.com"]);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(fatal.is_some_and(|e| e.to_string().contains("reset")));
+        // The same bytes ending cleanly: the last line is whole and is imported.
+        assert_eq!(run_stream(data, 7, false).0.len(), 2);
     }
 
     #[test]
