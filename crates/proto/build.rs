@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time: a build script compiled for another checkout (a shared
     // CARGO_TARGET_DIR) must still find this checkout's protos.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["access", "subscribers", "templates", "campaigns", "segments", "feedback", "events"]
+    let files = ["access", "subscribers", "templates", "campaigns", "segments", "feedback", "behavior", "events"]
         .map(|name| root.join(format!("broadside/v1/{name}.proto")));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -39,16 +39,18 @@ pub enum Topic {
     SendRetries,
     DeliveryEvents,
     FeedbackEvents,
+    BehaviorEvents,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 7] = [
         Topic::SubscriberEvents,
         Topic::CampaignEvents,
         Topic::SendJobs,
         Topic::SendRetries,
         Topic::DeliveryEvents,
         Topic::FeedbackEvents,
+        Topic::BehaviorEvents,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Topic {
             Topic::SendRetries => "send-retries",
             Topic::DeliveryEvents => "delivery-events",
             Topic::FeedbackEvents => "feedback-events",
+            Topic::BehaviorEvents => "behavior-events",
         }
     }
 

@@ -39,6 +39,24 @@ pub struct Config {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub feedback: FeedbackConfig,
+    pub behavior: BehaviorConfig,
+}
+
+/// Behavioral events (TrackEvents) and their time series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BehaviorConfig {
+    /// Days events are kept, by event time: older events are refused on
+    /// input, purged hourly from the store and dropped from the segment
+    /// projection. The bus topic's retention should be at least as long,
+    /// since the projection rebuilds from it on start.
+    pub retention_days: u32,
+}
+
+impl Default for BehaviorConfig {
+    fn default() -> Self {
+        Self { retention_days: 400 }
+    }
 }
 
 /// The feedback role: inbound bounces and complaints, unsubscribe and
@@ -171,6 +189,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
             feedback: FeedbackConfig::default(),
+            behavior: BehaviorConfig::default(),
         }
     }
 }
@@ -536,6 +555,9 @@ impl Config {
         }
         if self.feedback.retention_days == 0 {
             return Err(invalid("feedback.retention_days", "must be at least 1"));
+        }
+        if !(1..=3650).contains(&self.behavior.retention_days) {
+            return Err(invalid("behavior.retention_days", "must be between 1 and 3650 days"));
         }
         if let Some(bad) = self.feedback.complaint_addresses.iter().find(|a| !a.contains('@')) {
             return Err(invalid("feedback.complaint_addresses", format!("{bad:?} is not an address")));

@@ -308,6 +308,20 @@ pub trait SegmentStore: Send + Sync {
     async fn delete_segment(&self, tenant: &str, segment_id: &str) -> Result<bool>;
 }
 
+/// Behavioral events by (tenant, event id), a time series kept
+/// `behavior.retention_days` (TTL + TWCS in ScyllaDB, a time index and an
+/// hourly purge in SQLite). Properties are sealed with the tenant's key.
+#[async_trait]
+pub trait BehaviorStore: Send + Sync {
+    /// Inserts the events whose ids are new, all in one transaction; says for
+    /// each whether it still has to be published (a first copy wins).
+    async fn track_events(&self, events: Vec<BehaviorEventRow>) -> Result<Vec<Tracked>>;
+    /// Records that these events reached the bus.
+    async fn mark_published(&self, tenant: &str, event_ids: Vec<String>) -> Result<()>;
+    /// Deletes events that happened before `before` (Unix ms); returns how many.
+    async fn purge_events(&self, before: i64) -> Result<u64>;
+}
+
 /// Everything a role may need from the store.
 pub trait Store:
     ListStore
@@ -320,6 +334,7 @@ pub trait Store:
     + SendLedger
     + FeedbackStore
     + SegmentStore
+    + BehaviorStore
 {
 }
 impl<
@@ -332,7 +347,8 @@ impl<
         + CampaignStore
         + SendLedger
         + FeedbackStore
-        + SegmentStore,
+        + SegmentStore
+        + BehaviorStore,
 > Store for T
 {
 }

@@ -323,6 +323,34 @@ pub struct SubscriberExport {
     pub deliveries: Vec<Delivery>,
     /// Bounces, complaints and unsubscribes received about them (without the raw messages).
     pub feedback: Vec<FeedbackRecord>,
+    /// Behavioral events tracked for them (oldest first).
+    pub events: Vec<BehaviorEventRow>,
+}
+
+/// One tracked behavioral event (purchase, login, ...), kept until its
+/// time falls out of the retention.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct BehaviorEventRow {
+    pub tenant: String,
+    /// The client's id (unique per tenant).
+    pub event_id: String,
+    pub subscriber_id: String,
+    pub name: String,
+    /// Unix ms.
+    pub time: i64,
+    /// Flat typed properties.
+    pub properties: Map<String, Value>,
+}
+
+/// What storing a tracked event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// New: store it and publish it.
+    New,
+    /// Stored earlier but its publish was not confirmed: publish it again.
+    Unpublished,
+    /// Stored and published before: nothing to do.
+    Duplicate,
 }
 
 /// A tenant: every resource belongs to exactly one.

@@ -441,6 +441,39 @@ pub async fn segments_and_member_statuses(store: &dyn Store) {
     assert_eq!(seen[0].1, SubscriptionStatus::Confirmed);
 }
 
+/// Behavioral events are idempotent by id (a first copy wins, unpublished
+/// ones are handed out again), exported, erased with their subscriber, and
+/// purged by event time.
+pub async fn behavior_events(store: &dyn Store) {
+    store.create_list(list("t-behavior", "l1"), None).await.unwrap();
+    let id =
+        store.upsert_subscriber(subscriber("t-behavior", "buyer@example.com", &["l1"]), opts(), None).await.unwrap();
+    let id = id.subscriber.id;
+    let event = |event_id: &str, time: i64, amount: f64| BehaviorEventRow {
+        tenant: "t-behavior".into(),
+        event_id: event_id.into(),
+        subscriber_id: id.clone(),
+        name: "purchase".into(),
+        time,
+        properties: serde_json::json!({"amount": amount, "sku": "BK-1"}).as_object().cloned().unwrap(),
+    };
+    let first = store.track_events(vec![event("e1", 1_000, 10.0), event("e2", 5_000, 20.0)]).await.unwrap();
+    assert_eq!(first, vec![Tracked::New, Tracked::New]);
+    store.mark_published("t-behavior", vec!["e1".into()]).await.unwrap();
+    let again = store.track_events(vec![event("e1", 1_000, 99.0), event("e2", 5_000, 20.0), event("e3", 9_000, 1.0)]);
+    assert_eq!(again.await.unwrap(), vec![Tracked::Duplicate, Tracked::Unpublished, Tracked::New]);
+    let export = store.export_subscriber("t-behavior", &id).await.unwrap().unwrap();
+    let ids: Vec<&str> = export.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3"], "oldest first");
+    assert_eq!(export.events[0].properties["amount"], 10.0, "the first copy wins");
+    assert_eq!(store.purge_events(5_000).await.unwrap(), 1, "only e1 happened before 5000");
+    assert_eq!(store.export_subscriber("t-behavior", &id).await.unwrap().unwrap().events.len(), 2);
+    store.erase_subscriber("t-behavior", &id).await.unwrap().unwrap();
+    // Erased: the ids are free again and nothing of theirs is purged later.
+    assert_eq!(store.purge_events(i64::MAX).await.unwrap(), 0);
+    assert_eq!(store.track_events(vec![event("e2", 5_000, 20.0)]).await.unwrap(), vec![Tracked::New]);
+}
+
 /// Runs every case of the suite against `store`.
 pub async fn run_all(store: &dyn Store) {
     idempotent_creates(store).await;
@@ -455,6 +488,7 @@ pub async fn run_all(store: &dyn Store) {
     data_key_rotation(store).await;
     feedback_records_scores_and_engagement(store).await;
     segments_and_member_statuses(store).await;
+    behavior_events(store).await;
 }
 
 #[cfg(test)]
@@ -515,11 +549,22 @@ mod sqlite {
             create_time: 0,
         };
         store.add_suppression(suppression).await.unwrap();
+        let purchase = BehaviorEventRow {
+            tenant: "t".into(),
+            event_id: "e1".into(),
+            subscriber_id: id.clone(),
+            name: "purchase".into(),
+            time: 0,
+            properties: serde_json::json!({"sku": "XYZZY-BOOK"}).as_object().cloned().unwrap(),
+        };
+        store.track_events(vec![purchase]).await.unwrap();
         drop(store);
         // Everything the WAL held is in the main file after a clean close; read both anyway.
         let mut raw = std::fs::read(&path).unwrap();
         raw.extend(std::fs::read(dir.path().join("store.db-wal")).unwrap_or_default());
-        for needle in ["ada.lovelace", "Zylberstein", "Quuxville", "198.51.100.7", "grace.hopper", "example.com"] {
+        for needle in
+            ["ada.lovelace", "Zylberstein", "Quuxville", "198.51.100.7", "grace.hopper", "example.com", "XYZZY"]
+        {
             assert!(!raw.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} is in the file in the clear");
         }
 

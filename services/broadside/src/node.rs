@@ -153,6 +153,15 @@ impl Node {
             let feedback_worker = api.clone().run_feedback(workers_stop.clone());
             workers.push(("subscribers", tokio::spawn(async move { Ok(feedback_worker.await?) })));
             routes.add_service(api.into_service());
+            let behavior = broadside_subscribers::BehaviorApi::new(
+                backends.store.clone(),
+                backends.bus.clone(),
+                prefix,
+                config.behavior.retention_days,
+            );
+            let purge = behavior.clone().purge(workers_stop.clone());
+            workers.push(("behavior-retention", tokio::spawn(async move { Ok(purge.await?) })));
+            routes.add_service(behavior.into_service());
             routes.add_service(broadside_subscribers::ApiKeyApi::new(backends.store.clone()).into_service());
             routes.add_service(broadside_subscribers::AuditApi::new(backends.store.clone()).into_service());
             health.set_serving::<SubscriberServiceServer<broadside_subscribers::SubscriberApi>>().await;

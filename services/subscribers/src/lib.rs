@@ -6,6 +6,7 @@
 //! Each API method takes the authenticated [`Caller`]; `grpc.rs` adapts
 //! tonic requests and checks the scope each RPC needs.
 
+mod behavior;
 mod confirm;
 mod convert;
 mod events;
@@ -28,6 +29,7 @@ use broadside_mail::transport::Transport;
 use broadside_proto::ServiceError;
 use broadside_store::DynStore;
 
+pub use behavior::BehaviorApi;
 pub use confirm::http_routes;
 pub use convert::{list_to_proto, subscriber_to_proto};
 pub use import::{MAX_LINE_BYTES, MAX_ROW_BYTES};

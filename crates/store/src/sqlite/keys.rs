@@ -145,6 +145,9 @@ const SEALED: &[(&str, &str, &[&str])] = &[
     ("consent_log", "pii", &["subscriber_id", "time", "seq"]),
     ("suppressions", "target", &["email_hash", "list_id"]),
     ("import_jobs", "job", &["request_id"]),
+    ("feedback_records", "diagnostic", &["id"]),
+    ("feedback_records", "raw", &["id"]),
+    ("behavior_events", "properties", &["event_id"]),
 ];
 
 #[async_trait::async_trait]

@@ -14,6 +14,7 @@ use crate::*;
 use keys::Crypto;
 
 mod access;
+mod behavior;
 mod campaigns;
 mod encrypt;
 mod feedback;
@@ -193,6 +194,16 @@ CREATE TABLE segments (
     create_time INTEGER NOT NULL,
     PRIMARY KEY (tenant, id)) WITHOUT ROWID;
 ALTER TABLE campaigns ADD COLUMN segment_id TEXT NOT NULL DEFAULT '';
+"#,
+    ),
+    Migration::Sql(
+        r#"
+CREATE TABLE behavior_events (
+    tenant TEXT NOT NULL, event_id TEXT NOT NULL, subscriber_id TEXT NOT NULL, name TEXT NOT NULL,
+    time INTEGER NOT NULL, properties BLOB NOT NULL, published INTEGER NOT NULL,
+    PRIMARY KEY (tenant, event_id)) WITHOUT ROWID;
+CREATE INDEX behavior_by_subscriber ON behavior_events (tenant, subscriber_id, time);
+CREATE INDEX behavior_by_time ON behavior_events (time);
 "#,
     ),
 ];

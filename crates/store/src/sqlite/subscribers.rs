@@ -516,7 +516,8 @@ impl SubscriberStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let consent = consent_tx(tx, &crypto, &tenant, &id)?;
             let feedback = super::feedback::of_subscriber_tx(tx, &crypto, &tenant, &id)?;
-            Ok(Some(SubscriberExport { consent, subscriber, suppressions, deliveries, feedback }))
+            let events = super::behavior::of_subscriber_tx(tx, &crypto, &tenant, &id)?;
+            Ok(Some(SubscriberExport { consent, subscriber, suppressions, deliveries, feedback, events }))
         })
         .await
     }
@@ -529,6 +530,7 @@ impl SubscriberStore for SqliteStore {
             tx.execute("DELETE FROM consent_log WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
             tx.execute("DELETE FROM feedback_records WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
             tx.execute("DELETE FROM bounce_scores WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
+            tx.execute("DELETE FROM behavior_events WHERE tenant = ?1 AND subscriber_id = ?2", params![tenant, id])?;
             tx.execute("DELETE FROM subscribers WHERE tenant = ?1 AND id = ?2", params![tenant, id])?;
             // Suppressions by this address keep working, but no longer say whose they are.
             tx.execute(

@@ -11,6 +11,7 @@
 //! type never matches (`"30"` is not `30`); `contains` and `starts_with`
 //! ignore case; `in_list` means a confirmed member.
 
+mod behavior;
 mod columns;
 #[cfg(test)]
 mod naive;
@@ -75,6 +76,8 @@ pub struct Projection {
     /// Subscribers with at least one event of the activity, and per (activity, campaign).
     ever: [RoaringBitmap; 5],
     ever_in: HashMap<(usize, u32), RoaringBitmap>,
+    /// Behavioral events by name.
+    behaviors: HashMap<String, behavior::EventLog>,
 }
 
 /// 32 hex digits (Broadside ids) as a number.
@@ -185,6 +188,7 @@ impl Projection {
                 day.members.remove(dense);
             }
         }
+        self.erase_behavior(dense);
     }
 
     /// Records one engagement event at `time_ms`.
@@ -236,6 +240,7 @@ impl Projection {
                 .sum::<usize>()
             + self.ever.iter().map(bitmaps).sum::<usize>()
             + self.ever_in.values().map(bitmaps).sum::<usize>()
+            + self.behavior_bytes()
     }
 
     /// The members matching `rule` at `now_ms`.
@@ -279,6 +284,7 @@ impl Projection {
             Rule::Not(rule) => scope() - self.eval(rule, now_ms, within),
             Rule::InList(list) => self.lists.get(list).cloned().unwrap_or_default(),
             Rule::Engaged(engagement) => self.engaged(engagement, now_ms),
+            Rule::Behavior(behavior) => self.behavior(behavior, now_ms),
             Rule::Compare { field, op, value } => self.compare(field, *op, value, now_ms, &scope()),
             Rule::In { field, values } => {
                 let mut acc = RoaringBitmap::new();

@@ -4,7 +4,7 @@
 use serde_json::Value as Json;
 
 use super::Row;
-use crate::rule::{Activity, Field, Op, Rule, Value};
+use crate::rule::{Activity, Field, Measure, Op, Rule, Value};
 
 /// An engagement event as the naive evaluator sees it.
 #[derive(Debug, Clone)]
@@ -15,11 +15,44 @@ pub(super) struct NaiveEvent {
     pub time_ms: i64,
 }
 
-pub(super) fn matches(rule: &Rule, row: &Row, events: &[NaiveEvent], now_ms: i64) -> bool {
+/// A behavioral event as the naive evaluator sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct NaiveBehavior {
+    pub subscriber: String,
+    pub name: String,
+    /// Whole seconds, in ms (the projection keeps seconds).
+    pub time_ms: i64,
+    pub properties: serde_json::Map<String, Json>,
+}
+
+pub(super) fn matches(rule: &Rule, row: &Row, events: &[NaiveEvent], behaviors: &[NaiveBehavior], now_ms: i64) -> bool {
     match rule {
-        Rule::All(rules) => rules.iter().all(|r| matches(r, row, events, now_ms)),
-        Rule::Any(rules) => rules.iter().any(|r| matches(r, row, events, now_ms)),
-        Rule::Not(rule) => !matches(rule, row, events, now_ms),
+        Rule::All(rules) => rules.iter().all(|r| matches(r, row, events, behaviors, now_ms)),
+        Rule::Any(rules) => rules.iter().any(|r| matches(r, row, events, behaviors, now_ms)),
+        Rule::Not(rule) => !matches(rule, row, events, behaviors, now_ms),
+        Rule::Behavior(b) => {
+            let since = b.within.map(|w| now_ms / 1000 - w);
+            let matching = behaviors
+                .iter()
+                .filter(|e| e.subscriber == row.id && e.name == b.event)
+                .filter(|e| since.is_none_or(|s| e.time_ms / 1000 >= s))
+                .filter(|e| b.filter.iter().all(|t| t.test.holds(e.properties.get(&t.property))));
+            match &b.measure {
+                Measure::Count(op, n) => op.holds(&(matching.count() as u32), n),
+                Measure::Sum { property, op, value } => {
+                    let sum: f64 = matching.filter_map(|e| e.properties.get(property).and_then(Json::as_f64)).sum();
+                    op.holds(&sum, value)
+                }
+                Measure::Last { op, value } => {
+                    let bound = match value {
+                        Value::Ago(s) => now_ms - s * 1000,
+                        Value::At(ms) => *ms,
+                        _ => return false,
+                    };
+                    matching.map(|e| e.time_ms / 1000 * 1000).max().is_some_and(|last| op.holds(&last, &bound))
+                }
+            }
+        }
         Rule::Compare { field, op: Op::Ne, value } => !equal_or_ordered(field, Op::Eq, value, row, now_ms),
         Rule::Compare { field, op, value } => equal_or_ordered(field, *op, value, row, now_ms),
         Rule::In { field, values } => values.iter().any(|v| equal_or_ordered(field, Op::Eq, v, row, now_ms)),

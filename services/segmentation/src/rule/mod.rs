@@ -138,6 +138,47 @@ pub struct Engagement {
     pub count: (Op, u32),
 }
 
+/// A condition over behavioral events of one name (TrackEvents):
+/// `did("purchase", within: 30d, count >= 2, where: sku starts_with "BK-")`,
+/// `sum("purchase.amount", within: 90d) > 100`, `last("login") < now() - 60d`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Behavior {
+    pub event: String,
+    /// Only events of the last this many seconds.
+    pub within: Option<i64>,
+    /// Conditions on the event's properties; all must hold.
+    pub filter: Vec<PropertyTest>,
+    pub measure: Measure,
+}
+
+/// What a behavioral condition compares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measure {
+    /// `did`: how many events (default `>= 1`). Holds at zero for subscribers without events.
+    Count(Op, u32),
+    /// `sum`: the total of a numeric property (0 without events; non-numbers are skipped).
+    Sum { property: String, op: Op, value: f64 },
+    /// `last`: when the latest event happened (`Value::Ago` or `Value::At`).
+    /// Never holds for subscribers without such an event.
+    Last { op: Op, value: Value },
+}
+
+/// One condition on an event property in `where:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyTest {
+    pub property: String,
+    pub test: Test,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    Compare(Op, Value),
+    In(Vec<Value>),
+    Contains(String),
+    StartsWith(String),
+    Exists,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
     All(Vec<Rule>),
@@ -166,6 +207,7 @@ pub enum Rule {
     /// Confirmed member of the list (an id).
     InList(String),
     Engaged(Engagement),
+    Behavior(Behavior),
 }
 
 /// The subscriber statuses `status` compares with.
@@ -268,6 +310,77 @@ impl fmt::Display for Rule {
                 }
                 write!(f, "{}({})", e.activity.as_str(), args.join(", "))
             }
+            Rule::Behavior(b) => {
+                let event = match &b.measure {
+                    Measure::Sum { property, .. } => format!("{}.{property}", b.event),
+                    _ => b.event.clone(),
+                };
+                let mut args = vec![quote(&event)];
+                if let Some(within) = b.within {
+                    args.push(format!("within: {}", duration(within)));
+                }
+                if let Measure::Count(op, n) = b.measure
+                    && (op, n) != (Op::Ge, 1)
+                {
+                    args.push(format!("count {} {n}", op.as_str()));
+                }
+                if !b.filter.is_empty() {
+                    let tests: Vec<String> = b.filter.iter().map(PropertyTest::to_string).collect();
+                    args.push(format!("where: {}", tests.join(" and ")));
+                }
+                match &b.measure {
+                    Measure::Count(..) => write!(f, "did({})", args.join(", ")),
+                    Measure::Sum { op, value, .. } => {
+                        write!(f, "sum({}) {} {}", args.join(", "), op.as_str(), number(*value))
+                    }
+                    Measure::Last { op, value } => write!(f, "last({}) {} {value}", args.join(", "), op.as_str()),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for PropertyTest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.property;
+        match &self.test {
+            Test::Compare(op, value) => write!(f, "{p} {} {value}", op.as_str()),
+            Test::In(values) => {
+                let values: Vec<String> = values.iter().map(Value::to_string).collect();
+                write!(f, "{p} in [{}]", values.join(", "))
+            }
+            Test::Contains(text) => write!(f, "{p} contains {}", quote(text)),
+            Test::StartsWith(text) => write!(f, "{p} starts_with {}", quote(text)),
+            Test::Exists => write!(f, "{p} exists"),
+        }
+    }
+}
+
+impl Test {
+    /// Whether a property value passes (same rules as attributes: another
+    /// type never matches, text tests ignore case, `!=` is `not =`, so a
+    /// missing property passes only `!=`).
+    pub fn holds(&self, value: Option<&serde_json::Value>) -> bool {
+        use serde_json::Value as J;
+        let Some(value) = value else { return matches!(self, Test::Compare(Op::Ne, _)) };
+        let equal = |v: &Value| match (v, value) {
+            (Value::Text(t), J::String(s)) => t == s,
+            (Value::Number(n), J::Number(m)) => m.as_f64() == Some(*n),
+            (Value::Bool(b), J::Bool(c)) => b == c,
+            _ => false,
+        };
+        match self {
+            Test::Exists => !value.is_null(),
+            Test::Compare(Op::Eq, v) => equal(v),
+            Test::Compare(Op::Ne, v) => !equal(v),
+            Test::Compare(op, v) => match (v, value) {
+                (Value::Number(n), J::Number(m)) => m.as_f64().is_some_and(|m| op.holds(&m, n)),
+                (Value::Text(t), J::String(s)) => op.holds(&s.as_str(), &t.as_str()),
+                _ => false,
+            },
+            Test::In(values) => values.iter().any(equal),
+            Test::Contains(t) => value.as_str().is_some_and(|s| s.to_lowercase().contains(&t.to_lowercase())),
+            Test::StartsWith(t) => value.as_str().is_some_and(|s| s.to_lowercase().starts_with(&t.to_lowercase())),
         }
     }
 }

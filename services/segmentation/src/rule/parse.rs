@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{Activity, Engagement, Field, Op, Rule, STATUSES, Value};
+use super::{Activity, Behavior, Engagement, Field, Measure, Op, PropertyTest, Rule, STATUSES, Test, Value};
 
 /// Longest rule text, and most comparisons in one rule.
 pub(super) const MAX_RULE_BYTES: usize = 16 * 1024;
@@ -422,9 +422,14 @@ impl Parser {
     }
 
     fn value(&mut self, field: &Field) -> Result<Value, RuleError> {
+        self.typed_value(field.is_time(), &field.to_string(), "created_at")
+    }
+
+    /// A literal; `time` says the left side is a time (`what` names it in errors).
+    fn typed_value(&mut self, time: bool, what: &str, times: &str) -> Result<Value, RuleError> {
         let next = self.next();
         let value = match &next.token {
-            Token::Text(text) if field.is_time() => {
+            Token::Text(text) if time => {
                 let ms = parse_time(text).ok_or_else(|| {
                     error(
                         &next,
@@ -460,17 +465,162 @@ impl Parser {
                 ));
             }
         };
-        if field.is_time() && !matches!(value, Value::Ago(_) | Value::At(_)) {
+        if time && !matches!(value, Value::Ago(_) | Value::At(_)) {
             return Err(error(
                 &next,
-                format!("{field} is a time"),
+                format!("{what} is a time"),
                 Some("compare it with now() - 30d or a date like \"2026-01-31\""),
             ));
         }
-        if !field.is_time() && matches!(value, Value::Ago(_)) {
-            return Err(error(&next, format!("{field} is not a time"), Some("now() compares with created_at")));
+        if !time && matches!(value, Value::Ago(_)) {
+            return Err(error(&next, format!("{what} is not a time"), Some(&format!("now() compares with {times}"))));
         }
         Ok(value)
+    }
+
+    /// `did(...)`, `sum(...) > N`, `last(...) < now() - 60d`; the `(` is consumed.
+    fn behavior(&mut self, function: &str) -> Result<Rule, RuleError> {
+        const ARGS: &str = "within: 30d, count >= 2 (did only) or where: sku starts_with \"BK-\"";
+        let first = self.next();
+        let Token::Text(event) = first.token.clone() else {
+            let example = if function == "sum" { "sum(\"purchase.amount\") > 100" } else { "did(\"purchase\")" };
+            return Err(error(&first, format!("{function} takes the event name in quotes first"), Some(example)));
+        };
+        let (event, property) = match (function, event.split_once('.')) {
+            ("sum", Some((event, property))) if valid_name(event) && valid_name(property) => {
+                (event.to_owned(), Some(property.to_owned()))
+            }
+            ("sum", _) => {
+                return Err(error(&first, "sum takes \"event.property\"", Some("sum(\"purchase.amount\") > 100")));
+            }
+            (_, _) if valid_name(&event) => (event, None),
+            _ => {
+                return Err(error(
+                    &first,
+                    format!("{event:?} is not an event name"),
+                    Some("a letter, then letters, digits, _ or -"),
+                ));
+            }
+        };
+        let mut behavior = Behavior { event, within: None, filter: Vec::new(), measure: Measure::Count(Op::Ge, 1) };
+        while self.peek().token == Token::Comma {
+            self.next();
+            let arg = self.next();
+            match &arg.token {
+                Token::Ident(key) if key == "within" => {
+                    self.expect(Token::Colon, "within: 30d")?;
+                    let value = self.next();
+                    let Token::Duration(seconds) = value.token else {
+                        return Err(error(&value, "within takes a duration", Some("within: 30d")));
+                    };
+                    behavior.within = Some(seconds);
+                }
+                Token::Ident(key) if key == "count" && function == "did" => {
+                    let op = self.next();
+                    let Token::Op(op) = op.token else {
+                        return Err(error(&op, "count takes a comparison", Some("count >= 2")));
+                    };
+                    behavior.measure = Measure::Count(op, self.whole_number("count >= 2")?);
+                }
+                Token::Ident(key) if key == "where" => {
+                    self.expect(Token::Colon, "where: sku starts_with \"BK-\"")?;
+                    behavior.filter.push(self.property_test()?);
+                    while self.keyword("and") {
+                        self.next();
+                        behavior.filter.push(self.property_test()?);
+                    }
+                }
+                other => {
+                    return Err(error(&arg, format!("unexpected {} in {function}(...)", other.describe()), Some(ARGS)));
+                }
+            }
+        }
+        self.expect(Token::RParen, &format!("close {function}( with `)`; arguments are {ARGS}"))?;
+        match function {
+            "sum" => {
+                let op = self.next();
+                let Token::Op(op) = op.token else {
+                    return Err(error(&op, "sum(...) compares with a number", Some("sum(\"purchase.amount\") > 100")));
+                };
+                let value = self.next();
+                let Token::Number(value) = value.token else {
+                    return Err(error(
+                        &value,
+                        "sum(...) compares with a number",
+                        Some("sum(\"purchase.amount\") > 100"),
+                    ));
+                };
+                let property = property.expect("sum has a property");
+                behavior.measure = Measure::Sum { property, op, value };
+            }
+            "last" => {
+                let op = self.next();
+                let Token::Op(op @ (Op::Lt | Op::Le | Op::Gt | Op::Ge)) = op.token else {
+                    return Err(error(
+                        &op,
+                        "last(...) compares with <, <=, > or >=",
+                        Some("last(\"login\") < now() - 60d"),
+                    ));
+                };
+                let value = self.typed_value(true, &format!("last({:?})", behavior.event), "last(...)")?;
+                behavior.measure = Measure::Last { op, value };
+            }
+            _ => {}
+        }
+        Ok(Rule::Behavior(behavior))
+    }
+
+    fn whole_number(&mut self, example: &str) -> Result<u32, RuleError> {
+        let value = self.next();
+        match value.token {
+            Token::Number(n) if n.fract() == 0.0 && (0.0..=1e6).contains(&n) => Ok(n as u32),
+            _ => Err(error(&value, "count compares with a whole number", Some(example))),
+        }
+    }
+
+    /// `sku starts_with "BK-"`, `amount > 20`, `currency in ["EUR", "USD"]`, `coupon exists`.
+    fn property_test(&mut self) -> Result<PropertyTest, RuleError> {
+        let start = self.next();
+        let property = match &start.token {
+            Token::Ident(name) if valid_name(name) && !KEYWORDS.contains(&name.as_str()) => name.clone(),
+            other => {
+                return Err(error(
+                    &start,
+                    format!("expected an event property, found {}", other.describe()),
+                    Some("where: sku starts_with \"BK-\" and amount > 20"),
+                ));
+            }
+        };
+        let next = self.next();
+        let test = match &next.token {
+            Token::Op(op) => Test::Compare(*op, self.typed_value(false, &property, "last(...)")?),
+            Token::Ident(word) if word == "in" => {
+                self.expect(Token::LBracket, "list the values: currency in [\"EUR\", \"USD\"]")?;
+                let mut values = vec![self.typed_value(false, &property, "last(...)")?];
+                while self.peek().token == Token::Comma {
+                    self.next();
+                    values.push(self.typed_value(false, &property, "last(...)")?);
+                }
+                self.expect(Token::RBracket, "close the list with `]`")?;
+                Test::In(values)
+            }
+            Token::Ident(word) if word == "contains" || word == "starts_with" => {
+                let text = self.next();
+                let Token::Text(value) = text.token else {
+                    return Err(error(&text, format!("`{word}` takes quoted text"), Some("sku starts_with \"BK-\"")));
+                };
+                if word == "contains" { Test::Contains(value) } else { Test::StartsWith(value) }
+            }
+            Token::Ident(word) if word == "exists" => Test::Exists,
+            other => {
+                return Err(error(
+                    &next,
+                    format!("expected a comparison after `{property}`, found {}", other.describe()),
+                    Some("use =, !=, <, <=, >, >=, in [...], contains, starts_with or exists"),
+                ));
+            }
+        };
+        Ok(PropertyTest { property, test })
     }
 
     fn call(&mut self, at: &Spanned, name: String) -> Result<Rule, RuleError> {
@@ -484,8 +634,14 @@ impl Parser {
             let id = list.strip_prefix("lists/").unwrap_or(&list).to_owned();
             return Ok(Rule::InList(id));
         }
+        if matches!(name.as_str(), "did" | "sum" | "last") {
+            return self.behavior(&name);
+        }
         let Some(activity) = Activity::parse(&name) else {
-            let hint = format!("the functions are in_list, {}", Activity::ALL.map(Activity::as_str).join(", "));
+            let hint = format!(
+                "the functions are in_list, did, sum, last, {}",
+                Activity::ALL.map(Activity::as_str).join(", ")
+            );
             return Err(error(at, format!("unknown function `{name}`"), Some(&hint)));
         };
         let mut engagement = Engagement { activity, within: None, campaign: None, count: (Op::Ge, 1) };
@@ -551,6 +707,14 @@ impl Parser {
         self.next();
         Ok(Rule::Engaged(engagement))
     }
+}
+
+/// Event and property names: a letter, then letters, digits, `_` or `-` (TrackEvents' rule).
+pub(crate) fn valid_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn field(at: &Spanned, name: &str) -> Result<Field, RuleError> {

@@ -2,10 +2,10 @@
 //! Tree errors name the path of the bad node, e.g. `tree.all.rules[2].comparison.op`.
 
 use broadside_proto::v1::{
-    RuleComparison, RuleEngagement, RuleGroup, RuleValue, SegmentRule, rule_value, segment_rule::Node,
+    RuleBehavior, RuleComparison, RuleEngagement, RuleGroup, RuleValue, SegmentRule, rule_value, segment_rule::Node,
 };
 
-use super::{Activity, Engagement, Field, Op, Rule, Value};
+use super::{Activity, Behavior, Engagement, Field, Measure, Op, PropertyTest, Rule, Test, Value};
 
 /// A bad tree: the field path at fault and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,100 @@ pub fn to_proto(rule: &Rule) -> SegmentRule {
             count_op: e.count.0.as_str().into(),
             count: e.count.1,
         }),
+        Rule::Behavior(b) => {
+            let mut out = RuleBehavior {
+                event: b.event.clone(),
+                within_seconds: b.within.unwrap_or(0),
+                r#where: b.filter.iter().map(property_to_proto).collect(),
+                ..Default::default()
+            };
+            match &b.measure {
+                Measure::Count(op, n) => (out.function, out.op, out.count) = ("did".into(), op.as_str().into(), *n),
+                Measure::Sum { property, op, value } => {
+                    (out.function, out.property, out.op) = ("sum".into(), property.clone(), op.as_str().into());
+                    out.value = Some(value_to_proto(&Value::Number(*value)));
+                }
+                Measure::Last { op, value } => {
+                    (out.function, out.op, out.value) =
+                        ("last".into(), op.as_str().into(), Some(value_to_proto(value)));
+                }
+            }
+            Node::Behavior(out)
+        }
     };
     SegmentRule { node: Some(node) }
+}
+
+fn property_to_proto(test: &PropertyTest) -> RuleComparison {
+    let field = Field::Attribute(test.property.clone());
+    let Node::Comparison(mut c) = (match &test.test {
+        Test::Compare(op, value) => comparison(&field, op.as_str(), std::slice::from_ref(value)),
+        Test::In(values) => comparison(&field, "in", values),
+        Test::Contains(text) => comparison(&field, "contains", &[Value::Text(text.clone())]),
+        Test::StartsWith(text) => comparison(&field, "starts_with", &[Value::Text(text.clone())]),
+        Test::Exists => comparison(&field, "exists", &[]),
+    }) else {
+        unreachable!("comparison() builds comparisons")
+    };
+    c.field = test.property.clone();
+    c
+}
+
+/// A `where:` condition: a comparison whose field is a property name.
+fn property_from_proto(c: &RuleComparison, at: &str) -> Result<PropertyTest, TreeError> {
+    if !super::parse::valid_name(&c.field) {
+        return Err(bad(&format!("{at}.field"), format!("{:?} is not a property name", c.field)));
+    }
+    let as_attribute = RuleComparison { field: format!("attributes.{}", c.field), ..c.clone() };
+    let test = match compare(&as_attribute, at)? {
+        Rule::Compare { op, value, .. } => Test::Compare(op, value),
+        Rule::In { values, .. } => Test::In(values),
+        Rule::Contains { text, .. } => Test::Contains(text),
+        Rule::StartsWith { text, .. } => Test::StartsWith(text),
+        _ => Test::Exists,
+    };
+    Ok(PropertyTest { property: c.field.clone(), test })
+}
+
+fn behavior(b: &RuleBehavior, at: &str) -> Result<Rule, TreeError> {
+    if b.within_seconds < 0 {
+        return Err(bad(&format!("{at}.within_seconds"), "must not be negative"));
+    }
+    let filter = b
+        .r#where
+        .iter()
+        .enumerate()
+        .map(|(i, c)| property_from_proto(c, &format!("{at}.where[{i}]")))
+        .collect::<Result<_, _>>()?;
+    let op = || Op::parse(&b.op).ok_or_else(|| bad(&format!("{at}.op"), format!("unknown operator {:?}", b.op)));
+    let value = || -> Result<Value, TreeError> {
+        let c =
+            RuleComparison { field: "attributes.x".into(), op: "=".into(), values: b.value.iter().cloned().collect() };
+        match compare(&c, &format!("{at}"))? {
+            Rule::Compare { value, .. } => Ok(value),
+            _ => Err(bad(&format!("{at}.value"), "is required")),
+        }
+    };
+    let measure = match b.function.as_str() {
+        "did" if b.op.is_empty() && b.count == 0 => Measure::Count(Op::Ge, 1),
+        "did" => Measure::Count(op()?, b.count),
+        "sum" => match value()? {
+            Value::Number(n) => Measure::Sum { property: b.property.clone(), op: op()?, value: n },
+            _ => return Err(bad(&format!("{at}.value"), "sum compares with a number")),
+        },
+        "last" => match value()? {
+            v @ (Value::Ago(_) | Value::At(_)) => Measure::Last { op: op()?, value: v },
+            _ => return Err(bad(&format!("{at}.value"), "last compares with seconds_ago or a time")),
+        },
+        other => return Err(bad(&format!("{at}.function"), format!("{other:?} is not did, sum or last"))),
+    };
+    // Names, properties and operators are checked again when the canonical text is parsed.
+    Ok(Rule::Behavior(Behavior {
+        event: b.event.clone(),
+        within: (b.within_seconds > 0).then_some(b.within_seconds),
+        filter,
+        measure,
+    }))
 }
 
 fn comparison(field: &Field, op: &str, values: &[Value]) -> Node {
@@ -108,6 +200,7 @@ fn node(tree: &SegmentRule, path: &str, depth: usize) -> Result<Rule, TreeError>
                 count: (op, count),
             })
         }
+        Node::Behavior(b) => behavior(b, &format!("{path}.behavior"))?,
     })
 }
 

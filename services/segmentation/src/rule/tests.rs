@@ -24,6 +24,24 @@ fn parses_the_documented_examples() {
 }
 
 #[test]
+fn behavioral_rules_print_canonically() {
+    for (text, canonical) in [
+        (r#"did("purchase", within: 30d, count >= 2)"#, r#"did("purchase", within: 30d, count >= 2)"#),
+        (r#"sum("purchase.amount", within: 90d) > 100"#, r#"sum("purchase.amount", within: 90d) > 100"#),
+        (r#"last("login") < now() - 60d"#, r#"last("login") < now() - 60d"#),
+        (
+            r#"did("purchase", where: sku starts_with "BK-" and amount >= 20, within: 7d)"#,
+            r#"did("purchase", within: 7d, where: sku starts_with "BK-" and amount >= 20)"#,
+        ),
+        (r#"did("purchase", count >= 1) and not did("login")"#, r#"did("purchase") and not did("login")"#),
+    ] {
+        let rule = parse(text).unwrap();
+        assert_eq!(rule.to_string(), canonical);
+        assert_eq!(parse(canonical).unwrap(), rule);
+    }
+}
+
+#[test]
 fn errors_name_line_column_and_hint() {
     let error = parse("attributes.country = \"DE\" and\n  contry = \"FR\"").unwrap_err();
     assert_eq!((error.line, error.column, error.width), (2, 3, 6));
@@ -43,6 +61,14 @@ fn errors_name_line_column_and_hint() {
         ("email = \"x", "unterminated text"),
         ("", "empty"),
         ("attributes.a @ 1", "unexpected character"),
+        ("did(purchase)", "event name in quotes"),
+        ("sum(\"purchase\") > 1", "sum takes \"event.property\""),
+        ("sum(\"purchase.amount\") > \"x\"", "compares with a number"),
+        ("last(\"login\") = now()", "compares with <, <=, > or >="),
+        ("last(\"login\") < 5", "is a time"),
+        ("did(\"purchase\", where: sku)", "expected a comparison after `sku`"),
+        ("did(\"purchase\", campaign: \"c\")", "unexpected `campaign`"),
+        ("sum(\"purchase.amount\", count >= 2) > 1", "unexpected `count`"),
     ];
     for (text, expected) in cases {
         let error = parse(text).unwrap_err();

@@ -1,0 +1,346 @@
+//! Behavioral events in the projection: per event name, events bucketed by
+//! UTC day, each day a small column store (subscriber, time, one typed
+//! column per property) plus the bitmap of who has an event that day.
+//!
+//! Windows are exact to the second: whole days inside a window are used
+//! as they are, only the day the window starts in is filtered by time.
+//! "Did it at all" is a union of day bitmaps; counts and sums are one pass
+//! over the events in the window into dense per-subscriber accumulators
+//! (the rolling aggregate of that window), then a threshold. Memory is
+//! about 8 bytes per event plus 8 per numeric and 4 per text property
+//! value (texts are dictionary-coded per event name); see docs/segments.md.
+
+use std::collections::{BTreeMap, HashMap};
+
+use roaring::{MultiOps, RoaringBitmap};
+use serde_json::{Map, Value as Json};
+
+use super::{DAY, Projection};
+use crate::rule::{Behavior, Measure, Op, PropertyTest, Test, Value};
+
+const NO_TEXT: u32 = u32::MAX;
+const NO_BOOL: u8 = 2;
+
+/// One property's values in one day, as long as the day's event list once present.
+#[derive(Default)]
+struct Column {
+    numbers: Option<Vec<f64>>,
+    texts: Option<Vec<u32>>,
+    bools: Option<Vec<u8>>,
+}
+
+impl Column {
+    fn push(&mut self, len: usize, value: Option<&Json>, dictionary: &mut Dictionary) {
+        let (mut number, mut text, mut flag) = (f64::NAN, NO_TEXT, NO_BOOL);
+        match value {
+            Some(Json::Number(n)) => number = n.as_f64().unwrap_or(f64::NAN),
+            Some(Json::String(s)) => text = dictionary.code(s),
+            Some(Json::Bool(b)) => flag = u8::from(*b),
+            _ => {}
+        }
+        // A kind seen for the first time starts with "missing" for the earlier events.
+        if !number.is_nan() && self.numbers.is_none() {
+            self.numbers = Some(vec![f64::NAN; len]);
+        }
+        if text != NO_TEXT && self.texts.is_none() {
+            self.texts = Some(vec![NO_TEXT; len]);
+        }
+        if flag != NO_BOOL && self.bools.is_none() {
+            self.bools = Some(vec![NO_BOOL; len]);
+        }
+        self.numbers.iter_mut().for_each(|v| v.push(number));
+        self.texts.iter_mut().for_each(|v| v.push(text));
+        self.bools.iter_mut().for_each(|v| v.push(flag));
+    }
+
+    fn number(&self, row: usize) -> Option<f64> {
+        self.numbers.as_ref().map(|v| v[row]).filter(|n| !n.is_nan())
+    }
+
+    fn retain(&mut self, keep: &[bool]) {
+        fn filter<T: Copy>(values: &mut Option<Vec<T>>, keep: &[bool]) {
+            if let Some(values) = values {
+                let mut i = 0;
+                values.retain(|_| {
+                    i += 1;
+                    keep[i - 1]
+                });
+            }
+        }
+        filter(&mut self.numbers, keep);
+        filter(&mut self.texts, keep);
+        filter(&mut self.bools, keep);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.numbers.as_ref().map_or(0, |v| v.capacity() * 8)
+            + self.texts.as_ref().map_or(0, |v| v.capacity() * 4)
+            + self.bools.as_ref().map_or(0, |v| v.capacity())
+    }
+}
+
+#[derive(Default)]
+struct Dictionary {
+    texts: Vec<String>,
+    codes: HashMap<String, u32>,
+}
+
+impl Dictionary {
+    fn code(&mut self, text: &str) -> u32 {
+        if let Some(code) = self.codes.get(text) {
+            return *code;
+        }
+        let code = self.texts.len() as u32;
+        self.texts.push(text.to_owned());
+        self.codes.insert(text.to_owned(), code);
+        code
+    }
+}
+
+/// One UTC day of one event name.
+#[derive(Default)]
+struct Day {
+    subscribers: Vec<u32>,
+    /// Seconds since the Unix epoch.
+    times: Vec<u32>,
+    members: RoaringBitmap,
+    properties: HashMap<String, Column>,
+}
+
+/// Every retained event of one name.
+#[derive(Default)]
+pub(super) struct EventLog {
+    days: BTreeMap<u32, Day>,
+    dictionary: Dictionary,
+}
+
+/// A compiled `where:` condition for one day: a test per row.
+struct RowFilter<'a> {
+    tests: Vec<(&'a Test, Option<&'a Column>, &'a [bool])>,
+}
+
+impl<'a> RowFilter<'a> {
+    fn new(filter: &'a [PropertyTest], day: &'a Day, text_results: &'a [Vec<bool>]) -> Self {
+        let tests = filter
+            .iter()
+            .zip(text_results)
+            .map(|(test, texts)| (&test.test, day.properties.get(&test.property), texts.as_slice()))
+            .collect();
+        Self { tests }
+    }
+
+    fn passes(&self, row: usize) -> bool {
+        self.tests.iter().all(|(test, column, texts)| {
+            let Some(column) = column else { return test.holds(None) };
+            if let Some(n) = column.number(row) {
+                return test.holds(Some(&Json::from(n)));
+            }
+            if let Some(code) = column.texts.as_ref().map(|v| v[row]).filter(|c| *c != NO_TEXT) {
+                return texts[code as usize];
+            }
+            if let Some(flag) = column.bools.as_ref().map(|v| v[row]).filter(|f| *f != NO_BOOL) {
+                return test.holds(Some(&Json::Bool(flag == 1)));
+            }
+            test.holds(None)
+        })
+    }
+}
+
+impl EventLog {
+    fn push(&mut self, subscriber: u32, time: u32, properties: &Map<String, Json>) {
+        let day = self.days.entry(time / DAY).or_default();
+        let len = day.subscribers.len();
+        day.subscribers.push(subscriber);
+        day.times.push(time);
+        day.members.insert(subscriber);
+        for key in properties.keys() {
+            day.properties.entry(key.clone()).or_default();
+        }
+        for (key, column) in &mut day.properties {
+            column.push(len, properties.get(key), &mut self.dictionary);
+        }
+    }
+
+    fn erase(&mut self, subscriber: u32) {
+        for day in self.days.values_mut() {
+            if !day.members.remove(subscriber) {
+                continue;
+            }
+            let keep: Vec<bool> = day.subscribers.iter().map(|s| *s != subscriber).collect();
+            let mut i = 0;
+            day.subscribers.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+            let mut i = 0;
+            day.times.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+            day.properties.values_mut().for_each(|c| c.retain(&keep));
+        }
+        self.days.retain(|_, day| !day.subscribers.is_empty());
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.days
+            .values()
+            .map(|d| {
+                d.subscribers.capacity() * 4
+                    + d.times.capacity() * 4
+                    + d.members.serialized_size()
+                    + d.properties.values().map(Column::heap_bytes).sum::<usize>()
+                    + 64
+            })
+            .sum::<usize>()
+            + self.dictionary.texts.iter().map(|t| t.len() * 2 + 40).sum::<usize>()
+    }
+
+    /// Per `where:` test, whether each dictionary text passes it.
+    fn text_results(&self, filter: &[PropertyTest]) -> Vec<Vec<bool>> {
+        filter
+            .iter()
+            .map(|t| self.dictionary.texts.iter().map(|s| t.test.holds(Some(&Json::String(s.clone())))).collect())
+            .collect()
+    }
+
+    /// Calls `visit(subscriber, day, row)` for every event at or after `since` passing `filter`.
+    fn each(&self, since: Option<u32>, filter: &[PropertyTest], mut visit: impl FnMut(u32, &Day, usize)) {
+        let texts = self.text_results(filter);
+        let days = match since {
+            Some(since) => self.days.range(since / DAY..),
+            None => self.days.range(..),
+        };
+        for (_, day) in days {
+            let rows = RowFilter::new(filter, day, &texts);
+            for (row, (&subscriber, &time)) in day.subscribers.iter().zip(&day.times).enumerate() {
+                if since.is_none_or(|s| time >= s) && (filter.is_empty() || rows.passes(row)) {
+                    visit(subscriber, day, row);
+                }
+            }
+        }
+    }
+
+    /// Who has an event at or after `since` (all retained events without it).
+    fn anyone_since(&self, since: Option<u32>, filter: &[PropertyTest]) -> RoaringBitmap {
+        if !filter.is_empty() {
+            let mut found = Vec::new();
+            self.each(since, filter, |s, _, _| found.push(s));
+            return found.into_iter().collect();
+        }
+        let mut first_day = RoaringBitmap::new();
+        let mut whole_days = Vec::new();
+        let days = match since {
+            Some(since) => self.days.range(since / DAY..),
+            None => self.days.range(..),
+        };
+        for (number, day) in days {
+            match since {
+                Some(s) if *number == s / DAY => first_day
+                    .extend(day.subscribers.iter().zip(&day.times).filter(|(_, t)| **t >= s).map(|(sub, _)| *sub)),
+                _ => whole_days.push(&day.members),
+            }
+        }
+        whole_days.into_iter().chain(std::iter::once(&first_day)).union()
+    }
+}
+
+impl Projection {
+    /// Records one behavioral event at `time_ms`.
+    pub fn track(&mut self, id: &str, name: &str, time_ms: i64, properties: &Map<String, Json>) {
+        let Some(dense) = self.dense(id) else { return };
+        let time = (time_ms / 1000).clamp(0, u32::MAX as i64) as u32;
+        self.behaviors.entry(name.to_owned()).or_default().push(dense, time, properties);
+    }
+
+    /// Drops the days of events that happened before `before_ms` (whole UTC days).
+    pub fn expire_behavior(&mut self, before_ms: i64) {
+        let first_kept = ((before_ms / 1000).max(0) as u32) / DAY;
+        for log in self.behaviors.values_mut() {
+            log.days = log.days.split_off(&first_kept);
+        }
+    }
+
+    pub(super) fn erase_behavior(&mut self, dense: u32) {
+        self.behaviors.values_mut().for_each(|log| log.erase(dense));
+    }
+
+    pub(super) fn behavior_bytes(&self) -> usize {
+        self.behaviors.values().map(EventLog::heap_bytes).sum()
+    }
+
+    pub(super) fn behavior(&self, b: &Behavior, now_ms: i64) -> RoaringBitmap {
+        let since = b.within.map(|seconds| ((now_ms / 1000) - seconds).clamp(0, u32::MAX as i64) as u32);
+        let Some(log) = self.behaviors.get(&b.event) else {
+            // Nobody did it: only thresholds that hold at zero match.
+            let zero = match &b.measure {
+                Measure::Count(op, n) => op.holds(&0, n),
+                Measure::Sum { op, value, .. } => op.holds(&0.0, value),
+                Measure::Last { .. } => false,
+            };
+            return if zero { self.alive.clone() } else { RoaringBitmap::new() };
+        };
+        match &b.measure {
+            Measure::Count(Op::Ge, 1) => log.anyone_since(since, &b.filter),
+            Measure::Count(op, n) => {
+                let mut counts = vec![0u32; self.ids.len()];
+                let mut touched = Vec::new();
+                log.each(since, &b.filter, |s, _, _| {
+                    if counts[s as usize] == 0 {
+                        touched.push(s);
+                    }
+                    counts[s as usize] += 1;
+                });
+                self.threshold(&touched, |s| op.holds(&counts[s as usize], n), op.holds(&0, n))
+            }
+            Measure::Sum { property, op, value } => {
+                let mut sums = vec![0f64; self.ids.len()];
+                let mut seen = vec![false; self.ids.len()];
+                let mut touched = Vec::new();
+                log.each(since, &b.filter, |s, day, row| {
+                    if let Some(n) = day.properties.get(property).and_then(|c| c.number(row)) {
+                        if !seen[s as usize] {
+                            seen[s as usize] = true;
+                            touched.push(s);
+                        }
+                        sums[s as usize] += n;
+                    }
+                });
+                self.threshold(&touched, |s| op.holds(&sums[s as usize], value), op.holds(&0.0, value))
+            }
+            Measure::Last { op, value } => {
+                let bound_ms = match value {
+                    Value::Ago(seconds) => now_ms - seconds * 1000,
+                    Value::At(ms) => *ms,
+                    _ => return RoaringBitmap::new(),
+                };
+                // Event times are whole seconds: t*1000 > bound  <=>  t >= floor(bound/1000) + 1.
+                let at_or_after = |strict: bool| {
+                    let first = bound_ms.div_euclid(1000) + i64::from(strict || bound_ms.rem_euclid(1000) != 0);
+                    let first = first.clamp(0, u32::MAX as i64) as u32;
+                    log.anyone_since(Some(since.map_or(first, |s| s.max(first))), &b.filter)
+                };
+                match op {
+                    Op::Gt => at_or_after(true),
+                    Op::Ge => at_or_after(false),
+                    Op::Lt => log.anyone_since(since, &b.filter) - at_or_after(false),
+                    Op::Le => log.anyone_since(since, &b.filter) - at_or_after(true),
+                    _ => RoaringBitmap::new(),
+                }
+            }
+        }
+    }
+
+    /// `touched` that pass `test`, plus everyone else alive when zero passes.
+    fn threshold(&self, touched: &[u32], test: impl Fn(u32) -> bool, zero_passes: bool) -> RoaringBitmap {
+        let mut matched: Vec<u32> = touched.iter().copied().filter(|s| test(*s)).collect();
+        matched.sort_unstable();
+        let mut matched = RoaringBitmap::from_sorted_iter(matched).expect("sorted");
+        if zero_passes {
+            let mut all: Vec<u32> = touched.to_vec();
+            all.sort_unstable();
+            matched |= &self.alive - RoaringBitmap::from_sorted_iter(all).expect("sorted");
+        }
+        matched
+    }
+}
