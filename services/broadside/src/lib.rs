@@ -23,6 +23,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod demo;
 pub mod dkim;
+pub mod events;
 pub mod feedback;
 pub mod import;
 pub mod node;

@@ -92,6 +92,9 @@ enum Command {
     /// Segments: rules over attributes, lists and engagement (client of a running node).
     #[command(subcommand)]
     Segments(broadside::segments::SegmentsCommand),
+    /// Behavioral events (purchases, logins, ...) for segmentation (client of a running node).
+    #[command(subcommand)]
+    Events(broadside::events::EventsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Campaigns(command) => client::campaigns(&client_args, command).await?,
         Command::Bench(command) => broadside::bench::run(&load()?, &client_args, command).await?,
         Command::Segments(command) => broadside::segments::run(&client_args, command).await?,
+        Command::Events(command) => broadside::events::run(&client_args, command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -168,7 +168,8 @@ impl Node {
         }
         let mut segments = None;
         if roles.contains(&Role::Segmentation) {
-            let live = broadside_segmentation::live::Live::default();
+            let live =
+                broadside_segmentation::live::Live::default().with_behavior_retention(config.behavior.retention_days);
             let run = live.clone().run(
                 backends.store.clone(),
                 backends.bus.clone(),

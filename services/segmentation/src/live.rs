@@ -1,6 +1,7 @@
 //! Keeps every tenant's projection current: a snapshot from the store at
-//! start, then subscriber-events and feedback-events from the start of the
-//! retained log (a fresh consumer group per start; nothing is committed).
+//! start, then subscriber-events, feedback-events and behavior-events from
+//! the start of the retained log (a fresh consumer group per start; nothing
+//! is committed). Behavioral events older than the retention are dropped.
 //! Subscriber events carry the whole state, so replaying ones older than
 //! the snapshot only passes through older states on the way to the latest.
 //! The applied offsets per partition are the position an answer reflects.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use broadside_bus::{Delivered, DynBus, Topic};
 use broadside_proto::convert::{struct_to_json, timestamp_to_millis};
 use broadside_proto::v1::{
-    FeedbackEvent, SubscriberEvent, SubscriberEventBatch, feedback_event::Kind, subscriber_event::Change,
+    BehaviorEvent, FeedbackEvent, SubscriberEvent, SubscriberEventBatch, feedback_event::Kind, subscriber_event::Change,
 };
 use broadside_store::{DynStore, PageRequest, SubscriptionStatus};
 use prost::Message as _;
@@ -23,12 +24,18 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Projection, Row};
 use crate::rule::Activity;
 
-/// Per partition of subscriber-events: the next offset to apply.
+/// Per partition: the next offset to apply. Partitions of subscriber-events
+/// are keyed as they are; those of behavior-events from [`BEHAVIOR`] up.
 pub type Position = BTreeMap<u32, i64>;
 
-/// `3:17,5:2` (partition:offset of the last record applied or written).
+/// Where behavior-events partitions start in a [`Position`] (written `b3:17`).
+pub const BEHAVIOR: u32 = 1 << 20;
+
+/// `3:17,5:2,b0:40` (partition:offset of the last record applied or written;
+/// `b` marks behavior-events partitions).
 pub fn format_position(position: &Position) -> String {
-    position.iter().map(|(p, next)| format!("{p}:{}", next - 1)).collect::<Vec<_>>().join(",")
+    let part = |p: u32| if p >= BEHAVIOR { format!("b{}", p - BEHAVIOR) } else { p.to_string() };
+    position.iter().map(|(p, next)| format!("{}:{}", part(*p), next - 1)).collect::<Vec<_>>().join(",")
 }
 
 /// Parses a written position (`partition:offset,...`); errors name the bad part.
@@ -38,10 +45,13 @@ pub fn parse_position(text: &str) -> Result<Vec<(u32, i64)>, String> {
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (p, o) = part.split_once(':').ok_or_else(|| format!("{part:?} is not partition:offset"))?;
-            Ok((
-                p.parse().map_err(|_| format!("{p:?} is not a partition"))?,
-                o.parse().map_err(|_| format!("{o:?} is not an offset"))?,
-            ))
+            let (base, p) = match p.strip_prefix('b') {
+                Some(p) => (BEHAVIOR, p),
+                None => (0, p),
+            };
+            let partition: u32 =
+                p.parse().ok().filter(|p| *p < BEHAVIOR).ok_or_else(|| format!("{p:?} is not a partition"))?;
+            Ok((base + partition, o.parse().map_err(|_| format!("{o:?} is not an offset"))?))
         })
         .collect()
 }
@@ -54,6 +64,8 @@ pub struct Live {
     advanced: Arc<Notify>,
     ready: Arc<AtomicBool>,
     loaded: Arc<AtomicU64>,
+    /// Behavioral events older than this (ms) are dropped.
+    behavior_retention_ms: i64,
 }
 
 impl Default for Live {
@@ -64,11 +76,26 @@ impl Default for Live {
             advanced: Arc::new(Notify::new()),
             ready: Arc::new(AtomicBool::new(false)),
             loaded: Arc::new(AtomicU64::new(0)),
+            behavior_retention_ms: 400 * 86_400_000,
         }
     }
 }
 
+/// Which topic a delivered record came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Subscribers,
+    Feedback,
+    Behavior,
+}
+
 impl Live {
+    /// Keeps behavioral events `days` long (`behavior.retention_days`).
+    pub fn with_behavior_retention(mut self, days: u32) -> Self {
+        self.behavior_retention_ms = i64::from(days) * 86_400_000;
+        self
+    }
+
     /// The projection of `tenant` (created empty on first use).
     pub fn tenant(&self, tenant: &str) -> Arc<RwLock<Projection>> {
         if let Some(found) = self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
@@ -128,7 +155,8 @@ impl Live {
         );
         let mut reported = std::time::Instant::now();
         let subscriber_topic = Topic::SubscriberEvents.name(&prefix);
-        let topics = [subscriber_topic.clone(), Topic::FeedbackEvents.name(&prefix)];
+        let behavior_topic = Topic::BehaviorEvents.name(&prefix);
+        let topics = [subscriber_topic.clone(), Topic::FeedbackEvents.name(&prefix), behavior_topic.clone()];
         let group = format!("segmentation-{}", broadside_store::new_id());
         let mut consumer = bus.consumer(&group, &topics).await?;
         self.ready.store(true, Ordering::Release);
@@ -146,7 +174,14 @@ impl Live {
                 }
             };
             for delivered in &batch {
-                self.apply(delivered, delivered.topic == subscriber_topic);
+                let source = if delivered.topic == subscriber_topic {
+                    Source::Subscribers
+                } else if delivered.topic == behavior_topic {
+                    Source::Behavior
+                } else {
+                    Source::Feedback
+                };
+                self.apply(delivered, source);
             }
             if !batch.is_empty() {
                 self.advanced.notify_waiters();
@@ -162,8 +197,10 @@ impl Live {
     /// Sets the size gauges (and trims spare capacity, so the estimate is what is held).
     fn report(&self, metrics: &broadside_telemetry::Metrics) {
         let (mut subscribers, mut bytes) = (0, 0);
+        let expired_before = broadside_store::now_millis() - self.behavior_retention_ms;
         for projection in self.tenants.read().unwrap_or_else(|p| p.into_inner()).values() {
             let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
+            projection.expire_behavior(expired_before);
             projection.shrink();
             subscribers += projection.len();
             bytes += projection.heap_bytes() as u64;
@@ -237,9 +274,17 @@ impl Live {
         Ok(())
     }
 
-    fn apply(&self, delivered: &Delivered, subscriber_events: bool) {
+    fn apply(&self, delivered: &Delivered, source: Source) {
         let payload = delivered.record.payload.as_slice();
-        if !payload.is_empty() {
+        let subscriber_events = source == Source::Subscribers;
+        if !payload.is_empty() && source == Source::Behavior {
+            match BehaviorEvent::decode(payload) {
+                Ok(event) => self.behavior_event(event),
+                Err(error) => {
+                    tracing::error!(%error, offset = delivered.offset, "segmentation: undecodable behavioral event skipped")
+                }
+            }
+        } else if !payload.is_empty() {
             if subscriber_events {
                 let events = match delivered.record.header(broadside_bus::headers::TYPE) {
                     Some("broadside.v1.SubscriberEventBatch") => {
@@ -262,9 +307,14 @@ impl Live {
                 }
             }
         }
-        if subscriber_events {
+        let key = match source {
+            Source::Subscribers => Some(delivered.partition),
+            Source::Behavior => Some(BEHAVIOR + delivered.partition),
+            Source::Feedback => None,
+        };
+        if let Some(key) = key {
             let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
-            let next = applied.entry(delivered.partition).or_insert(0);
+            let next = applied.entry(key).or_insert(0);
             *next = (*next).max(delivered.offset + 1);
         }
     }
@@ -293,6 +343,17 @@ impl Live {
             Some(Change::Erased(_)) => projection.erase(&event.subscriber_id),
             _ => {}
         }
+    }
+
+    fn behavior_event(&self, event: BehaviorEvent) {
+        let time = event.time.as_ref().map(timestamp_to_millis).unwrap_or_default();
+        if time < broadside_store::now_millis() - self.behavior_retention_ms {
+            return;
+        }
+        let properties = event.properties.as_ref().map(struct_to_json).unwrap_or_default();
+        let projection = self.tenant(&event.tenant);
+        let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
+        projection.track(&event.subscriber_id, &event.name, time, &properties);
     }
 
     fn feedback_event(&self, event: FeedbackEvent) {

@@ -58,11 +58,18 @@ impl BehaviorApi {
         BehaviorServiceServer::new(self).max_decoding_message_size(16 * 1024 * 1024)
     }
 
-    /// Tracks every event of `stream` (batches of events).
-    pub async fn track_events<S>(&self, caller: &Caller, mut stream: S) -> Result<TrackEventsResponse, ServiceError>
+    /// Tracks every event of `stream` (batches of events). Also returns where
+    /// the published events landed (`b{partition}:{offset},...`), for
+    /// PreviewSegment's `min_position`.
+    pub async fn track_events<S>(
+        &self,
+        caller: &Caller,
+        mut stream: S,
+    ) -> Result<(TrackEventsResponse, String), ServiceError>
     where
         S: Stream<Item = Result<TrackEventsRequest, Status>> + Unpin,
     {
+        let mut written: std::collections::BTreeMap<u32, i64> = Default::default();
         let mut response = TrackEventsResponse::default();
         let mut resolved: HashMap<String, Option<String>> = HashMap::new();
         let mut pending: Vec<BehaviorEventRow> = Vec::new();
@@ -85,15 +92,16 @@ impl BehaviorApi {
                 index += 1;
             }
             if pending.len() >= FLUSH_EVENTS {
-                self.flush(&caller.tenant, std::mem::take(&mut pending), &mut response).await?;
+                self.flush(&caller.tenant, std::mem::take(&mut pending), &mut response, &mut written).await?;
             }
         }
-        self.flush(&caller.tenant, pending, &mut response).await?;
+        self.flush(&caller.tenant, pending, &mut response, &mut written).await?;
         tracing::info!(
             tenant = %caller.tenant, accepted = response.accepted, duplicates = response.duplicates,
             rejected = response.rejected, "behavioral events tracked"
         );
-        Ok(response)
+        let position = written.iter().map(|(p, o)| format!("b{p}:{o}")).collect::<Vec<_>>().join(",");
+        Ok((response, position))
     }
 
     /// Checks one event; the outer error is a store failure, the inner a refusal.
@@ -144,6 +152,7 @@ impl BehaviorApi {
         tenant: &str,
         events: Vec<BehaviorEventRow>,
         response: &mut TrackEventsResponse,
+        written: &mut std::collections::BTreeMap<u32, i64>,
     ) -> Result<(), ServiceError> {
         // The same id twice in one flush: the first copy wins, like across flushes.
         let mut seen = std::collections::HashSet::new();
@@ -166,9 +175,13 @@ impl BehaviorApi {
             }
         }
         if !records.is_empty() {
-            self.bus.publish(&self.topic, records).await.map_err(|error| {
+            let landed = self.bus.publish(&self.topic, records).await.map_err(|error| {
                 ServiceError::Unavailable(format!("publishing behavioral events failed ({error}); retry the stream"))
             })?;
+            for (partition, offset) in landed {
+                let highest = written.entry(partition).or_insert(offset);
+                *highest = (*highest).max(offset);
+            }
             self.store.mark_published(tenant, ids).await?;
         }
         Ok(())
@@ -266,7 +279,14 @@ impl BehaviorService for BehaviorApi {
         request: Request<tonic::Streaming<TrackEventsRequest>>,
     ) -> Result<Response<TrackEventsResponse>, Status> {
         let caller = self.auth.authorize_request(&request, Scope::SubscribersWrite).await?;
-        Ok(Response::new(BehaviorApi::track_events(self, &caller, request.into_inner()).await?))
+        let (result, position) = BehaviorApi::track_events(self, &caller, request.into_inner()).await?;
+        let mut response = Response::new(result);
+        if let Ok(value) = position.parse()
+            && !position.is_empty()
+        {
+            response.metadata_mut().insert(crate::POSITION_HEADER, value);
+        }
+        Ok(response)
     }
 }
 

@@ -128,16 +128,17 @@ impl Report {
                 "message/feedback-report" => {
                     let text = String::from_utf8_lossy(part.contents());
                     report.feedback =
-                        Some(parse_groups(&text).into_iter().flat_map(|g| g.0).collect::<Vec<_>>()).map(Fields);
+                        Some(Fields(parse_groups(&text).into_iter().flat_map(|g| g.0).collect::<Vec<_>>()));
                 }
-                "message/rfc822" | "message/global" | "text/rfc822-headers" | "message/rfc822-headers" => {
-                    if report.original.is_none() {
-                        let text = String::from_utf8_lossy(part.contents());
-                        let head =
-                            text.split("\n\n").next().unwrap_or_default().split("\r\n\r\n").next().unwrap_or_default();
-                        report.original = parse_groups(head).into_iter().next();
-                    }
+                "message/rfc822" | "message/global" | "text/rfc822-headers" | "message/rfc822-headers"
+                    if report.original.is_none() =>
+                {
+                    let text = String::from_utf8_lossy(part.contents());
+                    let head =
+                        text.split("\n\n").next().unwrap_or_default().split("\r\n\r\n").next().unwrap_or_default();
+                    report.original = parse_groups(head).into_iter().next();
                 }
+                "message/rfc822" | "message/global" | "text/rfc822-headers" | "message/rfc822-headers" => {}
                 _ if part.is_text() => {
                     if let Some(text) = part.text_contents() {
                         report.push_text(text);

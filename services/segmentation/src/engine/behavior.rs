@@ -261,6 +261,18 @@ impl Projection {
         }
     }
 
+    pub(super) fn shrink_behavior(&mut self) {
+        for day in self.behaviors.values_mut().flat_map(|log| log.days.values_mut()) {
+            day.subscribers.shrink_to_fit();
+            day.times.shrink_to_fit();
+            for column in day.properties.values_mut() {
+                column.numbers.iter_mut().for_each(|v| v.shrink_to_fit());
+                column.texts.iter_mut().for_each(|v| v.shrink_to_fit());
+                column.bools.iter_mut().for_each(|v| v.shrink_to_fit());
+            }
+        }
+    }
+
     pub(super) fn erase_behavior(&mut self, dense: u32) {
         self.behaviors.values_mut().for_each(|log| log.erase(dense));
     }

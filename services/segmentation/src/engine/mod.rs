@@ -218,6 +218,7 @@ impl Projection {
                 day.events.shrink_to_fit();
             }
         }
+        self.shrink_behavior();
     }
 
     /// Approximate heap bytes held (for the benchmark's bytes per subscriber).

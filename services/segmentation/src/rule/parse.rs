@@ -218,7 +218,7 @@ fn lex(text: &str) -> Result<Vec<Spanned>, RuleError> {
                             ));
                         }
                     };
-                    if value.fract() != 0.0 || value < 0.0 || value > 1e9 {
+                    if value.fract() != 0.0 || !(0.0..=1e9).contains(&value) {
                         return Err(error(&at(width), "a duration is a whole, positive number", Some("e.g. 90d")));
                     }
                     Token::Duration(value as i64 * size)

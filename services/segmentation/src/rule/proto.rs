@@ -105,7 +105,7 @@ fn behavior(b: &RuleBehavior, at: &str) -> Result<Rule, TreeError> {
     let value = || -> Result<Value, TreeError> {
         let c =
             RuleComparison { field: "attributes.x".into(), op: "=".into(), values: b.value.iter().cloned().collect() };
-        match compare(&c, &format!("{at}"))? {
+        match compare(&c, at)? {
             Rule::Compare { value, .. } => Ok(value),
             _ => Err(bad(&format!("{at}.value"), "is required")),
         }
