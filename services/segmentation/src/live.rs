@@ -14,7 +14,8 @@ use std::time::Duration;
 use broadside_bus::{Delivered, DynBus, Topic};
 use broadside_proto::convert::{struct_to_json, timestamp_to_millis};
 use broadside_proto::v1::{
-    BehaviorEvent, FeedbackEvent, SubscriberEvent, SubscriberEventBatch, feedback_event::Kind, subscriber_event::Change,
+    BehaviorEvent, BehaviorEventBatch, FeedbackEvent, SubscriberEvent, SubscriberEventBatch, feedback_event::Kind,
+    subscriber_event::Change,
 };
 use broadside_store::{DynStore, PageRequest, SubscriptionStatus};
 use prost::Message as _;
@@ -278,8 +279,12 @@ impl Live {
         let payload = delivered.record.payload.as_slice();
         let subscriber_events = source == Source::Subscribers;
         if !payload.is_empty() && source == Source::Behavior {
-            match BehaviorEvent::decode(payload) {
-                Ok(event) => self.behavior_event(event),
+            let events = match delivered.record.header(broadside_bus::headers::TYPE) {
+                Some("broadside.v1.BehaviorEventBatch") => BehaviorEventBatch::decode(payload).map(|b| b.events),
+                _ => BehaviorEvent::decode(payload).map(|e| vec![e]),
+            };
+            match events {
+                Ok(events) => events.into_iter().for_each(|event| self.behavior_event(event)),
                 Err(error) => {
                     tracing::error!(%error, offset = delivered.offset, "segmentation: undecodable behavioral event skipped")
                 }

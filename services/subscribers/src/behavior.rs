@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use broadside_auth::{Authenticator, Caller};
-use broadside_bus::{DynBus, Record, Topic};
+use broadside_bus::{DynBus, Record, Topic, partition_for};
 use broadside_proto::ServiceError;
 use broadside_proto::convert::{json_to_struct, millis_to_timestamp, struct_to_json, timestamp_to_millis};
 use broadside_proto::v1::behavior_service_server::{BehaviorService, BehaviorServiceServer};
-use broadside_proto::v1::{BehaviorEvent, EventError, TrackEventsRequest, TrackEventsResponse, TrackedEvent};
+use broadside_proto::v1::{
+    BehaviorEvent, BehaviorEventBatch, EventError, TrackEventsRequest, TrackEventsResponse, TrackedEvent,
+};
 use broadside_store::{BehaviorEventRow, DynStore, Scope, Tracked, now_millis};
 use futures::{Stream, StreamExt};
 use prost::Message as _;
@@ -162,18 +164,23 @@ impl BehaviorApi {
             return Ok(());
         }
         let outcomes = self.store.track_events(events.clone()).await?;
-        let mut records = Vec::new();
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<BehaviorEvent>> = Default::default();
         let mut ids = Vec::new();
+        let partitions = self.bus.partitions();
         for (event, outcome) in events.into_iter().zip(outcomes) {
             match outcome {
                 Tracked::Duplicate => response.duplicates += 1,
                 Tracked::New | Tracked::Unpublished => {
                     response.accepted += 1;
                     ids.push(event.event_id.clone());
-                    records.push(record(&event));
+                    by_partition
+                        .entry(partition_for(&event.subscriber_id, partitions))
+                        .or_default()
+                        .push(payload(event));
                 }
             }
         }
+        let records: Vec<Record> = by_partition.into_values().map(|events| behavior_record(tenant, events)).collect();
         if !records.is_empty() {
             let landed = self.bus.publish(&self.topic, records).await.map_err(|error| {
                 ServiceError::Unavailable(format!("publishing behavioral events failed ({error}); retry the stream"))
@@ -204,17 +211,27 @@ impl BehaviorApi {
     }
 }
 
-/// The bus record of a stored event (keyed by subscriber, so per-subscriber order holds).
-fn record(event: &BehaviorEventRow) -> Record {
-    let payload = BehaviorEvent {
-        tenant: event.tenant.clone(),
-        subscriber_id: event.subscriber_id.clone(),
-        event_id: event.event_id.clone(),
-        name: event.name.clone(),
+fn payload(event: BehaviorEventRow) -> BehaviorEvent {
+    BehaviorEvent {
+        tenant: event.tenant,
+        subscriber_id: event.subscriber_id,
+        event_id: event.event_id,
+        name: event.name,
         time: millis_to_timestamp(event.time),
         properties: Some(json_to_struct(&event.properties)),
-    };
-    Record::event(&event.subscriber_id, &event.tenant, "broadside.v1.BehaviorEvent", payload.encode_to_vec(), None)
+    }
+}
+
+/// One record for the events of one partition, keyed by the first
+/// subscriber, so it lands on that partition and per-subscriber order holds.
+pub fn behavior_record(tenant: &str, mut events: Vec<BehaviorEvent>) -> Record {
+    let key = events[0].subscriber_id.clone();
+    if events.len() == 1 {
+        let event = events.pop().expect("one event");
+        return Record::event(&key, tenant, "broadside.v1.BehaviorEvent", event.encode_to_vec(), None);
+    }
+    let batch = BehaviorEventBatch { events };
+    Record::event(&key, tenant, "broadside.v1.BehaviorEventBatch", batch.encode_to_vec(), None)
 }
 
 /// A letter, then letters, digits, `_` or `-`; at most 64.

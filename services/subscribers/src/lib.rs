@@ -29,7 +29,7 @@ use broadside_mail::transport::Transport;
 use broadside_proto::ServiceError;
 use broadside_store::DynStore;
 
-pub use behavior::BehaviorApi;
+pub use behavior::{BehaviorApi, behavior_record};
 pub use confirm::http_routes;
 pub use convert::{list_to_proto, subscriber_to_proto};
 pub use import::{MAX_LINE_BYTES, MAX_ROW_BYTES};

@@ -13,6 +13,7 @@ use prost::Message as _;
 use crate::{SubscriberApi, tenant};
 
 const BATCH_TYPE: &str = "broadside.v1.SubscriberEventBatch";
+const BEHAVIOR_BATCH_TYPE: &str = "broadside.v1.BehaviorEventBatch";
 
 impl SubscriberApi {
     /// Removes the subscriber's records from every topic of the embedded
@@ -23,12 +24,23 @@ impl SubscriberApi {
             let name = topic.name(&self.settings.topic_prefix);
             let id = subscriber_id.to_owned();
             let redactor: Redactor = Arc::new(move |record: &Record| {
-                let is_batch = record.headers.iter().any(|(k, v)| k == headers::TYPE && v == BATCH_TYPE);
-                match SubscriberEventBatch::decode(record.payload.as_slice()) {
-                    Ok(mut batch) if is_batch => {
-                        batch.events.retain(|event| event.subscriber_id != id);
-                        if batch.events.is_empty() { Vec::new() } else { batch.encode_to_vec() }
-                    }
+                let kind = record.headers.iter().find(|(k, _)| k == headers::TYPE).map(|(_, v)| v.as_str());
+                let payload = record.payload.as_slice();
+                match kind {
+                    Some(BATCH_TYPE) => match SubscriberEventBatch::decode(payload) {
+                        Ok(mut batch) => {
+                            batch.events.retain(|event| event.subscriber_id != id);
+                            if batch.events.is_empty() { Vec::new() } else { batch.encode_to_vec() }
+                        }
+                        Err(_) => Vec::new(),
+                    },
+                    Some(BEHAVIOR_BATCH_TYPE) => match BehaviorEventBatch::decode(payload) {
+                        Ok(mut batch) => {
+                            batch.events.retain(|event| event.subscriber_id != id);
+                            if batch.events.is_empty() { Vec::new() } else { batch.encode_to_vec() }
+                        }
+                        Err(_) => Vec::new(),
+                    },
                     _ => Vec::new(),
                 }
             });
