@@ -2,15 +2,19 @@
 # bench/segment.sh N — segment counts: Broadside's in-memory projection vs
 # PostgreSQL 15 over a listmonk-like schema, side by side on the same data.
 #
-# Seeds N subscribers with 10 attributes, memberships in two lists and about
-# one engagement event each (opens and clicks as feedback-events), starts
+# Seeds N subscribers with 10 attributes, memberships in two lists, about
+# one engagement event each (opens and clicks as feedback-events) and 10
+# behavioral events each on average (purchases with amount and sku, logins,
+# page views over a year, as behavior-events), starts
 # `broadside serve --roles subscribers,segmentation`, and times 50
 # PreviewSegment counts of a five-clause rule through gRPC on one
 # connection. Then loads the same rows into PostgreSQL (JSONB attributes,
 # subscriber_lists and campaign_views tables with listmonk's indexes, ANALYZEd)
-# and times the equivalent SQL count (median of 5 warm runs). Both counts
-# must agree. Last line:
+# and times the equivalent SQL count (median of 5 warm runs). The same for a
+# behavioral rule, against an events table (JSONB properties, indexed by
+# name and time and by subscriber). Both counts must agree. Last line:
 #   segment: subscribers=N count_p50_ms=X count_p99_ms=X postgres_ms=X ratio=R bytes_per_subscriber=B
+#     events=E behavior_count_p50_ms=X behavior_count_p99_ms=X behavior_postgres_ms=X behavior_ratio=R
 set -euo pipefail
 
 N="${1:-1000000}"
@@ -40,8 +44,16 @@ SQL_COUNT="SELECT count(*) FROM subscribers s
     AND EXISTS (SELECT 1 FROM subscriber_lists sl WHERE sl.subscriber_id = s.id AND sl.list_id = 1 AND sl.status = 'confirmed')
     AND EXISTS (SELECT 1 FROM campaign_views v WHERE v.subscriber_id = s.id AND v.created_at > now() - interval '30 days');"
 
+BRULE='did("purchase", within: 30d, count >= 2) and sum("purchase.amount", within: 90d) > 100 and not opened(within: 60d)'
+SQL_BEHAVIOR="SELECT count(*) FROM subscribers s
+  WHERE s.id IN (SELECT subscriber_id FROM behavior_events WHERE name = 'purchase' AND created_at > now() - interval '30 days'
+                 GROUP BY subscriber_id HAVING count(*) >= 2)
+    AND s.id IN (SELECT subscriber_id FROM behavior_events WHERE name = 'purchase' AND created_at > now() - interval '90 days'
+                 GROUP BY subscriber_id HAVING sum((properties->>'amount')::numeric) > 100)
+    AND NOT EXISTS (SELECT 1 FROM campaign_views v WHERE v.subscriber_id = s.id AND v.created_at > now() - interval '60 days');"
+
 say "seeding $N subscribers"
-"$BIN" bench seed-segments --subscribers "$N" --csv "$WORK/csv" >&2
+POSITION=$("$BIN" bench seed-segments --subscribers "$N" --csv "$WORK/csv" | sed -n 's/^position=//p')
 
 BROADSIDE__SERVER__GRPC_ADDR="127.0.0.1:$GRPC" BROADSIDE__SERVER__ADMIN_ADDR="127.0.0.1:$ADMIN" \
 BROADSIDE__SERVER__HTTP_ADDR="127.0.0.1:$HTTP" BROADSIDE__FEEDBACK__INBOUND_ADDR="127.0.0.1:$INBOUND" \
@@ -54,14 +66,10 @@ for _ in $(seq 1 1200); do
   sleep 0.5
 done
 loaded=$(python3 -c "print(round($(date +%s.%N) - $started, 1))")
-say "projection ready in ${loaded}s (${out%%$'\n'*})"
-# Wait until the engagement events are applied too (the projection follows the bus after its snapshot).
-for _ in $(seq 1 600); do
-  a=$("$BIN" --server "http://127.0.0.1:$GRPC" segments preview --rule 'opened() or clicked()' --sample 1)
-  sleep 1
-  b=$("$BIN" --server "http://127.0.0.1:$GRPC" segments preview --rule 'opened() or clicked()' --sample 1)
-  [ "${a%% *}" = "${b%% *}" ] && break
-done
+say "projection snapshot loaded in ${loaded}s (${out%%$'\n'*})"
+# Then wait until every seeded engagement and behavioral event is applied (read-your-writes by position).
+"$BIN" --server "http://127.0.0.1:$GRPC" bench preview --rule 'status = "active"' --runs 1 --min-position "$POSITION" >/dev/null
+say "events applied (position $POSITION) ${loaded}s + $(python3 -c "print(round($(date +%s.%N) - $started - $loaded, 1))")s later"
 
 evaluated=$("$BIN" --server "http://127.0.0.1:$GRPC" segments preview --rule "$RULE" --sample 1)
 say "server side: ${evaluated%%$'\n'*}"
@@ -70,6 +78,11 @@ say "broadside: $result"
 ours_total=$(sed -n 's/.*total=\([0-9]*\).*/\1/p' <<<"$result")
 p50=$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$result")
 p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$result")
+bresult=$("$BIN" --server "http://127.0.0.1:$GRPC" bench preview --rule "$BRULE" --runs 50)
+say "broadside behavioral: $bresult"
+b_total=$(sed -n 's/.*total=\([0-9]*\).*/\1/p' <<<"$bresult")
+b_p50=$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$bresult")
+b_p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$bresult")
 metrics=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$ADMIN/metrics').read().decode())")
 bytes=$(awk '/^broadside_segmentation_projection_bytes /{print $2}' <<<"$metrics")
 members=$(awk '/^broadside_segmentation_subscribers /{print $2}' <<<"$metrics")
@@ -94,10 +107,14 @@ CREATE TABLE subscriber_lists (subscriber_id INTEGER NOT NULL, list_id INTEGER N
     PRIMARY KEY (subscriber_id, list_id));
 CREATE TABLE campaign_views (subscriber_id INTEGER NOT NULL, kind INTEGER NOT NULL, campaign TEXT NOT NULL, created_ms BIGINT NOT NULL,
     created_at TIMESTAMPTZ);
+CREATE TABLE behavior_events (subscriber_id INTEGER NOT NULL, name TEXT NOT NULL, created_ms BIGINT NOT NULL,
+    properties JSONB NOT NULL, created_at TIMESTAMPTZ);
 \\copy subscribers (id, uuid, email, name, status, created_ms, attribs) FROM '$WORK/csv/subscribers.csv'
 \\copy subscriber_lists FROM '$WORK/csv/memberships.csv'
 \\copy campaign_views (subscriber_id, kind, campaign, created_ms) FROM '$WORK/csv/events.csv'
+\\copy behavior_events (subscriber_id, name, created_ms, properties) FROM '$WORK/csv/behavior.csv'
 UPDATE subscribers SET created_at = to_timestamp(created_ms / 1000.0);
+UPDATE behavior_events SET created_at = to_timestamp(created_ms / 1000.0);
 UPDATE campaign_views SET created_at = to_timestamp(created_ms / 1000.0);
 DELETE FROM campaign_views WHERE kind <> 0; -- opens only (clicks are link_clicks in listmonk)
 -- listmonk's indexes (schema.sql), plus one on the JSONB attributes.
@@ -109,6 +126,9 @@ CREATE INDEX idx_sub_lists_list_id ON subscriber_lists (list_id);
 CREATE INDEX idx_sub_lists_status ON subscriber_lists (status);
 CREATE INDEX idx_views_subscriber_id ON campaign_views (subscriber_id);
 CREATE INDEX idx_views_date ON campaign_views (created_at);
+-- An events table as a listmonk-style deployment would add it.
+CREATE INDEX idx_behavior_name_time ON behavior_events (name, created_at);
+CREATE INDEX idx_behavior_subscriber ON behavior_events (subscriber_id, name, created_at);
 VACUUM ANALYZE;
 SQL
 pg_total=""; times=()
@@ -121,9 +141,22 @@ pg_ms=$(printf '%s\n' "${times[@]:1}" | sort -n | sed -n 3p)  # median of the 5 
 say "postgres: count=$pg_total in ${pg_ms} ms (runs: ${times[*]})"
 say "broadside: count=$ours_total"
 [ "$pg_total" = "$ours_total" ] || { echo "counts differ: broadside $ours_total, postgres $pg_total" >&2; exit 1; }
+b_pg_total=""; times=()
+for _ in 1 2 3 4 5 6; do
+  out=$("${PSQL[@]}" -tA -c '\timing on' -c "$SQL_BEHAVIOR")
+  b_pg_total=$(head -1 <<<"$out")
+  times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out")")
+done
+b_pg_ms=$(printf '%s\n' "${times[@]:1}" | sort -n | sed -n 3p)
+events=$("${PSQL[@]}" -tA -c 'SELECT count(*) FROM behavior_events')
+say "postgres behavioral: count=$b_pg_total in ${b_pg_ms} ms over $events events (runs: ${times[*]})"
+say "broadside behavioral: count=$b_total"
+[ "$b_pg_total" = "$b_total" ] || { echo "behavioral counts differ: broadside $b_total, postgres $b_pg_total" >&2; exit 1; }
 
-python3 - "$N" "$p50" "$p99" "$pg_ms" "$bytes" "$members" <<'PYEOF'
+python3 - "$N" "$p50" "$p99" "$pg_ms" "$bytes" "$members" "$events" "$b_p50" "$b_p99" "$b_pg_ms" <<'PYEOF'
 import sys
 n, p50, p99, pg, nbytes, members = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
-print(f"segment: subscribers={n} count_p50_ms={p50:.2f} count_p99_ms={p99:.2f} postgres_ms={pg:.1f} ratio={pg / p50:.0f} bytes_per_subscriber={nbytes / max(members, 1):.0f}")
+events, b50, b99, bpg = int(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10])
+print(f"segment: subscribers={n} count_p50_ms={p50:.2f} count_p99_ms={p99:.2f} postgres_ms={pg:.1f} ratio={pg / p50:.0f} bytes_per_subscriber={nbytes / max(members, 1):.0f}"
+      f" events={events} behavior_count_p50_ms={b50:.2f} behavior_count_p99_ms={b99:.2f} behavior_postgres_ms={bpg:.1f} behavior_ratio={bpg / b50:.0f}")
 PYEOF

@@ -1,6 +1,8 @@
 //! Hidden helpers for `bench/segment.sh`: seed a store with synthetic
-//! subscribers, memberships and engagement events (and the same data as CSV
-//! for PostgreSQL), and time PreviewSegment over gRPC from one connection.
+//! subscribers, memberships, engagement events and behavioral events (and
+//! the same data as CSV for PostgreSQL), and time PreviewSegment over gRPC
+//! from one connection. Behavioral events go to the bus only: the
+//! projection is built from the bus, and the benchmark measures queries.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,11 +24,14 @@ use crate::client::{ClientArgs, connect, plain};
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Writes N subscribers with 10 attributes into lists `weekly` and
-    /// `monthly`, opens and clicks as feedback-events, and the same rows as
-    /// CSV files in --csv for PostgreSQL.
+    /// `monthly`, opens and clicks as feedback-events, --events-per-subscriber
+    /// behavioral events on average (purchases, logins, page views over a
+    /// year) as behavior-events, and the same rows as CSV files in --csv for PostgreSQL.
     SeedSegments {
         #[arg(long)]
         subscribers: u64,
+        #[arg(long, default_value_t = 10)]
+        events_per_subscriber: u64,
         #[arg(long)]
         csv: PathBuf,
     },
@@ -36,6 +41,9 @@ pub enum BenchCommand {
         rule: String,
         #[arg(long, default_value_t = 50)]
         runs: usize,
+        /// Wait until the projection reflects this position (what seed-segments printed).
+        #[arg(long, default_value = "")]
+        min_position: String,
     },
 }
 
@@ -72,9 +80,26 @@ const CITIES: [&str; 10] =
 
 pub async fn run(config: &Config, args: &ClientArgs, command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::SeedSegments { subscribers, csv } => seed(config, subscribers, &csv).await,
-        BenchCommand::Preview { rule, runs } => {
+        BenchCommand::SeedSegments { subscribers, events_per_subscriber, csv } => {
+            seed(config, subscribers, events_per_subscriber, &csv).await
+        }
+        BenchCommand::Preview { rule, runs, min_position } => {
             let mut client = SegmentServiceClient::new(connect(args).await?);
+            if !min_position.is_empty() {
+                // Not timed: waits (10 s per call) until the seeded events are applied.
+                loop {
+                    let request = PreviewSegmentRequest {
+                        rule: rule.clone(),
+                        min_position: min_position.clone(),
+                        ..Default::default()
+                    };
+                    match client.preview_segment(request).await {
+                        Ok(_) => break,
+                        Err(status) if status.code() == tonic::Code::Unavailable => continue,
+                        Err(status) => return Err(plain(status)),
+                    }
+                }
+            }
             let mut latencies = Vec::with_capacity(runs);
             let mut total = 0;
             for _ in 0..runs {
@@ -91,7 +116,7 @@ pub async fn run(config: &Config, args: &ClientArgs, command: BenchCommand) -> a
     }
 }
 
-async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Result<()> {
+async fn seed(config: &Config, count: u64, per_subscriber: u64, csv: &std::path::Path) -> anyhow::Result<()> {
     let backends = crate::backends::open(config)?;
     let store = backends.store.clone();
     crate::bootstrap::ensure_admin_key(&store, &config.data_dir).await?;
@@ -113,6 +138,12 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
     let mut people = std::io::BufWriter::new(std::fs::File::create(csv.join("subscribers.csv"))?);
     let mut members = std::io::BufWriter::new(std::fs::File::create(csv.join("memberships.csv"))?);
     let mut views = std::io::BufWriter::new(std::fs::File::create(csv.join("events.csv"))?);
+    let mut behavior_csv = std::io::BufWriter::new(std::fs::File::create(csv.join("behavior.csv"))?);
+    let behavior_topic = Topic::BehaviorEvents.name(&config.bus.topic_prefix);
+    let partitions = backends.bus.partitions();
+    let mut behaviors = 0u64;
+    // Highest offset written per partition, in the projection's position keys.
+    let mut written = broadside_segmentation::live::Position::new();
     let mut random = Seeded(42);
     let now = now_millis();
     let topic = Topic::FeedbackEvents.name(&config.bus.topic_prefix);
@@ -126,6 +157,7 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
             let end = (next + batch_size).min(to);
             let mut rows = Vec::with_capacity((end - next) as usize);
             let mut records = Vec::new();
+            let mut by_partition: std::collections::BTreeMap<u32, Vec<v1::BehaviorEvent>> = Default::default();
             for n in next..end {
                 let id = format!("{:032x}", 0x0190_0000_0000_7000_8000_0000_0000_0000u128 + u128::from(n));
                 // No times within two hours of the rule's boundaries (30 and 365 days ago), so
@@ -150,6 +182,7 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
                 for _ in 0..random.below(3) {
                     let (kind, campaign) = if random.below(4) == 0 { (1, "c2") } else { (0, "c1") };
                     let time = away_from(now - (random.below(90 * 86_400) as i64) * 1000, now - 30 * DAY_MS);
+                    let time = away_from(time, now - 60 * DAY_MS);
                     writeln!(views, "{n}\t{kind}\t{campaign}\t{time}")?;
                     let event = v1::FeedbackEvent {
                         tenant: tenant.into(),
@@ -164,6 +197,39 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
                     };
                     records.push(Record::event(&id, tenant, "broadside.v1.FeedbackEvent", event.encode_to_vec(), None));
                     events += 1;
+                }
+                // Behavioral events over the last year, kept away from the rule's 30- and 90-day edges.
+                for _ in 0..random.below(2 * per_subscriber + 1) {
+                    let kind = random.below(10);
+                    let name = if kind < 4 {
+                        "purchase"
+                    } else if kind < 8 {
+                        "login"
+                    } else {
+                        "page_view"
+                    };
+                    let time = away_from(now - (random.below(365 * 86_400) as i64) * 1000, now - 30 * DAY_MS);
+                    let time = away_from(time, now - 90 * DAY_MS);
+                    let mut properties = serde_json::Map::new();
+                    if name == "purchase" {
+                        let amount = 1 + random.below(200);
+                        let sku = format!("{}-{}", if random.below(3) == 0 { "BK" } else { "TOY" }, random.below(500));
+                        writeln!(behavior_csv, "{n}\t{name}\t{time}\t{{\"amount\": {amount}, \"sku\": \"{sku}\"}}")?;
+                        properties.insert("amount".into(), amount.into());
+                        properties.insert("sku".into(), sku.into());
+                    } else {
+                        writeln!(behavior_csv, "{n}\t{name}\t{time}\t{{}}")?;
+                    }
+                    let event = v1::BehaviorEvent {
+                        tenant: tenant.into(),
+                        subscriber_id: id.clone(),
+                        event_id: format!("bench-{behaviors}"),
+                        name: name.into(),
+                        time: millis_to_timestamp(time),
+                        properties: Some(broadside_proto::convert::json_to_struct(&properties)),
+                    };
+                    by_partition.entry(broadside_bus::partition_for(&id, partitions)).or_default().push(event);
+                    behaviors += 1;
                 }
                 let subscriber = Subscriber {
                     tenant: tenant.into(),
@@ -181,13 +247,35 @@ async fn seed(config: &Config, count: u64, csv: &std::path::Path) -> anyhow::Res
             }
             let job = ImportJob { list_id: (*list).into(), ..Default::default() };
             store.import_batch(tenant, job, rows, UpsertOptions::default()).await?;
-            backends.bus.publish(&topic, records).await?;
+            for (partition, offset) in backends.bus.publish(&topic, records).await? {
+                let last = written.entry(broadside_segmentation::live::FEEDBACK + partition).or_insert(offset);
+                *last = (*last).max(offset);
+            }
+            let mut behavior_records = Vec::new();
+            for events in by_partition.into_values() {
+                let mut events = events.into_iter().peekable();
+                while events.peek().is_some() {
+                    let chunk: Vec<_> = events.by_ref().take(1000).collect();
+                    behavior_records.push(broadside_subscribers::behavior_record(tenant, chunk));
+                }
+            }
+            for (partition, offset) in backends.bus.publish(&behavior_topic, behavior_records).await? {
+                let last = written.entry(broadside_segmentation::live::BEHAVIOR + partition).or_insert(offset);
+                *last = (*last).max(offset);
+            }
             next = end;
         }
     }
     people.flush()?;
     members.flush()?;
     views.flush()?;
-    eprintln!("seeded {count} subscribers and {events} engagement events in {:.1}s", started.elapsed().as_secs_f64());
+    behavior_csv.flush()?;
+    eprintln!(
+        "seeded {count} subscribers, {events} engagement events and {behaviors} behavioral events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // format_position prints next-offset minus one: store next offsets.
+    let next: broadside_segmentation::live::Position = written.into_iter().map(|(p, o)| (p, o + 1)).collect();
+    crate::outln!("position={}", broadside_segmentation::live::format_position(&next));
     Ok(())
 }

@@ -31,11 +31,17 @@ pub type Position = BTreeMap<u32, i64>;
 
 /// Where behavior-events partitions start in a [`Position`] (written `b3:17`).
 pub const BEHAVIOR: u32 = 1 << 20;
+/// Where feedback-events partitions start (written `f3:17`).
+pub const FEEDBACK: u32 = 2 << 20;
 
 /// `3:17,5:2,b0:40` (partition:offset of the last record applied or written;
-/// `b` marks behavior-events partitions).
+/// `b` marks behavior-events partitions, `f` feedback-events ones).
 pub fn format_position(position: &Position) -> String {
-    let part = |p: u32| if p >= BEHAVIOR { format!("b{}", p - BEHAVIOR) } else { p.to_string() };
+    let part = |p: u32| match p {
+        p if p >= FEEDBACK => format!("f{}", p - FEEDBACK),
+        p if p >= BEHAVIOR => format!("b{}", p - BEHAVIOR),
+        p => p.to_string(),
+    };
     position.iter().map(|(p, next)| format!("{}:{}", part(*p), next - 1)).collect::<Vec<_>>().join(",")
 }
 
@@ -46,9 +52,10 @@ pub fn parse_position(text: &str) -> Result<Vec<(u32, i64)>, String> {
         .filter(|part| !part.is_empty())
         .map(|part| {
             let (p, o) = part.split_once(':').ok_or_else(|| format!("{part:?} is not partition:offset"))?;
-            let (base, p) = match p.strip_prefix('b') {
-                Some(p) => (BEHAVIOR, p),
-                None => (0, p),
+            let (base, p) = match (p.strip_prefix('b'), p.strip_prefix('f')) {
+                (Some(p), _) => (BEHAVIOR, p),
+                (_, Some(p)) => (FEEDBACK, p),
+                _ => (0, p),
             };
             let partition: u32 =
                 p.parse().ok().filter(|p| *p < BEHAVIOR).ok_or_else(|| format!("{p:?} is not a partition"))?;
@@ -154,7 +161,7 @@ impl Live {
             seconds = started.elapsed().as_secs_f64(),
             "segmentation snapshot loaded"
         );
-        let mut reported = std::time::Instant::now();
+        let (mut reported, mut changed) = (std::time::Instant::now(), false);
         let subscriber_topic = Topic::SubscriberEvents.name(&prefix);
         let behavior_topic = Topic::BehaviorEvents.name(&prefix);
         let topics = [subscriber_topic.clone(), Topic::FeedbackEvents.name(&prefix), behavior_topic.clone()];
@@ -186,10 +193,13 @@ impl Live {
             }
             if !batch.is_empty() {
                 self.advanced.notify_waiters();
+                changed = true;
             }
-            if reported.elapsed() > Duration::from_secs(10) {
+            // Every 10 s while busy, and as soon as it has caught up.
+            if changed && (reported.elapsed() > Duration::from_secs(10) || batch.is_empty()) {
                 self.report(&metrics);
                 reported = std::time::Instant::now();
+                changed = false;
             }
         }
         Ok(())
@@ -315,7 +325,7 @@ impl Live {
         let key = match source {
             Source::Subscribers => Some(delivered.partition),
             Source::Behavior => Some(BEHAVIOR + delivered.partition),
-            Source::Feedback => None,
+            Source::Feedback => Some(FEEDBACK + delivered.partition),
         };
         if let Some(key) = key {
             let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());

@@ -107,6 +107,12 @@ struct Day {
     properties: HashMap<String, Column>,
 }
 
+/// Which rows of a day qualify.
+enum Rows<'a> {
+    All,
+    Some(Box<dyn Iterator<Item = usize> + 'a>),
+}
+
 /// Every retained event of one name.
 #[derive(Default)]
 pub(super) struct EventLog {
@@ -204,6 +210,28 @@ impl EventLog {
             .collect()
     }
 
+    /// Calls `visit(day, rows)` for every day with events at or after `since`:
+    /// `Rows::All` when every event of the day qualifies (the tight loop),
+    /// else the qualifying rows.
+    fn each_day(&self, since: Option<u32>, filter: &[PropertyTest], mut visit: impl FnMut(&Day, Rows<'_>)) {
+        let texts = self.text_results(filter);
+        let days = match since {
+            Some(since) => self.days.range(since / DAY..),
+            None => self.days.range(..),
+        };
+        for (number, day) in days {
+            let cutoff = since.filter(|s| *number == s / DAY);
+            if filter.is_empty() && cutoff.is_none() {
+                visit(day, Rows::All);
+                continue;
+            }
+            let tests = RowFilter::new(filter, day, &texts);
+            let rows = (0..day.times.len())
+                .filter(|row| cutoff.is_none_or(|c| day.times[*row] >= c) && (filter.is_empty() || tests.passes(*row)));
+            visit(day, Rows::Some(Box::new(rows)));
+        }
+    }
+
     /// Calls `visit(subscriber, day, row)` for every event at or after `since` passing `filter`.
     fn each(&self, since: Option<u32>, filter: &[PropertyTest], mut visit: impl FnMut(u32, &Day, usize)) {
         let texts = self.text_results(filter);
@@ -296,29 +324,33 @@ impl Projection {
             Measure::Count(Op::Ge, 1) => log.anyone_since(since, &b.filter),
             Measure::Count(op, n) => {
                 let mut counts = vec![0u32; self.ids.len()];
-                let mut touched = Vec::new();
-                log.each(since, &b.filter, |s, _, _| {
-                    if counts[s as usize] == 0 {
-                        touched.push(s);
-                    }
-                    counts[s as usize] += 1;
+                log.each_day(since, &b.filter, |day, rows| match rows {
+                    Rows::All => day.subscribers.iter().for_each(|s| counts[*s as usize] += 1),
+                    Rows::Some(rows) => rows.for_each(|row| counts[day.subscribers[row] as usize] += 1),
                 });
-                self.threshold(&touched, |s| op.holds(&counts[s as usize], n), op.holds(&0, n))
+                // In dense order, so the bitmap is built without sorting; zero counts test like any other.
+                let matched = (0..counts.len() as u32).filter(|s| op.holds(&counts[*s as usize], n));
+                RoaringBitmap::from_sorted_iter(matched).expect("ascending") & &self.alive
             }
             Measure::Sum { property, op, value } => {
                 let mut sums = vec![0f64; self.ids.len()];
-                let mut seen = vec![false; self.ids.len()];
-                let mut touched = Vec::new();
-                log.each(since, &b.filter, |s, day, row| {
-                    if let Some(n) = day.properties.get(property).and_then(|c| c.number(row)) {
-                        if !seen[s as usize] {
-                            seen[s as usize] = true;
-                            touched.push(s);
+                log.each_day(since, &b.filter, |day, rows| {
+                    let Some(numbers) = day.properties.get(property).and_then(|c| c.numbers.as_deref()) else {
+                        return;
+                    };
+                    let mut add = |row: usize| {
+                        let n = numbers[row];
+                        if !n.is_nan() {
+                            sums[day.subscribers[row] as usize] += n;
                         }
-                        sums[s as usize] += n;
+                    };
+                    match rows {
+                        Rows::All => (0..numbers.len()).for_each(&mut add),
+                        Rows::Some(rows) => rows.for_each(add),
                     }
                 });
-                self.threshold(&touched, |s| op.holds(&sums[s as usize], value), op.holds(&0.0, value))
+                let matched = (0..sums.len() as u32).filter(|s| op.holds(&sums[*s as usize], value));
+                RoaringBitmap::from_sorted_iter(matched).expect("ascending") & &self.alive
             }
             Measure::Last { op, value } => {
                 let bound_ms = match value {
@@ -341,18 +373,5 @@ impl Projection {
                 }
             }
         }
-    }
-
-    /// `touched` that pass `test`, plus everyone else alive when zero passes.
-    fn threshold(&self, touched: &[u32], test: impl Fn(u32) -> bool, zero_passes: bool) -> RoaringBitmap {
-        let mut matched: Vec<u32> = touched.iter().copied().filter(|s| test(*s)).collect();
-        matched.sort_unstable();
-        let mut matched = RoaringBitmap::from_sorted_iter(matched).expect("sorted");
-        if zero_passes {
-            let mut all: Vec<u32> = touched.to_vec();
-            all.sort_unstable();
-            matched |= &self.alive - RoaringBitmap::from_sorted_iter(all).expect("sorted");
-        }
-        matched
     }
 }
