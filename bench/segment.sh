@@ -14,7 +14,7 @@
 # behavioral rule, against an events table (JSONB properties, indexed by
 # name and time and by subscriber). Both counts must agree. Last line:
 #   segment: subscribers=N count_p50_ms=X count_p99_ms=X postgres_ms=X ratio=R bytes_per_subscriber=B
-#     events=E behavior_count_p50_ms=X behavior_count_p99_ms=X behavior_postgres_ms=X behavior_ratio=R
+#     events=E bytes_per_event=B behavior_count_p50_ms=X behavior_count_p99_ms=X behavior_postgres_ms=X behavior_ratio=R
 set -euo pipefail
 
 N="${1:-1000000}"
@@ -86,8 +86,10 @@ b_p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$bresult")
 metrics=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$ADMIN/metrics').read().decode())")
 bytes=$(awk '/^broadside_segmentation_projection_bytes /{print $2}' <<<"$metrics")
 members=$(awk '/^broadside_segmentation_subscribers /{print $2}' <<<"$metrics")
+event_bytes=$(awk '/^broadside_segmentation_behavior_bytes /{print $2}' <<<"$metrics")
+held_events=$(awk '/^broadside_segmentation_behavior_events /{print $2}' <<<"$metrics")
 rss_kb=$(awk '/VmRSS/{print $2}' "/proc/$SERVE_PID/status")
-say "projection: $members subscribers, $bytes bytes estimated; serve RSS $((rss_kb / 1024)) MiB (whole process)"
+say "projection: $members subscribers, $bytes bytes estimated, of which $event_bytes for $held_events behavioral events; serve RSS $((rss_kb / 1024)) MiB (whole process)"
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""
 
 say "postgres: loading the same data"
@@ -153,10 +155,11 @@ say "postgres behavioral: count=$b_pg_total in ${b_pg_ms} ms over $events events
 say "broadside behavioral: count=$b_total"
 [ "$b_pg_total" = "$b_total" ] || { echo "behavioral counts differ: broadside $b_total, postgres $b_pg_total" >&2; exit 1; }
 
-python3 - "$N" "$p50" "$p99" "$pg_ms" "$bytes" "$members" "$events" "$b_p50" "$b_p99" "$b_pg_ms" <<'PYEOF'
+python3 - "$N" "$p50" "$p99" "$pg_ms" "$bytes" "$members" "$events" "$b_p50" "$b_p99" "$b_pg_ms" "$event_bytes" <<'PYEOF'
 import sys
 n, p50, p99, pg, nbytes, members = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
-events, b50, b99, bpg = int(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10])
-print(f"segment: subscribers={n} count_p50_ms={p50:.2f} count_p99_ms={p99:.2f} postgres_ms={pg:.1f} ratio={pg / p50:.0f} bytes_per_subscriber={nbytes / max(members, 1):.0f}"
-      f" events={events} behavior_count_p50_ms={b50:.2f} behavior_count_p99_ms={b99:.2f} behavior_postgres_ms={bpg:.1f} behavior_ratio={bpg / b50:.0f}")
+events, b50, b99, bpg, ebytes = int(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10]), float(sys.argv[11])
+# bytes_per_subscriber is the subscriber data (as before behavioral events); events are priced per event.
+print(f"segment: subscribers={n} count_p50_ms={p50:.2f} count_p99_ms={p99:.2f} postgres_ms={pg:.1f} ratio={pg / p50:.0f} bytes_per_subscriber={(nbytes - ebytes) / max(members, 1):.0f}"
+      f" events={events} bytes_per_event={ebytes / max(events, 1):.1f} behavior_count_p50_ms={b50:.2f} behavior_count_p99_ms={b99:.2f} behavior_postgres_ms={bpg:.1f} behavior_ratio={bpg / b50:.0f}")
 PYEOF

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub segment_subscribers: Gauge,
     /// Estimated heap bytes of those projections.
     pub segment_projection_bytes: Gauge,
+    /// Behavioral events held by those projections, and their estimated heap bytes (part of the above).
+    pub segment_behavior_events: Gauge,
+    pub segment_behavior_bytes: Gauge,
     /// Inbound feedback by kind and class (bounce/hard, complaint/complaint, unsubscribe/one_click, ...).
     pub feedback: Family<FeedbackLabels, Counter>,
 }
@@ -90,11 +93,25 @@ impl Metrics {
             "Estimated heap bytes of the segmentation projections",
             segment_projection_bytes.clone(),
         );
+        let segment_behavior_events = Gauge::default();
+        registry.register(
+            "segmentation_behavior_events",
+            "Behavioral events in the segmentation projections",
+            segment_behavior_events.clone(),
+        );
+        let segment_behavior_bytes = Gauge::default();
+        registry.register(
+            "segmentation_behavior_bytes",
+            "Estimated heap bytes of the behavioral events in the projections",
+            segment_behavior_bytes.clone(),
+        );
         let feedback = Family::<FeedbackLabels, Counter>::default();
         registry.register("feedback", "Inbound feedback by kind and class", feedback.clone());
         Self {
             segment_subscribers,
             segment_projection_bytes,
+            segment_behavior_events,
+            segment_behavior_bytes,
             feedback,
             registry: Arc::new(registry),
             sends,

@@ -207,7 +207,7 @@ impl Live {
 
     /// Sets the size gauges (and trims spare capacity, so the estimate is what is held).
     fn report(&self, metrics: &broadside_telemetry::Metrics) {
-        let (mut subscribers, mut bytes) = (0, 0);
+        let (mut subscribers, mut bytes, mut events, mut event_bytes) = (0, 0, 0, 0);
         let expired_before = broadside_store::now_millis() - self.behavior_retention_ms;
         for projection in self.tenants.read().unwrap_or_else(|p| p.into_inner()).values() {
             let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
@@ -215,9 +215,13 @@ impl Live {
             projection.shrink();
             subscribers += projection.len();
             bytes += projection.heap_bytes() as u64;
+            events += projection.behavior_events() as i64;
+            event_bytes += projection.behavior_bytes() as i64;
         }
         metrics.segment_subscribers.set(subscribers as i64);
         metrics.segment_projection_bytes.set(bytes as i64);
+        metrics.segment_behavior_events.set(events);
+        metrics.segment_behavior_bytes.set(event_bytes);
     }
 
     async fn snapshot(&self, store: &DynStore) -> anyhow::Result<()> {

@@ -305,8 +305,14 @@ impl Projection {
         self.behaviors.values_mut().for_each(|log| log.erase(dense));
     }
 
-    pub(super) fn behavior_bytes(&self) -> usize {
+    /// Estimated heap bytes of the behavioral events (part of `heap_bytes`).
+    pub fn behavior_bytes(&self) -> usize {
         self.behaviors.values().map(EventLog::heap_bytes).sum()
+    }
+
+    /// Behavioral events held.
+    pub fn behavior_events(&self) -> usize {
+        self.behaviors.values().flat_map(|log| log.days.values()).map(|day| day.times.len()).sum()
     }
 
     pub(super) fn behavior(&self, b: &Behavior, now_ms: i64) -> RoaringBitmap {
