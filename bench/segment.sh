@@ -133,25 +133,24 @@ CREATE INDEX idx_behavior_name_time ON behavior_events (name, created_at);
 CREATE INDEX idx_behavior_subscriber ON behavior_events (subscriber_id, name, created_at);
 VACUUM ANALYZE;
 SQL
-pg_total=""; times=()
-for _ in 1 2 3 4 5 6; do
-  out=$("${PSQL[@]}" -tA -c '\timing on' -c "$SQL_COUNT")
-  pg_total=$(head -1 <<<"$out")
-  times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out")")
-done
-pg_ms=$(printf '%s\n' "${times[@]:1}" | sort -n | sed -n 3p)  # median of the 5 warm runs
-say "postgres: count=$pg_total in ${pg_ms} ms (runs: ${times[*]})"
+# Runs $1 six times; sets PG_COUNT and PG_MS (the median of the 5 warm runs) and PG_RUNS.
+pg_time() {
+  local out times=()
+  for _ in 1 2 3 4 5 6; do
+    out=$("${PSQL[@]}" -tA -c '\timing on' -c "$1")
+    PG_COUNT=$(head -1 <<<"$out")
+    times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out")")
+  done
+  PG_MS=$(printf '%s\n' "${times[@]:1}" | sort -n | sed -n 3p)
+  PG_RUNS="${times[*]}"
+}
+pg_time "$SQL_COUNT"; pg_total=$PG_COUNT; pg_ms=$PG_MS
+say "postgres: count=$pg_total in ${pg_ms} ms (runs: $PG_RUNS)"
 say "broadside: count=$ours_total"
 [ "$pg_total" = "$ours_total" ] || { echo "counts differ: broadside $ours_total, postgres $pg_total" >&2; exit 1; }
-b_pg_total=""; times=()
-for _ in 1 2 3 4 5 6; do
-  out=$("${PSQL[@]}" -tA -c '\timing on' -c "$SQL_BEHAVIOR")
-  b_pg_total=$(head -1 <<<"$out")
-  times+=("$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out")")
-done
-b_pg_ms=$(printf '%s\n' "${times[@]:1}" | sort -n | sed -n 3p)
+pg_time "$SQL_BEHAVIOR"; b_pg_total=$PG_COUNT; b_pg_ms=$PG_MS
 events=$("${PSQL[@]}" -tA -c 'SELECT count(*) FROM behavior_events')
-say "postgres behavioral: count=$b_pg_total in ${b_pg_ms} ms over $events events (runs: ${times[*]})"
+say "postgres behavioral: count=$b_pg_total in ${b_pg_ms} ms over $events events (runs: $PG_RUNS)"
 say "broadside behavioral: count=$b_total"
 [ "$b_pg_total" = "$b_total" ] || { echo "behavioral counts differ: broadside $b_total, postgres $b_pg_total" >&2; exit 1; }
 
