@@ -680,14 +680,7 @@ impl Parser {
                     let Token::Op(op) = op.token else {
                         return Err(error(&op, "count takes a comparison", Some("count >= 2")));
                     };
-                    let value = self.next();
-                    let Token::Number(n) = value.token else {
-                        return Err(error(&value, "count compares with a whole number", Some("count >= 2")));
-                    };
-                    if n.fract() != 0.0 || !(0.0..=1e6).contains(&n) {
-                        return Err(error(&value, "count compares with a whole number", Some("count >= 2")));
-                    }
-                    engagement.count = (op, n as u32);
+                    engagement.count = (op, self.whole_number("count >= 2")?);
                 }
                 other => {
                     return Err(error(
