@@ -474,6 +474,82 @@ pub async fn behavior_events(store: &dyn Store) {
     assert_eq!(store.track_events(vec![event("e2", 5_000, 20.0)]).await.unwrap(), vec![Tracked::New]);
 }
 
+/// Pages of every size visit each row once; the last page says it is the
+/// last; an empty list has one empty page.
+pub async fn pagination_edges(store: &dyn Store) {
+    store.create_list(list("t-pages", "full"), None).await.unwrap();
+    store.create_list(list("t-pages", "empty"), None).await.unwrap();
+    for i in 0..25 {
+        let email = format!("p{i:02}@example.com");
+        store.upsert_subscriber(subscriber("t-pages", &email, &["full"]), opts(), None).await.unwrap();
+    }
+    for size in [1, 7, 24, 25, 26, 1000] {
+        let (mut members, mut subscribers, mut pages) = (Vec::new(), Vec::new(), 0);
+        let mut token = String::new();
+        loop {
+            let page = store.list_members("t-pages", "full", true, PageRequest::new(size, &token)).await.unwrap();
+            assert!(page.items.len() as i64 <= size, "page of {} with size {size}", page.items.len());
+            pages += 1;
+            members.extend(page.items.into_iter().map(|s| s.email));
+            match page.next_token {
+                Some(next) => token = next,
+                None => break,
+            }
+        }
+        assert!(pages <= 25 / size + 1, "{pages} pages of {size} for 25 rows");
+        let mut token = String::new();
+        loop {
+            let page = store.list_subscribers("t-pages", PageRequest::new(size, &token)).await.unwrap();
+            subscribers.extend(page.items.into_iter().map(|s| s.email));
+            match page.next_token {
+                Some(next) => token = next,
+                None => break,
+            }
+        }
+        for seen in [&mut members, &mut subscribers] {
+            let count = seen.len();
+            seen.sort();
+            seen.dedup();
+            assert_eq!((count, seen.len()), (25, 25), "page size {size}: each row exactly once");
+        }
+    }
+    let empty = store.list_members("t-pages", "empty", true, PageRequest::new(10, "")).await.unwrap();
+    assert!(empty.items.is_empty() && empty.next_token.is_none());
+    let nobody = store.list_subscribers("t-pages-none", PageRequest::new(10, "")).await.unwrap();
+    assert!(nobody.items.is_empty() && nobody.next_token.is_none());
+}
+
+/// Concurrent callers: of four claimers of one ledger entry exactly one
+/// wins; four upserts of one new address (in different spellings) create
+/// exactly one subscriber.
+pub async fn races(store: &dyn Store) {
+    let lease = Duration::from_secs(60);
+    let (a, b, c, d) = tokio::join!(
+        store.claim("c-race", "s1", "a", lease),
+        store.claim("c-race", "s1", "b", lease),
+        store.claim("c-race", "s1", "c", lease),
+        store.claim("c-race", "s1", "d", lease),
+    );
+    let claims = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    let won = claims.iter().filter(|c| **c == Claim::Acquired { takeover: false }).count();
+    let held = claims.iter().filter(|c| matches!(c, Claim::Held { .. })).count();
+    assert_eq!((won, held), (1, 3), "{claims:?}");
+
+    store.create_list(list("t-race", "l1"), None).await.unwrap();
+    let spellings = ["race@example.com", "Race@Example.com", " race@example.com", "RACE@EXAMPLE.COM"];
+    let (a, b, c, d) = tokio::join!(
+        store.upsert_subscriber(subscriber("t-race", spellings[0], &["l1"]), opts(), None),
+        store.upsert_subscriber(subscriber("t-race", spellings[1], &["l1"]), opts(), None),
+        store.upsert_subscriber(subscriber("t-race", spellings[2], &["l1"]), opts(), None),
+        store.upsert_subscriber(subscriber("t-race", spellings[3], &["l1"]), opts(), None),
+    );
+    let results = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1, "exactly one creates");
+    assert!(results.iter().all(|r| r.subscriber.id == results[0].subscriber.id), "all name the same subscriber");
+    let all = store.list_subscribers("t-race", PageRequest::new(10, "")).await.unwrap();
+    assert_eq!(all.items.len(), 1);
+}
+
 /// Runs every case of the suite against `store`.
 pub async fn run_all(store: &dyn Store) {
     idempotent_creates(store).await;
@@ -489,6 +565,8 @@ pub async fn run_all(store: &dyn Store) {
     feedback_records_scores_and_engagement(store).await;
     segments_and_member_statuses(store).await;
     behavior_events(store).await;
+    pagination_edges(store).await;
+    races(store).await;
 }
 
 #[cfg(test)]
