@@ -2,7 +2,7 @@
 # Runs Broadside's whole test suite. Installs what the tests need when it is
 # missing (Postfix for smtp-sink, the relay and the DSN tests, python3-dkim as the
 # independent DKIM verifier, Chromium and chromedriver for the browser test, tansu as the Kafka broker, cargo-nextest,
-# cargo-deny), checks the dependencies' licenses and
+# cargo-deny, a Python venv with Helm's SDK for the chart check), checks the dependencies' licenses and
 # sources (and advisories when online), builds the binaries the black-box and
 # cluster tests run, then runs every test in the workspace.
 set -euo pipefail
@@ -54,6 +54,21 @@ if ! advisories=$(cargo deny check advisories 2>&1); then
     exit 1
   fi
 fi
+
+# The Helm chart: rendered by Helm's own SDK (PyPI helm-python-sdk), each
+# manifest checked against the Kubernetes schemas (kubernetes-validate), and
+# the chart's policies asserted (tests/helm/check_chart.py). No cluster needed.
+HELM_VENV="$HOME/.cache/broadside/helm-venv"
+if ! "$HELM_VENV/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev/null; then
+  echo "tests/run.sh: installing helm-python-sdk and kubernetes-validate into $HELM_VENV"
+  if ! python3 -m venv "$HELM_VENV" 2>/dev/null; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$HELM_VENV" && python3 -m venv "$HELM_VENV"
+  fi
+  "$HELM_VENV/bin/pip" install -q helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
+fi
+"$HELM_VENV/bin/python" tests/helm/check_chart.py
 
 # A clean clone builds once: incremental caches would only cost disk.
 export CARGO_INCREMENTAL=0

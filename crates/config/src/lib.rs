@@ -449,6 +449,9 @@ pub struct MailConfig {
     /// HMAC key for unsubscribe and tracking tokens. Default: generated once
     /// and kept in `{data_dir}/token.key`.
     pub token_key: Option<Secret>,
+    /// Keys of earlier `token_key_id`s (id → key): links in mail sent before
+    /// a rotation keep working while these are listed.
+    pub old_token_keys: std::collections::BTreeMap<String, Secret>,
     /// DKIM private keys as `<dir>/<domain>/<selector>.pem` (RSA or Ed25519;
     /// `broadside dkim keygen` writes them). Default: `{data_dir}/dkim`.
     pub dkim_dir: Option<PathBuf>,
@@ -465,6 +468,7 @@ impl Default for MailConfig {
             confirm_from: None,
             token_key_id: "k1".into(),
             token_key: None,
+            old_token_keys: Default::default(),
             dkim_dir: None,
             bounce_domain: None,
         }
@@ -771,8 +775,9 @@ mod tests {
     fn secrets_are_redacted_when_printed() {
         let mut config = Config::default();
         config.mail.token_key = Some(Secret::new("hunter2"));
+        config.mail.old_token_keys.insert("k0".into(), Secret::new("oldhunter"));
         let printed = config.to_redacted_toml();
-        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("hunter2") && !printed.contains("oldhunter"));
         assert!(printed.contains("[redacted]"));
         assert!(!format!("{config:?}").contains("hunter2"));
     }

@@ -175,14 +175,20 @@ pub fn transport(config: &Config) -> anyhow::Result<Transport> {
 
 /// The token signer: `mail.token_key`, or a key generated once into `{data_dir}/token.key`.
 /// Several processes must share one key, so distributed deployments set `mail.token_key`.
+/// Keys in `mail.old_token_keys` still verify links signed before a rotation.
 pub fn token_signer(config: &Config) -> anyhow::Result<TokenSigner> {
-    if let Some(key) = &config.mail.token_key {
-        return Ok(TokenSigner::new(&config.mail.token_key_id, key.expose().as_bytes()));
+    let mut signer = if let Some(key) = &config.mail.token_key {
+        TokenSigner::new(&config.mail.token_key_id, key.expose().as_bytes())
+    } else {
+        let path = config.data_dir.join("token.key");
+        let key = read_or_create_key(&path)
+            .with_context(|| format!("mail.token_key is unset and {} cannot be used", path.display()))?;
+        TokenSigner::new(&config.mail.token_key_id, key.as_bytes())
+    };
+    for (key_id, key) in &config.mail.old_token_keys {
+        signer = signer.with_old_key(key_id, key.expose().as_bytes());
     }
-    let path = config.data_dir.join("token.key");
-    let key = read_or_create_key(&path)
-        .with_context(|| format!("mail.token_key is unset and {} cannot be used", path.display()))?;
-    Ok(TokenSigner::new(&config.mail.token_key_id, key.as_bytes()))
+    Ok(signer)
 }
 
 fn read_or_create_key(path: &Path) -> std::io::Result<String> {
