@@ -271,6 +271,35 @@ impl Consumer for EmbeddedConsumer {
         }
     }
 
+    async fn lag(&mut self) -> Result<Vec<(String, u32, i64)>> {
+        let topics = self.topics.clone();
+        let ends: Vec<(String, u32, i64)> = self
+            .bus
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT partition, MAX(offset) + 1 FROM bus_log WHERE topic = ?1 GROUP BY partition",
+                )?;
+                let mut ends = Vec::new();
+                for topic in &topics {
+                    let rows = statement
+                        .query_map(params![topic], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?)))?;
+                    for row in rows {
+                        let (partition, end) = row?;
+                        ends.push((topic.clone(), partition, end));
+                    }
+                }
+                Ok(ends)
+            })
+            .await?;
+        Ok(ends
+            .into_iter()
+            .map(|(topic, partition, end)| {
+                let position = self.positions.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+                (topic, partition, (end - position).max(0))
+            })
+            .collect())
+    }
+
     async fn commit(&mut self, done: &[Delivered]) -> Result<()> {
         let next = next_offsets(done);
         if next.is_empty() {

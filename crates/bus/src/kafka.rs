@@ -273,6 +273,29 @@ impl Consumer for KafkaConsumer {
             .map_err(|e| kafka_error("commit", e))
     }
 
+    async fn lag(&mut self) -> Result<Vec<(String, u32, i64)>> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<(String, u32, i64)>> {
+            let positions = consumer.position().map_err(|e| kafka_error("position", e))?;
+            let mut lag = Vec::new();
+            for element in positions.elements() {
+                let (topic, partition) = (element.topic().to_owned(), element.partition());
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                    .map_err(|e| kafka_error("fetch watermarks", e))?;
+                // Before its first fetch a partition has no position yet: reported as 0.
+                let behind = match element.offset() {
+                    Offset::Offset(position) => (high - position).max(0),
+                    _ => 0,
+                };
+                lag.push((topic, partition as u32, behind));
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| kafka_error("lag", e))?
+    }
+
     async fn rewind(&mut self) -> Result<()> {
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {

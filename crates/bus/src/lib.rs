@@ -148,6 +148,9 @@ pub trait Consumer: Send {
     /// (partitions this member owns, partitions of its topics): the share of
     /// a group-wide limit this member enforces.
     fn assigned_share(&self) -> (u32, u32);
+    /// Records not yet consumed per (topic, partition) this member owns: the
+    /// end of the log minus this member's position (for the lag gauge).
+    async fn lag(&mut self) -> Result<Vec<(String, u32, i64)>>;
 }
 
 /// The offset to commit per (topic, partition) after `done`: one past the

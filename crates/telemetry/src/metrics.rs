@@ -12,6 +12,29 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
+    pub tenant: String,
+    pub campaign: String,
+    /// The destination group (`gmail`, `microsoft`, ... or `other`).
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    /// `2xx`, `4xx`, `5xx`, or `none` (no reply: connection or TLS failure).
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// `acquired`, `takeover`, `held` (another sender's lease), `finished` (sent before).
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +48,12 @@ pub struct Metrics {
     registry: Arc<Registry>,
     /// Send attempts by outcome: delivered, deferred, failed, skipped_duplicate.
     pub sends: Family<OutcomeLabels, Counter>,
+    /// SMTP replies to the final dot (or the first refusal) by class.
+    pub smtp_replies: Family<ClassLabels, Counter>,
+    /// Send-ledger claims by result.
+    pub ledger_claims: Family<ClaimLabels, Counter>,
+    /// Records not yet consumed, per consumer group and partition this process owns.
+    pub consumer_lag: Family<LagLabels, Gauge>,
     /// Seconds from claim to the relay's reply.
     pub send_seconds: Histogram,
     /// Sends whose result is unknown (crash or lost reply after DATA): counted, never hidden.
@@ -64,7 +93,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("broadside");
         let sends = Family::<OutcomeLabels, Counter>::default();
-        registry.register("sends", "Send attempts by outcome", sends.clone());
+        registry.register("sends", "Send attempts by outcome, tenant, campaign and destination group", sends.clone());
+        let smtp_replies = Family::<ClassLabels, Counter>::default();
+        registry.register("smtp_replies", "SMTP replies by class", smtp_replies.clone());
+        let ledger_claims = Family::<ClaimLabels, Counter>::default();
+        registry.register("ledger_claims", "Send-ledger claims by result", ledger_claims.clone());
+        let consumer_lag = Family::<LagLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Records not yet consumed per group and partition owned here",
+            consumer_lag.clone(),
+        );
         let send_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register("send_seconds", "Seconds from claim to the relay's reply", send_seconds.clone());
         let sends_ambiguous = Counter::default();
@@ -115,6 +154,9 @@ impl Metrics {
             feedback,
             registry: Arc::new(registry),
             sends,
+            smtp_replies,
+            ledger_claims,
+            consumer_lag,
             send_seconds,
             sends_ambiguous,
             sends_in_flight,
@@ -124,8 +166,37 @@ impl Metrics {
         }
     }
 
-    pub fn count_send(&self, outcome: &str) {
-        self.sends.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    pub fn count_send(&self, outcome: &str, tenant: &str, campaign: &str, destination: &str) {
+        let labels = OutcomeLabels {
+            outcome: outcome.to_owned(),
+            tenant: tenant.to_owned(),
+            campaign: campaign.to_owned(),
+            destination: destination.to_owned(),
+        };
+        self.sends.get_or_create(&labels).inc();
+    }
+
+    /// Counts a reply code (0: no reply).
+    pub fn count_smtp_reply(&self, code: i32) {
+        let class = match code {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        self.smtp_replies.get_or_create(&ClassLabels { class: class.into() }).inc();
+    }
+
+    /// Sets the lag gauges of `group` (partitions no longer owned keep their last value until reassigned).
+    pub fn set_lag(&self, group: &str, lag: &[(String, u32, i64)]) {
+        for (topic, partition, behind) in lag {
+            let labels = LagLabels { group: group.to_owned(), topic: topic.clone(), partition: partition.to_string() };
+            self.consumer_lag.get_or_create(&labels).set(*behind);
+        }
+    }
+
+    pub fn count_claim(&self, result: &str) {
+        self.ledger_claims.get_or_create(&ClaimLabels { result: result.to_owned() }).inc();
     }
 
     pub fn count_published(&self, topic: &str, n: u64) {

@@ -66,7 +66,7 @@ impl Sender {
         let group = self.groups.group_of(&domain).to_owned();
         if let crate::domains::Gate::WaitUntil(until) = self.domains.gate(&group) {
             let wait_ms = until.saturating_duration_since(tokio::time::Instant::now()).as_millis() as i64;
-            self.metrics.count_send("postponed_destination_paused");
+            self.metrics.count_send("postponed_destination_paused", &job.tenant, &job.campaign_id, &group);
             effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + wait_ms));
             return Ok(effects);
         }
@@ -74,7 +74,7 @@ impl Sender {
         // replica). Within one process that would allow two concurrent sends of
         // a redelivered job, so a recipient already in flight here waits.
         let Some(_in_flight) = InFlight::enter(&self.in_flight, &job) else {
-            self.metrics.count_send("postponed_in_flight");
+            self.metrics.count_send("postponed_in_flight", &job.tenant, &job.campaign_id, &group);
             effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));
             return Ok(effects);
         };
@@ -88,27 +88,28 @@ impl Sender {
             let open = window.next_open(now);
             if open > now {
                 // Outside the campaign's send window: back on the retry topic until it opens.
-                self.metrics.count_send("postponed_outside_window");
+                self.metrics.count_send("postponed_outside_window", &job.tenant, &job.campaign_id, &group);
                 effects.retries.push(self.retry_record(&job, job.attempt, open));
                 return Ok(effects);
             }
         }
         match view.map(|v| v.state) {
             Some(CampaignState::Paused) => {
-                self.metrics.count_send("postponed_campaign_paused");
+                self.metrics.count_send("postponed_campaign_paused", &job.tenant, &job.campaign_id, &group);
                 effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));
                 return Ok(effects);
             }
             Some(CampaignState::Cancelled) | None => {
-                self.metrics.count_send("skipped_campaign_cancelled");
+                self.metrics.count_send("skipped_campaign_cancelled", &job.tenant, &job.campaign_id, &group);
                 return Ok(effects);
             }
             _ => {}
         }
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
             Claim::Finished { state, message_id } => {
+                self.metrics.count_claim("finished");
                 // Sent before (a redelivered job): report again, never send again.
-                self.metrics.count_send("skipped_duplicate");
+                self.metrics.count_send("skipped_duplicate", &job.tenant, &job.campaign_id, &group);
                 let outcome =
                     if state == LedgerState::Sent { DeliveryOutcome::Delivered } else { DeliveryOutcome::Failed };
                 let attempt = Attempt {
@@ -122,16 +123,18 @@ impl Sender {
                 return Ok(effects);
             }
             Claim::Held { owner, lease_until } => {
+                self.metrics.count_claim("held");
                 tracing::info!(%owner, lease_until, "recipient claimed by another sender, retrying after its lease");
                 effects.retries.push(self.retry_record(&job, job.attempt, lease_until + 1000));
                 return Ok(effects);
             }
             Claim::Acquired { takeover: true } => {
+                self.metrics.count_claim("takeover");
                 // The previous claimant stopped between claiming and recording: it may have sent.
                 self.metrics.sends_ambiguous.inc();
                 tracing::warn!("taking over an unfinished claim; a duplicate is possible (counted in sends_ambiguous)");
             }
-            Claim::Acquired { takeover: false } => {}
+            Claim::Acquired { takeover: false } => self.metrics.count_claim("acquired"),
         }
 
         let started = Instant::now();
@@ -147,7 +150,7 @@ impl Sender {
                     // The provider's slots on this replica are taken: give the claim
                     // back and try again shortly, without holding a slot meanwhile.
                     self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
-                    self.metrics.count_send("postponed_destination_busy");
+                    self.metrics.count_send("postponed_destination_busy", &job.tenant, &job.campaign_id, &group);
                     effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 1_000));
                     return Ok(effects);
                 }
@@ -155,6 +158,10 @@ impl Sender {
         };
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+        if !attempt.destination.is_empty() {
+            // An SMTP transaction happened (expired jobs never reach the relay).
+            self.metrics.count_smtp_reply(attempt.code);
+        }
 
         match attempt.outcome {
             DeliveryOutcome::Deferred if attempt.code != 0 => {
@@ -190,7 +197,7 @@ impl Sender {
             DeliveryOutcome::Deferred => "deferred",
             _ => "failed",
         };
-        self.metrics.count_send(outcome_name);
+        self.metrics.count_send(outcome_name, &job.tenant, &job.campaign_id, &group);
         if attempt.outcome != DeliveryOutcome::Delivered {
             tracing::info!(outcome = outcome_name, code = attempt.code, detail = %attempt.detail, "not delivered");
         }
