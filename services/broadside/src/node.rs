@@ -107,6 +107,23 @@ pub struct Node {
     servers: Vec<JoinHandle<()>>,
 }
 
+/// The server span of one gRPC call, child of the caller's trace when it sent one.
+fn grpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    broadside_telemetry::follow_traceparent(&span, traceparent);
+    span
+}
+
 impl Node {
     /// Opens the backends, binds the listeners and starts every role in `roles`.
     pub async fn start(config: &Config, roles: &[Role]) -> anyhow::Result<Node> {
@@ -255,7 +272,8 @@ impl Node {
             .with_context(|| format!("server.grpc_addr {}: cannot listen", config.server.grpc_addr))?;
         let grpc_addr = listener.local_addr()?;
         let stop = servers_stop.clone();
-        let router = tonic::transport::Server::builder().add_routes(routes.routes());
+        // A span per call (OpenTelemetry RPC conventions) that continues the caller's `traceparent`.
+        let router = tonic::transport::Server::builder().trace_fn(grpc_span).add_routes(routes.routes());
         let grpc = match &config.server.tls {
             Some(tls) => {
                 let incoming = crate::tls::incoming(listener, crate::tls::acceptor(tls)?);

@@ -248,6 +248,13 @@ impl CampaignApi {
             .await?
             .ok_or_else(|| ServiceError::FailedPrecondition(format!("{} was started concurrently", request.name)))?;
         publish_campaign_event(&self.dispatch, &started, "started").await;
+        if let Some(traceparent) = broadside_telemetry::current_traceparent() {
+            self.dispatch
+                .start_traces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(started.id.clone(), traceparent);
+        }
         self.dispatch.fanout_wake.notify_one();
         tracing::info!(campaign = %started.id, "campaign started");
         broadside_auth::audit(&self.dispatch.store, caller, "campaign.start", &request.name, serde_json::json!({}))

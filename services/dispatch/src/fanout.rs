@@ -4,6 +4,7 @@
 //! those repeats harmless.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use broadside_bus::{Record, Topic};
 use broadside_proto::convert::{json_to_struct, millis_to_timestamp};
@@ -31,7 +32,12 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
                         continue; // scheduled, or outside its send window: fan out when the time comes
                     }
                     if !campaign.fanout_done {
-                        if let Err(error) = fan_out(&dispatch, campaign, &shutdown).await {
+                        // Continues the StartCampaign trace when that call came to this process.
+                        let started =
+                            dispatch.start_traces.lock().unwrap_or_else(|p| p.into_inner()).remove(&campaign.id);
+                        let span = tracing::info_span!("campaign fan-out", campaign = %campaign.id);
+                        broadside_telemetry::follow_traceparent(&span, started.as_deref());
+                        if let Err(error) = fan_out(&dispatch, campaign, &shutdown).instrument(span).await {
                             tracing::warn!(%error, "fan-out interrupted, will resume from the saved cursor");
                         }
                         continue;

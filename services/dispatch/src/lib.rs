@@ -36,6 +36,9 @@ pub struct Dispatch {
     reconcile_after: std::time::Duration,
     /// Wakes the fan-out worker when a campaign starts.
     fanout_wake: Arc<Notify>,
+    /// The trace context of each StartCampaign call (campaign id → traceparent),
+    /// so the fan-out, and every send job it publishes, continues that trace.
+    start_traces: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// Segment membership for campaigns that target a segment.
     segments: Option<Arc<dyn SegmentMembers>>,
 }
@@ -64,6 +67,7 @@ impl Dispatch {
             max_age_ms: (max_age_secs * 1000) as i64,
             reconcile_after,
             fanout_wake: Arc::new(Notify::new()),
+            start_traces: Default::default(),
             segments: None,
         }
     }

@@ -7,6 +7,7 @@ use broadside_bus::Topic;
 use broadside_proto::v1::{DeliveryEvent, DeliveryOutcome};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::Feedback;
 use crate::classify::{Class, Kind, Verdict, rules};
@@ -25,7 +26,13 @@ pub(crate) async fn consume_deliveries(feedback: Feedback, shutdown: Cancellatio
                 tracing::error!(offset = delivered.offset, "skipping undecodable delivery event");
                 return Ok(());
             };
-            on_delivery(&feedback, &event).await.map_err(|e| e.to_string())
+            // The bounce continues the trace of the send that failed.
+            let span = tracing::info_span!("synchronous bounce", subscriber = %event.subscriber_id);
+            broadside_telemetry::follow_traceparent(
+                &span,
+                delivered.record.header(broadside_bus::headers::TRACEPARENT),
+            );
+            on_delivery(&feedback, &event).instrument(span).await.map_err(|e| e.to_string())
         }
     })
     .await?;
