@@ -55,6 +55,11 @@ if ! advisories=$(cargo deny check advisories 2>&1); then
   fi
 fi
 
+# A clean clone builds once: incremental caches would only cost disk.
+export CARGO_INCREMENTAL=0
+cargo build --workspace --all-targets
+cargo build --release -p broadside   # the cluster tests run the release binary
+
 # The Helm chart: rendered by Helm's own SDK (PyPI helm-python-sdk), each
 # manifest checked against the Kubernetes schemas (kubernetes-validate), and
 # the chart's policies asserted (tests/helm/check_chart.py). No cluster needed.
@@ -68,10 +73,6 @@ if ! "$HELM_VENV/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev
   fi
   "$HELM_VENV/bin/pip" install -q helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
 fi
-"$HELM_VENV/bin/python" tests/helm/check_chart.py
+BROADSIDE_BIN=target/release/broadside "$HELM_VENV/bin/python" tests/helm/check_chart.py
 
-# A clean clone builds once: incremental caches would only cost disk.
-export CARGO_INCREMENTAL=0
-cargo build --workspace --all-targets
-cargo build --release -p broadside   # the cluster tests run the release binary
 cargo nextest run --workspace --no-fail-fast "$@"

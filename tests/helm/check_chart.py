@@ -3,9 +3,13 @@ production example, lints it, validates every manifest against the
 Kubernetes schemas, and checks the chart's policies. Exits non-zero on the
 first broken rule, naming the values file, the manifest and the rule.
 
-Run by tests/run.sh in a virtualenv with helm-python-sdk and kubernetes-validate."""
+Run by tests/run.sh in a virtualenv with helm-python-sdk and kubernetes-validate;
+with BROADSIDE_BIN set, the rendered config.toml is also loaded by Broadside."""
 
+import os
+import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -55,7 +59,17 @@ def check(values_name, values):
         if doc["kind"] == "Secret":
             fail(where, "the chart must not create Secrets (reference existing ones)")
 
-    config = tomllib.loads(kinds["ConfigMap"][0]["data"]["config.toml"])
+    config_text = kinds["ConfigMap"][0]["data"]["config.toml"]
+    config = tomllib.loads(config_text)
+    binary = os.environ.get("BROADSIDE_BIN")
+    if binary:
+        # The rendered config must load in Broadside itself (unknown keys and bad values are errors there).
+        with tempfile.NamedTemporaryFile("w", suffix=".toml") as file:
+            file.write(config_text)
+            file.flush()
+            loaded = subprocess.run([binary, "--config", file.name, "config", "print"], capture_output=True, text=True)
+        if loaded.returncode != 0:
+            fail(values_name, f"broadside refuses the rendered config.toml: {loaded.stderr.strip()}")
     drain = config["sender"]["drain_timeout_secs"]
     deployments = kinds.get("Deployment", [])
     roles = set(values.get("roles") or yaml.safe_load((CHART / "values.yaml").read_text())["roles"])

@@ -264,6 +264,9 @@ pub struct BusConfig {
     pub kafka: std::collections::BTreeMap<String, String>,
     /// Kafka only: properties whose values are secret (`"sasl.password"`).
     pub kafka_secrets: std::collections::BTreeMap<String, Secret>,
+    /// Kafka only: secret properties read from files at start (a mounted
+    /// Kubernetes Secret): `{ "sasl.password" = "/etc/broadside/kafka/password" }`.
+    pub kafka_secret_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for BusConfig {
@@ -277,6 +280,7 @@ impl Default for BusConfig {
             assignment_strategy: "cooperative-sticky".into(),
             kafka: Default::default(),
             kafka_secrets: Default::default(),
+            kafka_secret_files: Default::default(),
         }
     }
 }

@@ -87,6 +87,12 @@ impl PayloadCipher for SealedPayloads {
 /// The Kafka bus named by `bus.url` (which must be `kafka://`).
 pub fn kafka(config: &Config) -> anyhow::Result<KafkaBus> {
     let BusUrl::Kafka(bootstrap) = config.bus_url()? else { bail!("bus.url: not a kafka:// URL") };
+    let mut from_files = Vec::new();
+    for (property, path) in &config.bus.kafka_secret_files {
+        let value = std::fs::read_to_string(path)
+            .with_context(|| format!("bus.kafka_secret_files.{property}: cannot read {}", path.display()))?;
+        from_files.push((property.clone(), value.trim_end_matches(['\r', '\n']).to_owned()));
+    }
     KafkaBus::connect(KafkaSettings {
         bootstrap,
         partitions: config.bus.partitions,
@@ -100,6 +106,7 @@ pub fn kafka(config: &Config) -> anyhow::Result<KafkaBus> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .chain(config.bus.kafka_secrets.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())))
+            .chain(from_files)
             .collect(),
     })
     .context("bus.url: cannot create the Kafka client")
