@@ -39,12 +39,14 @@ admin_port() { echo $(($(grpc_port "$1") + 400)); }
 pid_of() { cat "$DIR/pids/$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 
-wait_port() { # port name
-  for _ in $(seq 1 300); do
+wait_port() { # port name; up to 60 s (a loaded machine starts slowly), then the log's tail
+  for _ in $(seq 1 600); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  die "$2 did not listen on port $1 (see $DIR/logs/$2.log)"
+  log "$2 did not listen on port $1 within 60 s; the end of $DIR/logs/$2.log:"
+  tail -n 30 "$DIR/logs/$2.log" >&2 2>/dev/null || true
+  die "$2 did not start"
 }
 
 ensure_tansu() {

@@ -46,7 +46,20 @@ impl Sender {
                 return Ok(Effects::default());
             }
         };
-        let span = tracing::info_span!("send", campaign = %job.campaign_id, subscriber = %job.subscriber_id, attempt = job.attempt);
+        // OpenTelemetry messaging conventions: this span processes one record of send-jobs.
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("process {}", delivered.topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %delivered.topic,
+            messaging.destination.partition.id = delivered.partition,
+            messaging.kafka.offset = delivered.offset,
+            campaign = %job.campaign_id,
+            subscriber = %job.subscriber_id,
+            attempt = job.attempt,
+        );
         broadside_telemetry::follow_traceparent(&span, delivered.record.header(headers::TRACEPARENT));
         self.handle_job(job).instrument(span).await
     }
