@@ -24,11 +24,13 @@ async fn metrics_name_outcomes_replies_claims_and_lag_after_a_campaign() {
     let campaign_id = campaign.trim_start_matches("campaigns/").to_owned();
     let admin = sandbox.node.as_ref().unwrap().admin_addr;
 
-    // The lag gauge is refreshed every 10 s by the sender loop.
+    // The lag gauges are refreshed every 10 s by each consumer loop (senders, dispatch, feedback).
     let text = wait_for("the lag gauge", Duration::from_secs(30), || async move {
         let (status, text) = http_request(admin, "GET", "/metrics", "");
         assert_eq!(status, 200);
-        Ok(text.contains("broadside_consumer_lag{group=\"sender\"").then_some(text))
+        let both = text.contains("broadside_consumer_lag{group=\"sender\"")
+            && text.contains("broadside_consumer_lag{group=\"dispatch\",topic=\"broadside.delivery-events\"");
+        Ok(both.then_some(text))
     })
     .await
     .unwrap();

@@ -17,6 +17,23 @@ pub async fn consume<F, Fut>(
     group: &str,
     topic: &str,
     shutdown: CancellationToken,
+    apply: F,
+) -> Result<u64>
+where
+    F: FnMut(Delivered) -> Fut,
+    Fut: Future<Output = std::result::Result<(), String>>,
+{
+    consume_reporting_lag(bus, group, topic, shutdown, |_| {}, apply).await
+}
+
+/// [`consume`], also handing this member's lag per partition to `on_lag`
+/// every 10 s (for the `consumer_lag` gauge).
+pub async fn consume_reporting_lag<F, Fut>(
+    bus: DynBus,
+    group: &str,
+    topic: &str,
+    shutdown: CancellationToken,
+    on_lag: impl Fn(&[(String, u32, i64)]),
     mut apply: F,
 ) -> Result<u64>
 where
@@ -25,7 +42,15 @@ where
 {
     let mut consumer = bus.consumer(group, &[topic.to_owned()]).await?;
     let mut committed = 0;
+    let mut lag_reported: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
+        if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            lag_reported = Some(std::time::Instant::now());
+            match consumer.lag().await {
+                Ok(lag) => on_lag(&lag),
+                Err(error) => tracing::debug!(%error, topic, group, "consumer lag unavailable"),
+            }
+        }
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             batch = consumer.poll(500, Duration::from_millis(500)) => batch,

@@ -14,7 +14,9 @@ const GROUP: &str = "dispatch-feedback";
 pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topic = dispatch.topic(Topic::FeedbackEvents);
     let bus = dispatch.bus.clone();
-    broadside_bus::consume(bus, GROUP, &topic, shutdown, |delivered| {
+    let metrics = dispatch.metrics.clone();
+    let on_lag = move |lag: &[(String, u32, i64)]| metrics.set_lag(GROUP, lag);
+    broadside_bus::consume_reporting_lag(bus, GROUP, &topic, shutdown, on_lag, |delivered| {
         let store = dispatch.store.clone();
         async move {
             let Ok(event) = FeedbackEvent::decode(delivered.record.payload.as_slice()) else {

@@ -18,7 +18,14 @@ const BATCH: usize = 500;
 pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topic = dispatch.topic(Topic::DeliveryEvents);
     let mut consumer = dispatch.bus.consumer(GROUP, std::slice::from_ref(&topic)).await?;
+    let mut lag_reported: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
+        if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            lag_reported = Some(std::time::Instant::now());
+            if let Ok(lag) = consumer.lag().await {
+                dispatch.metrics.set_lag(GROUP, &lag);
+            }
+        }
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             batch = consumer.poll(BATCH, Duration::from_millis(500)) => batch,

@@ -19,7 +19,9 @@ const GROUP: &str = "feedback";
 pub(crate) async fn consume_deliveries(feedback: Feedback, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topic = Topic::DeliveryEvents.name(&feedback.settings.topic_prefix);
     let bus = feedback.bus.clone();
-    broadside_bus::consume(bus, GROUP, &topic, shutdown, |delivered| {
+    let metrics = feedback.metrics.clone();
+    let on_lag = move |lag: &[(String, u32, i64)]| metrics.set_lag(GROUP, lag);
+    broadside_bus::consume_reporting_lag(bus, GROUP, &topic, shutdown, on_lag, |delivered| {
         let feedback = feedback.clone();
         async move {
             let Ok(event) = DeliveryEvent::decode(delivered.record.payload.as_slice()) else {
