@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{Delivered, DynBus, Result};
+use crate::{Consumer, Delivered, DynBus, Result};
 
 /// Runs `apply` over every record of `topic` in consumer group `group` until
 /// `shutdown`. `apply` must be idempotent (a batch may be applied again after
@@ -44,13 +44,7 @@ where
     let mut committed = 0;
     let mut lag_reported: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-            lag_reported = Some(std::time::Instant::now());
-            match consumer.lag().await {
-                Ok(lag) => on_lag(&lag),
-                Err(error) => tracing::debug!(%error, topic, group, "consumer lag unavailable"),
-            }
-        }
+        report_lag(consumer.as_mut(), &mut lag_reported, &on_lag).await;
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             batch = consumer.poll(500, Duration::from_millis(500)) => batch,
@@ -90,4 +84,20 @@ where
         }
     }
     Ok(committed)
+}
+
+/// Hands `consumer`'s lag to `on_lag`, at most every 10 s (`last` remembers when).
+pub async fn report_lag(
+    consumer: &mut dyn Consumer,
+    last: &mut Option<std::time::Instant>,
+    on_lag: impl Fn(&[(String, u32, i64)]),
+) {
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    match consumer.lag().await {
+        Ok(lag) => on_lag(&lag),
+        Err(error) => tracing::debug!(%error, "consumer lag unavailable"),
+    }
 }

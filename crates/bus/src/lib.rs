@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use consume::{consume, consume_reporting_lag};
+pub use consume::{consume, consume_reporting_lag, report_lag};
 pub use embedded::EmbeddedBus;
 pub use kafka::{KafkaBus, KafkaSettings};
 

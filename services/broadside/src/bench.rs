@@ -116,6 +116,14 @@ pub async fn run(config: &Config, args: &ClientArgs, command: BenchCommand) -> a
     }
 }
 
+/// Keeps the highest offset per partition (keyed from `base`, as positions are).
+fn note_written(written: &mut broadside_segmentation::live::Position, base: u32, landed: Vec<(u32, i64)>) {
+    for (partition, offset) in landed {
+        let last = written.entry(base + partition).or_insert(offset);
+        *last = (*last).max(offset);
+    }
+}
+
 async fn seed(config: &Config, count: u64, per_subscriber: u64, csv: &std::path::Path) -> anyhow::Result<()> {
     let backends = crate::backends::open(config)?;
     let store = backends.store.clone();
@@ -247,10 +255,8 @@ async fn seed(config: &Config, count: u64, per_subscriber: u64, csv: &std::path:
             }
             let job = ImportJob { list_id: (*list).into(), ..Default::default() };
             store.import_batch(tenant, job, rows, UpsertOptions::default()).await?;
-            for (partition, offset) in backends.bus.publish(&topic, records).await? {
-                let last = written.entry(broadside_segmentation::live::FEEDBACK + partition).or_insert(offset);
-                *last = (*last).max(offset);
-            }
+            let landed = backends.bus.publish(&topic, records).await?;
+            note_written(&mut written, broadside_segmentation::live::FEEDBACK, landed);
             let mut behavior_records = Vec::new();
             for events in by_partition.into_values() {
                 let mut events = events.into_iter().peekable();
@@ -259,10 +265,8 @@ async fn seed(config: &Config, count: u64, per_subscriber: u64, csv: &std::path:
                     behavior_records.push(broadside_subscribers::behavior_record(tenant, chunk));
                 }
             }
-            for (partition, offset) in backends.bus.publish(&behavior_topic, behavior_records).await? {
-                let last = written.entry(broadside_segmentation::live::BEHAVIOR + partition).or_insert(offset);
-                *last = (*last).max(offset);
-            }
+            let landed = backends.bus.publish(&behavior_topic, behavior_records).await?;
+            note_written(&mut written, broadside_segmentation::live::BEHAVIOR, landed);
             next = end;
         }
     }

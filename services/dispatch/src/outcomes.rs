@@ -20,12 +20,8 @@ pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyh
     let mut consumer = dispatch.bus.consumer(GROUP, std::slice::from_ref(&topic)).await?;
     let mut lag_reported: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-            lag_reported = Some(std::time::Instant::now());
-            if let Ok(lag) = consumer.lag().await {
-                dispatch.metrics.set_lag(GROUP, &lag);
-            }
-        }
+        broadside_bus::report_lag(consumer.as_mut(), &mut lag_reported, |lag| dispatch.metrics.set_lag(GROUP, lag))
+            .await;
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             batch = consumer.poll(BATCH, Duration::from_millis(500)) => batch,

@@ -182,15 +182,10 @@ impl Sender {
         let batch_size = if retries { self.settings.concurrency } else { self.settings.concurrency * 2 };
         let mut running: VecDeque<Running> = VecDeque::new();
         let group = if retries { "sender-retries" } else { "sender" };
-        let mut lag_reported = std::time::Instant::now() - Duration::from_secs(60);
+        let mut lag_reported = None;
         while !shutdown.is_cancelled() {
-            if lag_reported.elapsed() >= Duration::from_secs(10) {
-                lag_reported = std::time::Instant::now();
-                match consumer.lag().await {
-                    Ok(lag) => self.metrics.set_lag(group, &lag),
-                    Err(error) => tracing::debug!(%error, group, "consumer lag unavailable"),
-                }
-            }
+            broadside_bus::report_lag(consumer.as_mut(), &mut lag_reported, |lag| self.metrics.set_lag(group, lag))
+                .await;
             // Settle what finished at the front; on failure rewind and start over.
             while running.front().is_some_and(|r| r.handle.is_finished()) {
                 let front = running.pop_front().expect("front exists");

@@ -213,7 +213,12 @@ impl EventLog {
     /// Calls `visit(day, rows)` for every day with events at or after `since`:
     /// `Rows::All` when every event of the day qualifies (the tight loop),
     /// else the qualifying rows.
-    fn each_day(&self, since: Option<u32>, filter: &[PropertyTest], mut visit: impl FnMut(&Day, Rows<'_>)) {
+    fn each_day<'a>(
+        &'a self,
+        since: Option<u32>,
+        filter: &'a [PropertyTest],
+        mut visit: impl FnMut(&'a Day, Rows<'_>),
+    ) {
         let texts = self.text_results(filter);
         let days = match since {
             Some(since) => self.days.range(since / DAY..),
@@ -232,44 +237,16 @@ impl EventLog {
         }
     }
 
-    /// Calls `visit(subscriber, day, row)` for every event at or after `since` passing `filter`.
-    fn each(&self, since: Option<u32>, filter: &[PropertyTest], mut visit: impl FnMut(u32, &Day, usize)) {
-        let texts = self.text_results(filter);
-        let days = match since {
-            Some(since) => self.days.range(since / DAY..),
-            None => self.days.range(..),
-        };
-        for (_, day) in days {
-            let rows = RowFilter::new(filter, day, &texts);
-            for (row, (&subscriber, &time)) in day.subscribers.iter().zip(&day.times).enumerate() {
-                if since.is_none_or(|s| time >= s) && (filter.is_empty() || rows.passes(row)) {
-                    visit(subscriber, day, row);
-                }
-            }
-        }
-    }
-
-    /// Who has an event at or after `since` (all retained events without it).
+    /// Who has an event at or after `since` (all retained events without it):
+    /// whole days are their bitmaps, partly matching days add their rows.
     fn anyone_since(&self, since: Option<u32>, filter: &[PropertyTest]) -> RoaringBitmap {
-        if !filter.is_empty() {
-            let mut found = Vec::new();
-            self.each(since, filter, |s, _, _| found.push(s));
-            return found.into_iter().collect();
-        }
-        let mut first_day = RoaringBitmap::new();
-        let mut whole_days = Vec::new();
-        let days = match since {
-            Some(since) => self.days.range(since / DAY..),
-            None => self.days.range(..),
-        };
-        for (number, day) in days {
-            match since {
-                Some(s) if *number == s / DAY => first_day
-                    .extend(day.subscribers.iter().zip(&day.times).filter(|(_, t)| **t >= s).map(|(sub, _)| *sub)),
-                _ => whole_days.push(&day.members),
-            }
-        }
-        whole_days.into_iter().chain(std::iter::once(&first_day)).union()
+        let (mut whole_days, mut rows_matched) = (Vec::new(), RoaringBitmap::new());
+        self.each_day(since, filter, |day, rows| match rows {
+            Rows::All => whole_days.push(&day.members),
+            Rows::Some(rows) => rows_matched.extend(rows.map(|row| day.subscribers[row])),
+        });
+        // One multi-way union: pairwise `|=` would re-merge the growing result for every day.
+        whole_days.into_iter().chain(std::iter::once(&rows_matched)).union()
     }
 }
 
