@@ -2,12 +2,13 @@
 //! access by partition key, keyset-paged scans, insert-if-absent for claims,
 //! no joins exposed, no cross-partition transactions required.
 //!
-//! `sqlite://PATH` is the embedded backend. `scylla://` arrives with the
-//! ScyllaDB issue and implements the same traits.
+//! `sqlite://PATH` is the embedded backend; `scylla://HOSTS/KEYSPACE` the
+//! distributed one ([`scylla`]). Both pass the same conformance suite.
 
 pub mod crypto;
 mod model;
 pub mod schedule;
+pub mod scylla;
 mod sqlite;
 #[doc(hidden)]
 pub mod suite;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use model::*;
+pub use scylla::{Retention, ScyllaStore, ScyllaUri};
 pub use sqlite::SqliteStore;
 
 /// A store failure. `NotFound` and `Conflict` are the caller's problem;
@@ -71,7 +73,7 @@ pub trait SubscriberStore: Send + Sync {
     async fn get_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<Subscriber>>;
     async fn find_subscriber(&self, tenant: &str, email: &str) -> Result<Option<Subscriber>>;
     async fn list_subscribers(&self, tenant: &str, page: PageRequest) -> Result<Page<Subscriber>>;
-    /// Members of one list in id order. `sendable_only` keeps only active
+    /// Members of one list in member order (see `member_cursor`). `sendable_only` keeps only active
     /// subscribers with a confirmed membership and no suppression (tenant-wide,
     /// for this list, or for their domain).
     async fn list_members(
@@ -89,6 +91,15 @@ pub trait SubscriberStore: Send + Sync {
         list_id: &str,
         page: PageRequest,
     ) -> Result<Page<(String, SubscriptionStatus)>>;
+    /// The position of a subscriber in this backend's member order, as a
+    /// page token: pages of `list_members`, `member_statuses` and
+    /// `list_subscribers` follow it, and a page starting at a member's cursor
+    /// starts right after that member. Cursors compare as strings in page
+    /// order. The embedded store orders by id (the cursor is the id); the
+    /// ScyllaDB store by (hash bucket, id).
+    fn member_cursor(&self, subscriber_id: &str) -> String {
+        subscriber_id.to_owned()
+    }
     /// Whether one member may be mailed now: the same rule as
     /// `list_members(sendable_only)`, checked again just before sending so a
     /// suppression or unsubscribe during a long campaign takes effect at once.

@@ -479,7 +479,8 @@ pub struct Campaign {
     pub send_window: String,
     pub state: CampaignState,
     pub stats: CampaignStats,
-    /// Last subscriber id fanned out; empty before fan-out starts.
+    /// Member cursor (`SubscriberStore::member_cursor`) of the last recipient
+    /// fanned out; empty before fan-out starts.
     pub fanout_cursor: String,
     pub fanout_done: bool,
     pub create_time: i64,

@@ -436,6 +436,10 @@ pub async fn segments_and_member_statuses(store: &dyn Store) {
             None => break,
         }
     }
+    // Pages follow the backend's member order: cursors increase, each member once.
+    let cursors: Vec<String> = seen.iter().map(|(id, _)| store.member_cursor(id)).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "pages follow member_cursor order: {cursors:?}");
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(seen.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids);
     assert_eq!(seen[1].1, SubscriptionStatus::Unsubscribed);
     assert_eq!(seen[0].1, SubscriptionStatus::Confirmed);
@@ -484,19 +488,25 @@ pub async fn pagination_edges(store: &dyn Store) {
         store.upsert_subscriber(subscriber("t-pages", &email, &["full"]), opts(), None).await.unwrap();
     }
     for size in [1, 7, 24, 25, 26, 1000] {
-        let (mut members, mut subscribers, mut pages) = (Vec::new(), Vec::new(), 0);
+        let (mut members, mut subscribers, mut pages, mut order) = (Vec::new(), Vec::new(), 0, Vec::new());
         let mut token = String::new();
         loop {
             let page = store.list_members("t-pages", "full", true, PageRequest::new(size, &token)).await.unwrap();
             assert!(page.items.len() as i64 <= size, "page of {} with size {size}", page.items.len());
             pages += 1;
-            members.extend(page.items.into_iter().map(|s| s.email));
+            members.extend(page.items.iter().map(|s| s.email.clone()));
+            order.extend(page.items.into_iter().map(|s| s.id));
             match page.next_token {
                 Some(next) => token = next,
                 None => break,
             }
         }
         assert!(pages <= 25 / size + 1, "{pages} pages of {size} for 25 rows");
+        let cursors: Vec<String> = order.iter().map(|id| store.member_cursor(id)).collect();
+        assert!(cursors.windows(2).all(|w| w[0] < w[1]), "page size {size}: pages follow member_cursor order");
+        // A fan-out resumes from a member's cursor: the page starts right after that member.
+        let resumed = store.list_members("t-pages", "full", true, PageRequest::new(3, &cursors[9])).await.unwrap();
+        assert_eq!(resumed.items.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), order[10..13]);
         let mut token = String::new();
         loop {
             let page = store.list_subscribers("t-pages", PageRequest::new(size, &token)).await.unwrap();
@@ -567,6 +577,38 @@ pub async fn run_all(store: &dyn Store) {
     behavior_events(store).await;
     pagination_edges(store).await;
     races(store).await;
+}
+
+/// The same suite against a real ScyllaDB node, in a fresh keyspace that is
+/// dropped afterwards. Never a fake: without `BROADSIDE_TEST_SCYLLA_URI` it
+/// says it was skipped (shown by `tests/run.sh`; see `deploy/scylla/README.md`).
+#[cfg(test)]
+mod scylla {
+    use crate::crypto::{MasterKey, MasterKeys};
+    use crate::*;
+
+    #[tokio::test]
+    async fn scylla_passes_the_store_suite() {
+        let Ok(url) = std::env::var("BROADSIDE_TEST_SCYLLA_URI") else {
+            println!(
+                "SKIPPED: the ScyllaDB store suite needs a node; set \
+                 BROADSIDE_TEST_SCYLLA_URI=scylla://127.0.0.1:9042/broadside_test?rf=1 (deploy/scylla/README.md)"
+            );
+            return;
+        };
+        let base = ScyllaUri::parse(&url).expect("BROADSIDE_TEST_SCYLLA_URI");
+        let uri = base.with_keyspace(&format!("{}_{}", base.keyspace, &new_id()[20..]));
+        let master = || MasterKeys::new(MasterKey::new("m1", [1; 32]), vec![]);
+        let retention = Retention { feedback_days: 90, behavior_days: 400 };
+        let error = ScyllaStore::connect(&uri, master(), retention).await.err().expect("not migrated yet");
+        assert!(error.to_string().contains("broadside migrate"), "{error}");
+        assert_eq!(ScyllaStore::migrate(&uri).await.unwrap(), vec![1]);
+        assert!(ScyllaStore::migrate(&uri).await.unwrap().is_empty(), "a second run has nothing to do");
+        let store = ScyllaStore::connect(&uri, master(), retention).await.unwrap();
+        println!("ScyllaDB store suite: keyspace {}", uri.keyspace);
+        super::run_all(&store).await;
+        store.drop_keyspace().await.unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -111,11 +111,15 @@ async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<(
             .store
             .list_members(&campaign.tenant, &campaign.list_id, true, PageRequest { size: PAGE_SIZE, token })
             .await?;
-        // Only recipients fanned out before (ids up to the fan-out cursor).
+        // Only recipients fanned out before (members up to the fan-out cursor).
+        let store = &dispatch.store;
         let fanned: Vec<&Subscriber> = page
             .items
             .iter()
-            .filter(|s| s.id <= campaign.fanout_cursor && segment.as_ref().is_none_or(|m| m.contains(&s.id)))
+            .filter(|s| {
+                store.member_cursor(&s.id) <= campaign.fanout_cursor
+                    && segment.as_ref().is_none_or(|m| m.contains(&s.id))
+            })
             .collect();
         let ids: Vec<String> = fanned.iter().map(|s| s.id.clone()).collect();
         let missing = dispatch.store.without_outcome(&campaign.id, &ids).await?;
@@ -126,7 +130,7 @@ async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<(
             .collect();
         resent += records.len();
         dispatch.bus.publish(&topic, records).await?;
-        let past_cursor = page.items.last().is_some_and(|s| s.id >= campaign.fanout_cursor);
+        let past_cursor = page.items.last().is_some_and(|s| store.member_cursor(&s.id) >= campaign.fanout_cursor);
         match page.next_token {
             Some(next) if !past_cursor => token = Some(next),
             _ => break,
@@ -188,7 +192,10 @@ async fn fan_out(dispatch: &Dispatch, mut campaign: Campaign, shutdown: &Cancell
         dispatch.bus.publish(&topic, records).await?;
         dispatch.metrics.count_published(&topic, added as u64);
         dispatch.metrics.fanned_out.inc_by(added as u64);
-        let cursor = page.items.last().map(|s| s.id.clone()).unwrap_or_else(|| campaign.fanout_cursor.clone());
+        let cursor = match page.items.last() {
+            Some(last) => dispatch.store.member_cursor(&last.id),
+            None => campaign.fanout_cursor.clone(),
+        };
         let done = page.next_token.is_none();
         campaign = dispatch.store.save_fanout(&campaign.tenant, &campaign.id, &cursor, added, done).await?;
         tracing::debug!(added, total = campaign.stats.recipients, done, "fanned out a page");

@@ -11,7 +11,7 @@ use super::keys::Crypto;
 use crate::crypto::TenantKeys;
 use crate::*;
 
-fn seal_properties(keys: &TenantKeys, properties: &Map<String, Value>) -> Result<Vec<u8>> {
+pub(crate) fn seal_properties(keys: &TenantKeys, properties: &Map<String, Value>) -> Result<Vec<u8>> {
     if properties.is_empty() {
         return Ok(Vec::new());
     }

@@ -17,16 +17,16 @@ use crate::{Result, StoreError, normalize_email};
 
 /// A subscriber's personal data, sealed as one value.
 #[derive(Serialize, Deserialize)]
-pub(super) struct Pii {
+pub(crate) struct Pii {
     #[serde(rename = "e")]
-    pub(super) email: String,
+    pub(crate) email: String,
     #[serde(rename = "n")]
-    pub(super) name: String,
+    pub(crate) name: String,
     #[serde(rename = "a")]
-    pub(super) attributes: Map<String, Value>,
+    pub(crate) attributes: Map<String, Value>,
 }
 
-pub(super) fn seal_pii(keys: &TenantKeys, email: &str, name: &str, attributes: &Map<String, Value>) -> Result<Vec<u8>> {
+pub(crate) fn seal_pii(keys: &TenantKeys, email: &str, name: &str, attributes: &Map<String, Value>) -> Result<Vec<u8>> {
     #[derive(Serialize)]
     struct PiiRef<'a> {
         e: &'a str,
@@ -38,27 +38,27 @@ pub(super) fn seal_pii(keys: &TenantKeys, email: &str, name: &str, attributes: &
     Ok(keys.seal(&json))
 }
 
-pub(super) fn open_pii(keys: &TenantKeys, sealed: &[u8]) -> Result<Pii> {
+pub(crate) fn open_pii(keys: &TenantKeys, sealed: &[u8]) -> Result<Pii> {
     serde_json::from_slice(&keys.open(sealed)?).map_err(|e| StoreError::Backend(format!("decode personal data: {e}")))
 }
 
 /// Blind index of an address (or `@domain`), normalized first.
-pub(super) fn email_key(keys: &TenantKeys, email: &str) -> String {
+pub(crate) fn email_key(keys: &TenantKeys, email: &str) -> String {
     keys.blind_index(&normalize_email(email))
 }
 
 /// Blind index of the `@domain` of an address.
-pub(super) fn domain_key(keys: &TenantKeys, email: &str) -> String {
+pub(crate) fn domain_key(keys: &TenantKeys, email: &str) -> String {
     let domain = email.rsplit_once('@').map_or("", |(_, domain)| domain);
     keys.blind_index(&normalize_email(&format!("@{domain}")))
 }
 
 /// Seals `text` (empty stays empty, meaning "nothing stored").
-pub(super) fn seal_text(keys: &TenantKeys, text: &str) -> Vec<u8> {
+pub(crate) fn seal_text(keys: &TenantKeys, text: &str) -> Vec<u8> {
     if text.is_empty() { Vec::new() } else { keys.seal(text.as_bytes()) }
 }
 
-pub(super) fn open_text(keys: &TenantKeys, sealed: &[u8]) -> Result<String> {
+pub(crate) fn open_text(keys: &TenantKeys, sealed: &[u8]) -> Result<String> {
     if sealed.is_empty() {
         return Ok(String::new());
     }

@@ -15,12 +15,12 @@ use crate::*;
 /// Largest raw message kept after decompression (a deflate bomb stops here).
 const MAX_RAW: u64 = 64 * 1024 * 1024;
 
-fn deflate(raw: &[u8]) -> Vec<u8> {
+pub(crate) fn deflate(raw: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(raw).and_then(|_| encoder.finish()).unwrap_or_default()
 }
 
-fn inflate(compressed: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn inflate(compressed: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(compressed)
         .take(MAX_RAW)

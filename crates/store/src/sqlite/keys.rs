@@ -9,6 +9,35 @@ use rusqlite::{Transaction, params};
 use crate::crypto::{MasterKeys, TenantKeys, random_key, random_key_id};
 use crate::{Result, StoreError, now_millis};
 
+/// Unwraps a tenant's stored keys: (id, kind, wrapped, master id, active)
+/// rows, one `index` key and data keys of which one is active. Both backends
+/// store keys this way.
+pub(crate) fn assemble(
+    master: &MasterKeys,
+    tenant: &str,
+    rows: Vec<(String, String, Vec<u8>, String, bool)>,
+) -> Result<Option<TenantKeys>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let (mut data, mut index, mut active) = (Vec::new(), None, None);
+    for (id, kind, wrapped, master_id, is_active) in rows {
+        let key = master.unwrap(&master_id, &wrapped, &context(tenant, &id, &kind))?;
+        match kind.as_str() {
+            "index" => index = Some(key),
+            _ => {
+                if is_active {
+                    active = Some(id.clone());
+                }
+                data.push((id, key));
+            }
+        }
+    }
+    let index = index.ok_or_else(|| StoreError::Backend(format!("tenant {tenant}: the index key is missing")))?;
+    let active = active.ok_or_else(|| StoreError::Backend(format!("tenant {tenant}: no active data key")))?;
+    Ok(Some(TenantKeys::new(tenant, &active, data, index)))
+}
+
 /// The master keys and the unwrapped tenant keys seen so far.
 pub(crate) struct Crypto {
     pub(crate) master: MasterKeys,
@@ -19,7 +48,7 @@ pub(crate) struct Crypto {
 /// `[a-z0-9-]`, so it cannot collide with a real one.
 pub(crate) const BUS_KEYS: &str = "_system:bus";
 
-fn context(tenant: &str, id: &str, kind: &str) -> String {
+pub(crate) fn context(tenant: &str, id: &str, kind: &str) -> String {
     format!("broadside tenant key\0{tenant}\0{id}\0{kind}")
 }
 
@@ -54,25 +83,7 @@ impl Crypto {
             .prepare_cached("SELECT id, kind, wrapped, master_id, active FROM tenant_keys WHERE tenant = ?1")?
             .query_map(params![tenant], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let (mut data, mut index, mut active) = (Vec::new(), None, None);
-        for (id, kind, wrapped, master_id, is_active) in rows {
-            let key = self.master.unwrap(&master_id, &wrapped, &context(tenant, &id, &kind))?;
-            match kind.as_str() {
-                "index" => index = Some(key),
-                _ => {
-                    if is_active {
-                        active = Some(id.clone());
-                    }
-                    data.push((id, key));
-                }
-            }
-        }
-        let index = index.ok_or_else(|| StoreError::Backend(format!("tenant {tenant}: the index key is missing")))?;
-        let active = active.ok_or_else(|| StoreError::Backend(format!("tenant {tenant}: no active data key")))?;
-        Ok(Some(TenantKeys::new(tenant, &active, data, index)))
+        assemble(&self.master, tenant, rows)
     }
 
     fn insert_key(

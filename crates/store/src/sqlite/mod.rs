@@ -14,13 +14,13 @@ use crate::*;
 use keys::Crypto;
 
 mod access;
-mod behavior;
+pub(crate) mod behavior;
 mod campaigns;
-mod encrypt;
-mod feedback;
-mod keys;
+pub(crate) mod encrypt;
+pub(crate) mod feedback;
+pub(crate) mod keys;
 mod segments;
-mod subscribers;
+pub(crate) mod subscribers;
 mod writer;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
@@ -337,7 +337,7 @@ fn remember(tx: &Transaction<'_>, tenant: &str, request_id: &Option<String>, kin
 }
 
 /// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
-fn page_of<T>(mut items: Vec<T>, size: usize, id_of: impl Fn(&T) -> &str) -> Page<T> {
+pub(crate) fn page_of<T>(mut items: Vec<T>, size: usize, id_of: impl Fn(&T) -> &str) -> Page<T> {
     let more = items.len() > size;
     items.truncate(size);
     let next_token = if more { items.last().map(|item| id_of(item).to_owned()) } else { None };

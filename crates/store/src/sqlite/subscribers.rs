@@ -70,7 +70,7 @@ fn append_consent(
 
 /// Orders consent records within one millisecond: increasing in this process,
 /// and starting above any earlier process's values (microseconds at start).
-fn next_consent_seq() -> i64 {
+pub(crate) fn next_consent_seq() -> i64 {
     use std::sync::atomic::{AtomicI64, Ordering};
     static SEQ: AtomicI64 = AtomicI64::new(0);
     let _ = SEQ.compare_exchange(0, now_millis() * 1000, Ordering::Relaxed, Ordering::Relaxed);

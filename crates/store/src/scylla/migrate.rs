@@ -1,0 +1,170 @@
+//! Versioned CQL migrations from `deploy/scylla/`, applied by `broadside
+//! migrate`: create the keyspace (NetworkTopologyStrategy, tablets off for
+//! LWT), then each file not yet recorded in `schema_migrations`. Every
+//! statement is `IF NOT EXISTS`, so a run cut short is simply run again.
+
+use scylla::client::session::Session;
+
+use super::uri::ScyllaUri;
+use crate::{Result, StoreError};
+
+/// (version, name, CQL) in order.
+pub(super) const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("../../../../deploy/scylla/V001__initial.cql"))];
+
+/// The statements of one file: comments dropped, split at a `;` that ends a line.
+pub(super) fn statements(cql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in cql.lines() {
+        let line = line.split("--").next().unwrap_or_default().trim_end();
+        if line.trim().is_empty() {
+            continue;
+        }
+        current.push_str(line.trim());
+        current.push(' ');
+        if line.ends_with(';') {
+            out.push(current.trim().trim_end_matches(';').to_owned());
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_owned());
+    }
+    out
+}
+
+pub(super) fn keyspace_cql(uri: &ScyllaUri) -> String {
+    let replication = match &uri.dc {
+        Some(dc) => format!("'{}': {}", dc.replace('\'', "''"), uri.replication_factor),
+        None => format!("'replication_factor': {}", uri.replication_factor),
+    };
+    format!(
+        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', {replication}}} \
+         AND tablets = {{'enabled': false}}",
+        uri.keyspace
+    )
+}
+
+fn failed(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("migrate: {what}: {error}"))
+}
+
+/// Versions recorded in `schema_migrations` (empty before the first run).
+pub(super) async fn applied(session: &Session, keyspace: &str) -> Result<Vec<i32>> {
+    let exists = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'schema_migrations'",
+            (keyspace,),
+        )
+        .await
+        .map_err(|e| failed("reading system_schema.tables", e))?
+        .into_rows_result()
+        .map_err(|e| failed("reading system_schema.tables", e))?
+        .rows_num()
+        > 0;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let query = format!("SELECT version FROM {keyspace}.schema_migrations");
+    let result = session.query_unpaged(query, ()).await.map_err(|e| failed("reading schema_migrations", e))?;
+    let rows = result.into_rows_result().map_err(|e| failed("reading schema_migrations", e))?;
+    let mut versions: Vec<i32> = rows
+        .rows::<(i32,)>()
+        .map_err(|e| failed("reading schema_migrations", e))?
+        .map(|row| row.map(|(v,)| v))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| failed("reading schema_migrations", e))?;
+    versions.sort();
+    Ok(versions)
+}
+
+/// The newest version this build knows.
+pub(super) fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, ..)| *version)
+}
+
+/// Creates the keyspace and applies every missing migration; returns the versions applied now.
+pub(super) async fn run(session: &Session, uri: &ScyllaUri) -> Result<Vec<i32>> {
+    session.query_unpaged(keyspace_cql(uri), ()).await.map_err(|e| {
+        failed(
+            &format!("creating keyspace {} (ScyllaDB 6.0 or later: the tablets option)", uri.keyspace),
+            e,
+        )
+    })?;
+    let done = applied(session, &uri.keyspace).await?;
+    let mut now = Vec::new();
+    for (version, name, cql) in MIGRATIONS.iter().filter(|(v, ..)| !done.contains(v)) {
+        for statement in statements(cql) {
+            // Unqualified names go to the keyspace being migrated.
+            let statement = qualify(&statement, &uri.keyspace);
+            session
+                .query_unpaged(statement.clone(), ())
+                .await
+                .map_err(|e| failed(&format!("V{version:03}__{name}: {statement}"), e))?;
+        }
+        session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {}.schema_migrations (version, name, applied_at) VALUES (?, ?, toTimestamp(now()))",
+                    uri.keyspace
+                ),
+                (*version, *name),
+            )
+            .await
+            .map_err(|e| failed("recording the version", e))?;
+        tracing::info!(version, name, keyspace = %uri.keyspace, "applied ScyllaDB migration");
+        now.push(*version);
+    }
+    Ok(now)
+}
+
+/// `CREATE TABLE IF NOT EXISTS t (` → `... ks.t (`.
+fn qualify(statement: &str, keyspace: &str) -> String {
+    const PREFIX: &str = "CREATE TABLE IF NOT EXISTS ";
+    match statement.strip_prefix(PREFIX) {
+        Some(rest) => format!("{PREFIX}{keyspace}.{rest}"),
+        None => statement.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_split_into_idempotent_statements() {
+        for (version, name, cql) in MIGRATIONS {
+            let statements = statements(cql);
+            assert!(statements.len() > 20, "V{version:03}__{name}");
+            for statement in &statements {
+                assert!(statement.starts_with("CREATE TABLE IF NOT EXISTS "), "not idempotent: {statement}");
+                assert!(!statement.contains(';'), "two statements in one: {statement}");
+                assert!(qualify(statement, "ks").starts_with("CREATE TABLE IF NOT EXISTS ks."));
+            }
+        }
+        assert_eq!(statements("CREATE TABLE IF NOT EXISTS a (x int PRIMARY KEY); -- note\n").len(), 1);
+    }
+
+    #[test]
+    fn the_keyspace_uses_network_topology_without_tablets() {
+        let uri = ScyllaUri::parse("scylla://h:9042/broadside?dc=eu_west&rf=3").unwrap();
+        let cql = keyspace_cql(&uri);
+        assert!(cql.contains("'class': 'NetworkTopologyStrategy', 'eu_west': 3"), "{cql}");
+        assert!(cql.ends_with("AND tablets = {'enabled': false}"), "{cql}");
+    }
+
+    /// The files on disk are the ones compiled in, in version order.
+    #[test]
+    fn every_file_in_deploy_scylla_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/scylla");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".cql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|(v, name, _)| format!("V{v:03}__{name}.cql")).collect();
+        assert_eq!(files, listed);
+    }
+}
