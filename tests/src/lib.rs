@@ -194,7 +194,7 @@ impl Sandbox {
 /// (fast setup for large campaigns). Returns the list's resource name.
 pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> {
     use broadside_store::*;
-    let store = open_store(data_dir)?;
+    let store = open_store(data_dir).await?;
     let list_id = new_id();
     store
         .create_list(
@@ -235,8 +235,8 @@ pub async fn bulk_load(data_dir: &Path, count: usize) -> anyhow::Result<String> 
 }
 
 /// The store of a sandbox's data dir, opened as the node opens it (same master key).
-pub fn open_store(data_dir: &Path) -> anyhow::Result<broadside_store::DynStore> {
-    Ok(broadside::backends::open(&test_config(data_dir))?.store)
+pub async fn open_store(data_dir: &Path) -> anyhow::Result<broadside_store::DynStore> {
+    Ok(broadside::backends::open(&test_config(data_dir)).await?.store)
 }
 
 /// The sender's postal address test campaigns carry.

@@ -74,7 +74,7 @@ async fn all_members(
 /// How many events of `subscriber_id` the embedded bus log holds (read with a fresh consumer group).
 async fn events_on_bus(dir: &std::path::Path, subscriber_id: &str) -> usize {
     use prost::Message as _;
-    let backends = broadside::backends::open(&test_config(dir)).unwrap();
+    let backends = broadside::backends::open(&test_config(dir)).await.unwrap();
     let group = format!("check-{}", broadside_store::new_id());
     let mut consumer = backends.bus.consumer(&group, &["broadside.behavior-events".to_owned()]).await.unwrap();
     let mut found = 0;

@@ -299,7 +299,7 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
     let raw = std::fs::read(fixtures.join("sendmail.eml")).unwrap();
     let id = new_id();
     {
-        let store = broadside_tests::open_store(dir.path()).unwrap();
+        let store = broadside_tests::open_store(dir.path()).await.unwrap();
         // As an older rule set would have stored it: unknown.
         let stale = FeedbackRecord {
             id: id.clone(),
@@ -319,7 +319,7 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
     assert!(err.contains("1 would change"), "{err}");
     let (ok, _, err) = run(dir.path(), &["feedback", "reclassify", "--apply"]);
     assert!(ok && err.contains("1 changed"), "{err}");
-    let store = broadside_tests::open_store(dir.path()).unwrap();
+    let store = broadside_tests::open_store(dir.path()).await.unwrap();
     let page = store.list_feedback("", None, false, PageRequest::new(10, "")).await.unwrap();
     let record = page.items.iter().find(|r| r.id == id).unwrap();
     assert_eq!((record.kind.as_str(), record.class.as_str(), record.status_code.as_str()), ("bounce", "hard", "5.1.1"));
@@ -340,4 +340,28 @@ fn segments_cli_shows_rule_errors_with_a_caret() {
     assert!(err.contains("invalid rule: line 1, column 25: unknown field `contry`"), "{err}");
     assert!(err.contains("attributes.age > 30 and contry = \"DE\"\n                        ^^^^^^"), "{err}");
     assert!(err.contains("did you mean attributes.contry?"), "{err}");
+}
+
+/// `migrate --store scylla://...` names a bad option, and says which hosts
+/// it could not reach (no ScyllaDB node runs here; the store suite runs
+/// against one when BROADSIDE_TEST_SCYLLA_URI is set). `serve` on a
+/// ScyllaDB store refuses the embedded bus before connecting anywhere.
+#[test]
+fn scylla_store_errors_name_the_option_and_the_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = run(dir.path(), &["migrate", "--store", "scylla://127.0.0.1:9042/broadside?colour=blue"]);
+    assert!(!ok && stderr.contains("unknown option \"colour\""), "{stderr}");
+    let (ok, _, stderr) = run(dir.path(), &["migrate", "--store", "scylla://127.0.0.1:9042/broad-side"]);
+    assert!(!ok && stderr.contains("keyspace \"broad-side\""), "{stderr}");
+    let unreachable = "scylla://127.0.0.1:9/broadside?connect_timeout_ms=500";
+    let (ok, _, stderr) = run(dir.path(), &["migrate", "--store", unreachable]);
+    assert!(!ok && stderr.contains("127.0.0.1:9"), "{stderr}");
+    let output = Command::new(broadside_binary())
+        .args(["serve"])
+        .env("BROADSIDE__DATA_DIR", dir.path())
+        .env("BROADSIDE__STORE__URL", unreachable)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("bus.url = kafka://"), "{stderr}");
 }

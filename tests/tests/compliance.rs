@@ -95,6 +95,6 @@ async fn campaigns_without_unsubscribe_link_or_postal_address_are_refused() {
     let receipt = template("Your receipt", "");
     let refused = create(receipt.clone(), "", CampaignStream::Transactional).await.unwrap_err();
     assert!(refused.message().starts_with("campaign.stream"), "{:?}", refused.message());
-    open_store(dir.path()).unwrap().set_allow_transactional("default", true).await.unwrap();
+    open_store(dir.path()).await.unwrap().set_allow_transactional("default", true).await.unwrap();
     create(receipt, "", CampaignStream::Transactional).await.unwrap();
 }

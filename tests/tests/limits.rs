@@ -24,7 +24,7 @@ async fn rate_limits_refuse_floods_per_key_and_per_address() {
     assert!(codes.contains(&Some(Code::ResourceExhausted)), "a flood is refused: {codes:?}");
 
     // Another key has its own bucket.
-    let store = open_store(dir.path()).unwrap();
+    let store = open_store(dir.path()).await.unwrap();
     let other = broadside_auth::generate("default", vec![Scope::Read], "other");
     store.create_api_key(other.record).await.unwrap();
     let channel = authed(sandbox.node.as_ref().unwrap(), &other.secret).await.unwrap();

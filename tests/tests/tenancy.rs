@@ -215,7 +215,7 @@ async fn every_rpc_needs_a_valid_key_with_its_scope() {
     let dir = tempfile::tempdir().unwrap();
     let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
     let f = fixture(&mut sandbox).await;
-    let store = broadside_tests::open_store(dir.path()).unwrap();
+    let store = broadside_tests::open_store(dir.path()).await.unwrap();
     let node = sandbox.node.as_ref().unwrap();
 
     // No authorization header at all.
@@ -260,7 +260,7 @@ async fn a_key_of_tenant_b_sees_and_changes_nothing_of_tenant_a() {
     let f = fixture(&mut sandbox).await;
     let suppression = Suppression { target: "blocked@example.com".into(), ..Default::default() };
     sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
-    let store = broadside_tests::open_store(dir.path()).unwrap();
+    let store = broadside_tests::open_store(dir.path()).await.unwrap();
     let tenant_b =
         Tenant { id: "tenant-b".into(), display_name: "B".into(), create_time: 0, allow_transactional: false };
     store.create_tenant(tenant_b).await.unwrap();

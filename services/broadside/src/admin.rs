@@ -64,7 +64,7 @@ pub enum AuditCommand {
 }
 
 pub async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
-    let store = backends::open(config)?.store;
+    let store = backends::open(config).await?.store;
     let AuditCommand::Export { tenant } = command;
     let mut token = String::new();
     loop {
@@ -102,7 +102,7 @@ pub enum EncryptionCommand {
 }
 
 pub async fn encryption(config: &Config, command: EncryptionCommand) -> anyhow::Result<()> {
-    let store = backends::open(config)?.store;
+    let store = backends::open(config).await?.store;
     match command {
         EncryptionCommand::Rewrap => {
             let count = store.rewrap_keys().await?;
@@ -138,7 +138,7 @@ fn valid_tenant_id(id: &str) -> bool {
 }
 
 pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result<()> {
-    let store = backends::open(config)?.store;
+    let store = backends::open(config).await?.store;
     match command {
         TenantsCommand::Create { id, name } => {
             if !valid_tenant_id(&id) {
@@ -181,7 +181,7 @@ pub async fn tenants(config: &Config, command: TenantsCommand) -> anyhow::Result
 }
 
 pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let store = backends::open(config)?.store;
+    let store = backends::open(config).await?.store;
     match command {
         KeysCommand::Create { tenant, scopes, description } => {
             let scopes =

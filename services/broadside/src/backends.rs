@@ -11,7 +11,7 @@ use broadside_config::{BusUrl, Config, SmtpUrl, StoreUrl};
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::{RelayOptions, Transport};
 use broadside_store::crypto::{MasterKey, MasterKeys, TenantKeys};
-use broadside_store::{DynStore, SqliteStore};
+use broadside_store::{DynStore, Retention, ScyllaStore, ScyllaUri, SqliteStore};
 
 /// The backends one process uses.
 #[derive(Clone)]
@@ -20,12 +20,15 @@ pub struct Backends {
     pub bus: DynBus,
 }
 
-/// Opens (and migrates) the store and bus named by `store.url` and `bus.url`.
-pub fn open(config: &Config) -> anyhow::Result<Backends> {
+/// Opens the store and bus named by `store.url` and `bus.url`. The embedded
+/// store migrates itself; a ScyllaDB keyspace must be migrated first
+/// (`broadside migrate`), and its bus is Kafka.
+pub async fn open(config: &Config) -> anyhow::Result<Backends> {
     let path = match config.store_url()? {
         StoreUrl::Sqlite(path) => path,
+        // Config validation makes the bus Kafka here.
         StoreUrl::Scylla { .. } => {
-            bail!("store.url: the scylla:// backend is not available in this build yet; use sqlite://PATH")
+            return Ok(Backends { store: open_scylla(config).await?, bus: Arc::new(kafka(config)?) });
         }
     };
     let store = SqliteStore::open(&path, master_keys(config)?)
@@ -42,6 +45,45 @@ pub fn open(config: &Config) -> anyhow::Result<Backends> {
         BusUrl::Kafka(_) => Arc::new(kafka(config)?),
     };
     Ok(Backends { store: Arc::new(store), bus })
+}
+
+/// The `scylla://` URL of `store.url`, parsed with errors that name the option.
+pub fn scylla_uri(config: &Config) -> anyhow::Result<ScyllaUri> {
+    Ok(ScyllaUri::parse(config.store.url.as_deref().unwrap_or_default())?)
+}
+
+/// Connects to the migrated ScyllaDB keyspace of `store.url`.
+async fn open_scylla(config: &Config) -> anyhow::Result<DynStore> {
+    let uri = scylla_uri(config)?;
+    let retention =
+        Retention { feedback_days: config.feedback.retention_days, behavior_days: config.behavior.retention_days };
+    let store = ScyllaStore::connect(&uri, master_keys(config)?, retention)
+        .await
+        .with_context(|| format!("store.url: cannot open keyspace {} on {}", uri.keyspace, uri.hosts.join(",")))?;
+    Ok(Arc::new(store))
+}
+
+/// `broadside migrate`: brings the store's schema up to date and says what it did.
+pub async fn migrate_store(config: &Config) -> anyhow::Result<String> {
+    match config.store_url()? {
+        StoreUrl::Sqlite(path) => {
+            SqliteStore::open(&path, master_keys(config)?)
+                .with_context(|| format!("store.url: cannot open sqlite://{}", path.display()))?;
+            Ok(format!("store sqlite://{} is at the current schema", path.display()))
+        }
+        StoreUrl::Scylla { .. } => {
+            let uri = scylla_uri(config)?;
+            let applied = ScyllaStore::migrate(&uri)
+                .await
+                .with_context(|| format!("migrating keyspace {} on {}", uri.keyspace, uri.hosts.join(",")))?;
+            // Connecting prepares every statement: proof the schema fits this build.
+            open_scylla(config).await?;
+            Ok(match applied.as_slice() {
+                [] => format!("keyspace {} was already at the current schema", uri.keyspace),
+                versions => format!("keyspace {}: applied migrations {versions:?}", uri.keyspace),
+            })
+        }
+    }
 }
 
 /// The master keys: `security.master_key_file` (or `{data_dir}/master.key`,

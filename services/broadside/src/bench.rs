@@ -125,7 +125,7 @@ fn note_written(written: &mut broadside_segmentation::live::Position, base: u32,
 }
 
 async fn seed(config: &Config, count: u64, per_subscriber: u64, csv: &std::path::Path) -> anyhow::Result<()> {
-    let backends = crate::backends::open(config)?;
+    let backends = crate::backends::open(config).await?;
     let store = backends.store.clone();
     crate::bootstrap::ensure_admin_key(&store, &config.data_dir).await?;
     let tenant = broadside_store::DEFAULT_TENANT;

@@ -63,7 +63,7 @@ pub async fn run(config: &Config, command: FeedbackCommand) -> anyhow::Result<()
             crate::outln!("{}", serde_json::to_string_pretty(&verdict)?);
         }
         FeedbackCommand::Reclassify { tenant, apply } => {
-            let backends = backends::open(config)?;
+            let backends = backends::open(config).await?;
             let feedback = role(config, backends.store.clone(), backends.bus.clone(), Default::default())?;
             let tenants = match tenant {
                 Some(tenant) => vec![tenant],

@@ -51,8 +51,13 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         subscribers: usize,
     },
-    /// Create or upgrade the store schema and bus log, then exit.
-    Migrate,
+    /// Create or upgrade the store schema (a ScyllaDB keyspace too) and the Kafka topics, then exit.
+    Migrate {
+        /// The store to migrate instead of the config's `store.url`, e.g.
+        /// `scylla://h1:9042,h2:9042/broadside?dc=dc1&rf=3`.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+    },
     /// Tenants (works on the store named by the config, like `migrate`).
     #[command(subcommand)]
     Tenants(broadside::admin::TenantsCommand),
@@ -112,7 +117,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and client commands talk to a person: only warnings unless RUST_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Serve { .. } | Command::Migrate) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve { .. } | Command::Migrate { .. }) { "info" } else { "warn" };
     let _telemetry = match broadside_telemetry::init("broadside", default_level) {
         Ok(guard) => guard,
         Err(error) => {
@@ -158,10 +163,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = demo::run(demo::DemoOptions { data_dir, subscribers }).await?;
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Command::Migrate => {
-            let config = load()?;
-            broadside::backends::open(&config)?;
-            broadside::outln!("store is at the current schema ({:?})", config.store_url()?);
+        Command::Migrate { store } => {
+            let mut config = load()?;
+            if store.is_some() {
+                config.store.url = store;
+                config.store_url()?;
+            }
+            broadside::outln!("{}", broadside::backends::migrate_store(&config).await?);
             if let broadside_config::BusUrl::Kafka(brokers) = config.bus_url()? {
                 broadside::backends::ensure_kafka_topics(&config, std::time::Duration::from_secs(120)).await?;
                 broadside::outln!(

@@ -127,7 +127,7 @@ fn grpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
 impl Node {
     /// Opens the backends, binds the listeners and starts every role in `roles`.
     pub async fn start(config: &Config, roles: &[Role]) -> anyhow::Result<Node> {
-        let backends = backends::open(config)?;
+        let backends = backends::open(config).await?;
         let limits = &config.limits;
         broadside_auth::limits::configure(
             limits.grpc_per_key_per_second,
