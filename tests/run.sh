@@ -75,4 +75,9 @@ if ! "$HELM_VENV/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev
 fi
 BROADSIDE_BIN=target/release/broadside "$HELM_VENV/bin/python" tests/helm/check_chart.py
 
+if [ -n "${BROADSIDE_TEST_SCYLLA_URI:-}" ]; then
+  echo "tests/run.sh: the ScyllaDB store suite runs against $BROADSIDE_TEST_SCYLLA_URI"
+else
+  echo "tests/run.sh: the ScyllaDB store suite will be SKIPPED: no node given (set BROADSIDE_TEST_SCYLLA_URI, see deploy/scylla/README.md)"
+fi
 cargo nextest run --workspace --no-fail-fast "$@"

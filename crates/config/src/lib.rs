@@ -518,7 +518,10 @@ impl Config {
         self.smtp_url()?;
         self.smtp_relays()?;
         if self.bus_url()? == BusUrl::Embedded && !matches!(self.store_url()?, StoreUrl::Sqlite(_)) {
-            return Err(invalid("bus.url", "embedded:// lives in the sqlite:// store; with a scylla:// store set bus.url = kafka://BROKERS"));
+            return Err(invalid(
+                "bus.url",
+                "embedded:// lives in the sqlite:// store; with a scylla:// store set bus.url = kafka://BROKERS",
+            ));
         }
         if self.bus.replication_factor < 1 {
             return Err(invalid("bus.replication_factor", "must be at least 1"));

@@ -33,6 +33,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("store backend: {0}")]
     Backend(String),
+    /// A bad store setting (`store.url` options): the operator's to fix.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -376,6 +379,7 @@ impl From<StoreError> for broadside_proto::ServiceError {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Conflict(what) => Self::FailedPrecondition(what),
             StoreError::Backend(what) => Self::Unavailable(format!("store: {what}")),
+            StoreError::Invalid { field, message } => Self::invalid(field, message),
         }
     }
 }

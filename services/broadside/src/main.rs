@@ -117,7 +117,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and client commands talk to a person: only warnings unless RUST_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Serve { .. } | Command::Migrate { .. }) { "info" } else { "warn" };
+    let default_level =
+        if matches!(cli.command, Command::Serve { .. } | Command::Migrate { .. }) { "info" } else { "warn" };
     let _telemetry = match broadside_telemetry::init("broadside", default_level) {
         Ok(guard) => guard,
         Err(error) => {
@@ -187,7 +188,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             broadside::feedback::run(&Config::default(), command).await?
         }
         Command::Feedback(command) => broadside::feedback::run(&load()?, command).await?,
-        Command::Config(ConfigCommand::Print) => print!("{}", load()?.to_redacted_toml()),
+        Command::Config(ConfigCommand::Print) => {
+            let config = load()?;
+            if matches!(config.store_url()?, broadside_config::StoreUrl::Scylla { .. }) {
+                broadside::backends::scylla_uri(&config)?; // its options, named in errors
+            }
+            print!("{}", config.to_redacted_toml())
+        }
         Command::Lists(command) => client::lists(&client_args, command).await?,
         Command::Subscribers(command) => client::subscribers(&client_args, command).await?,
         Command::Templates(command) => client::templates(&client_args, command).await?,

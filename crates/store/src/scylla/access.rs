@@ -43,7 +43,12 @@ fn year_of_id(id: &str) -> Option<i32> {
 
 impl ScyllaStore {
     /// The resource an earlier request with this id created.
-    pub(super) async fn remembered(&self, tenant: &str, request_id: &Option<String>, kind: &str) -> Result<Option<String>> {
+    pub(super) async fn remembered(
+        &self,
+        tenant: &str,
+        request_id: &Option<String>,
+        kind: &str,
+    ) -> Result<Option<String>> {
         let Some(request_id) = request_id else { return Ok(None) };
         let row: Option<(String,)> = self.one(&self.st().idempotency_get, (tenant, request_id, kind)).await?;
         Ok(row.map(|(id,)| id))
@@ -224,7 +229,10 @@ impl AuditLog for ScyllaStore {
 impl ListStore for ScyllaStore {
     async fn create_list(&self, list: MailingList, request_id: Option<String>) -> Result<MailingList> {
         if let Some(id) = self.remembered(&list.tenant, &request_id, "list").await? {
-            return self.get_list_row(&list.tenant, &id).await?.ok_or_else(|| StoreError::NotFound(format!("lists/{id}")));
+            return self
+                .get_list_row(&list.tenant, &id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("lists/{id}")));
         }
         let values =
             (&list.tenant, &list.id, &list.display_name, &list.description, list.opt_in as i32, list.create_time);
@@ -273,7 +281,10 @@ impl ListStore for ScyllaStore {
 impl SegmentStore for ScyllaStore {
     async fn create_segment(&self, segment: Segment, request_id: Option<String>) -> Result<Segment> {
         if let Some(id) = self.remembered(&segment.tenant, &request_id, "segment").await? {
-            return self.get_segment(&segment.tenant, &id).await?.ok_or_else(|| StoreError::NotFound(format!("segments/{id}")));
+            return self
+                .get_segment(&segment.tenant, &id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("segments/{id}")));
         }
         let values = (&segment.tenant, &segment.id, &segment.display_name, &segment.rule, segment.create_time);
         self.exec(&self.st().segment_insert, values).await?;
@@ -314,7 +325,8 @@ impl SuppressionStore for ScyllaStore {
             _ => seal_text(&keys, &suppression.target),
         };
         let reason = suppression.reason.as_str();
-        self.put_suppression(tenant, &hash, &suppression.list_id, sealed.clone(), reason, suppression.create_time).await?;
+        self.put_suppression(tenant, &hash, &suppression.list_id, sealed.clone(), reason, suppression.create_time)
+            .await?;
         let row = (hash, suppression.list_id.clone(), sealed, reason.to_owned(), suppression.create_time);
         self.open_suppression(tenant, row).await
     }

@@ -21,7 +21,8 @@ impl ScyllaStore {
             return Ok(Map::new());
         }
         let keys = self.keys(tenant, TenantKeys::key_id_of(sealed)).await?;
-        serde_json::from_slice(&keys.open(sealed)?).map_err(|e| StoreError::Backend(format!("decode event properties: {e}")))
+        serde_json::from_slice(&keys.open(sealed)?)
+            .map_err(|e| StoreError::Backend(format!("decode event properties: {e}")))
     }
 
     /// (month, time, event id, name, sealed properties) of a subscriber's events, oldest first.
@@ -36,7 +37,11 @@ impl ScyllaStore {
         Ok(rows)
     }
 
-    pub(super) async fn events_of_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Vec<BehaviorEventRow>> {
+    pub(super) async fn events_of_subscriber(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+    ) -> Result<Vec<BehaviorEventRow>> {
         let mut events = Vec::new();
         for (_, time, event_id, name, sealed) in self.event_rows(tenant, subscriber_id).await? {
             events.push(BehaviorEventRow {
@@ -77,7 +82,8 @@ impl ScyllaStore {
         }
         let keys = self.keys(tenant, None).await?;
         let sealed = seal_properties(&keys, &event.properties)?;
-        let (sub, id, time, ttl) = (event.subscriber_id.as_str(), event.event_id.as_str(), event.time, self.behavior_ttl());
+        let (sub, id, time, ttl) =
+            (event.subscriber_id.as_str(), event.event_id.as_str(), event.time, self.behavior_ttl());
         let (month, day, bucket) = (month_of(time), day_of(time), bucket_of(sub, DAY_BUCKETS));
         self.exec(&self.st().event_insert, (tenant, sub, month, time, id, &event.name, sealed, ttl)).await?;
         self.exec(&self.st().event_month_insert, (tenant, sub, month, ttl)).await?;

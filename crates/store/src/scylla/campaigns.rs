@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use ::scylla::value::Counter;
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::access::keyset;
@@ -59,12 +59,24 @@ fn count(value: Option<Counter>) -> i64 {
 
 impl ScyllaStore {
     async fn campaign_from(&self, row: CampaignRow) -> Result<Campaign> {
-        let (tenant, id, definition, state, recipients, fanout_cursor, fanout_done, create_time, start_time, complete_time, progress_time) =
-            row;
+        let (
+            tenant,
+            id,
+            definition,
+            state,
+            recipients,
+            fanout_cursor,
+            fanout_done,
+            create_time,
+            start_time,
+            complete_time,
+            progress_time,
+        ) = row;
         let d: Definition = serde_json::from_slice(&definition)
             .map_err(|e| StoreError::Backend(format!("campaign {id}: stored definition: {e}")))?;
         let stats: Option<StatsRow> = self.one(&self.st().stats_get, (&id,)).await?;
-        let (delivered, failed, deferred, bounced, complained, unsubscribed, opened, clicked) = stats.unwrap_or_default();
+        let (delivered, failed, deferred, bounced, complained, unsubscribed, opened, clicked) =
+            stats.unwrap_or_default();
         Ok(Campaign {
             tenant,
             id,
@@ -146,10 +158,14 @@ impl ScyllaStore {
 impl CampaignStore for ScyllaStore {
     async fn create_template(&self, template: Template, request_id: Option<String>) -> Result<Template> {
         if let Some(id) = self.remembered(&template.tenant, &request_id, "template").await? {
-            return self.get_template(&template.tenant, &id).await?.ok_or_else(|| StoreError::NotFound(format!("templates/{id}")));
+            return self
+                .get_template(&template.tenant, &id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("templates/{id}")));
         }
         let t = &template;
-        let values = (&t.tenant, &t.id, t.version, &t.display_name, &t.subject, &t.html_body, &t.text_body, t.create_time);
+        let values =
+            (&t.tenant, &t.id, t.version, &t.display_name, &t.subject, &t.html_body, &t.text_body, t.create_time);
         self.exec(&self.st().template_insert, values).await?;
         self.remember(&template.tenant, &request_id, "template", &template.id).await?;
         Ok(template)
@@ -219,7 +235,8 @@ impl CampaignStore for ScyllaStore {
                 return Ok(None);
             }
             let now = now_millis();
-            let start = if to == CampaignState::Sending && campaign.start_time == 0 { now } else { campaign.start_time };
+            let start =
+                if to == CampaignState::Sending && campaign.start_time == 0 { now } else { campaign.start_time };
             let complete = if matches!(to, CampaignState::Completed | CampaignState::Cancelled) {
                 now
             } else {
@@ -349,7 +366,9 @@ impl SendLedger for ScyllaStore {
         let now = now_millis();
         let values = (state.as_str(), message_id, now, campaign_id, subscriber_id, owner);
         if !self.lwt(&self.st().ledger_finish, values).await?.applied {
-            return Err(StoreError::Conflict(format!("claim on {campaign_id}/{subscriber_id} is no longer held by {owner}")));
+            return Err(StoreError::Conflict(format!(
+                "claim on {campaign_id}/{subscriber_id} is no longer held by {owner}"
+            )));
         }
         self.exec(&self.st().delivery_upsert, (subscriber_id, campaign_id, state.as_str(), message_id, now)).await
     }

@@ -44,10 +44,9 @@ macro_rules! statements {
 }
 
 async fn prepare(session: &Session, uri: &ScyllaUri, cql: &str, kind: Kind) -> Result<PreparedStatement> {
-    let mut statement = session
-        .prepare(cql)
-        .await
-        .map_err(|e| StoreError::Backend(format!("preparing {cql:?}: {e} (is the keyspace migrated? run `broadside migrate`)")))?;
+    let mut statement = session.prepare(cql).await.map_err(|e| {
+        StoreError::Backend(format!("preparing {cql:?}: {e} (is the keyspace migrated? run `broadside migrate`)"))
+    })?;
     statement.set_consistency(uri.consistency);
     statement.set_request_timeout(Some(uri.request_timeout));
     match kind {
@@ -200,9 +199,7 @@ statements! {
     suppression_get: Read = "SELECT email_hash, list_id, target, reason, create_time FROM suppressions WHERE tenant = ? AND email_hash = ? AND list_id = ?";
     /// Lift a suppression.
     suppression_delete: Write = "DELETE FROM suppressions WHERE tenant = ? AND email_hash = ? AND list_id = ?";
-    /// Erasure: keep the suppression, forget whose it was.
-    suppression_forget_target: Write = "UPDATE suppressions SET target = 0x WHERE tenant = ? AND email_hash = ? AND list_id = ?";
-    /// Re-seal a suppression target (re-encryption).
+    /// Re-seal a suppression target (re-encryption), or empty it (erasure: it keeps working, anonymous).
     suppression_reseal: Write = "UPDATE suppressions SET target = ? WHERE tenant = ? AND email_hash = ? AND list_id = ?";
     /// Every suppression of a tenant, 256 buckets by blind-index hash.
     suppression_index_insert: Write = "INSERT INTO suppressions_by_tenant (tenant, bucket, email_hash, list_id) VALUES (?, ?, ?, ?)";

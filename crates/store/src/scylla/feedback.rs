@@ -18,8 +18,20 @@ const TOP: &str = "~";
 
 impl ScyllaStore {
     async fn open_record(&self, row: RecordRow) -> Result<FeedbackRecord> {
-        let (tenant, id, time, kind, subscriber_id, campaign_id, class, status_code, diagnostic, reporting_mta, rule, verdict) =
-            row;
+        let (
+            tenant,
+            id,
+            time,
+            kind,
+            subscriber_id,
+            campaign_id,
+            class,
+            status_code,
+            diagnostic,
+            reporting_mta,
+            rule,
+            verdict,
+        ) = row;
         let keys = self.keys(&tenant, TenantKeys::key_id_of(&diagnostic)).await?;
         Ok(FeedbackRecord {
             diagnostic: open_text(&keys, &diagnostic)?,
@@ -50,7 +62,11 @@ impl ScyllaStore {
     }
 
     /// A subscriber's records without their raw messages, oldest first (exports).
-    pub(super) async fn feedback_of_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Vec<FeedbackRecord>> {
+    pub(super) async fn feedback_of_subscriber(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+    ) -> Result<Vec<FeedbackRecord>> {
         let index: Vec<(i32, String)> = self.scan(&self.st().feedback_index_of, (tenant, subscriber_id)).await?;
         let mut records = Vec::with_capacity(index.len());
         for (day, id) in index {
@@ -89,7 +105,8 @@ impl FeedbackStore for ScyllaStore {
         let keys = self.keys(tenant, None).await?;
         let (day, ttl) = (day_of(record.time), self.feedback_ttl());
         if !record.raw.is_empty() {
-            self.exec(&self.st().feedback_raw_insert, (tenant, &record.id, keys.seal(&deflate(&record.raw)), ttl)).await?;
+            self.exec(&self.st().feedback_raw_insert, (tenant, &record.id, keys.seal(&deflate(&record.raw)), ttl))
+                .await?;
         }
         let r = &record;
         let values = (
@@ -138,7 +155,9 @@ impl FeedbackStore for ScyllaStore {
                 let found: Vec<RecordRow> = self.rows(&self.st().feedback_page, (tenant, day, &below, want)).await?;
                 let Some(last) = found.last() else { break };
                 below = last.1.clone();
-                rows.extend(found.into_iter().filter(|row| kind.as_ref().is_none_or(|k| *k == row.3)).map(|r| (day, r)));
+                rows.extend(
+                    found.into_iter().filter(|row| kind.as_ref().is_none_or(|k| *k == row.3)).map(|r| (day, r)),
+                );
                 if rows.len() > page.size {
                     break 'days;
                 }

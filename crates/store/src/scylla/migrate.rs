@@ -87,10 +87,7 @@ pub(super) fn latest() -> i32 {
 /// Creates the keyspace and applies every missing migration; returns the versions applied now.
 pub(super) async fn run(session: &Session, uri: &ScyllaUri) -> Result<Vec<i32>> {
     session.query_unpaged(keyspace_cql(uri), ()).await.map_err(|e| {
-        failed(
-            &format!("creating keyspace {} (ScyllaDB 6.0 or later: the tablets option)", uri.keyspace),
-            e,
-        )
+        failed(&format!("creating keyspace {} (ScyllaDB 6.0 or later: the tablets option)", uri.keyspace), e)
     })?;
     let done = applied(session, &uri.keyspace).await?;
     let mut now = Vec::new();

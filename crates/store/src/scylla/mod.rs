@@ -175,9 +175,7 @@ impl ScyllaStore {
         session.use_keyspace(&uri.keyspace, false).await.map_err(|e| backend("use keyspace", e))?;
         let st = cql::Statements::prepare(&session, uri).await?;
         tracing::info!(hosts = %uri.hosts.join(","), keyspace = %uri.keyspace, dc = ?uri.dc, "connected to ScyllaDB");
-        Ok(Self {
-            inner: Arc::new(Inner { session, st, keys: keys::Keys::new(master), uri: uri.clone(), retention }),
-        })
+        Ok(Self { inner: Arc::new(Inner { session, st, keys: keys::Keys::new(master), uri: uri.clone(), retention }) })
     }
 
     /// Creates the keyspace and applies the missing migrations; returns the
@@ -337,7 +335,8 @@ pub(crate) fn waves<T>(items: Vec<T>, key: impl Fn(&T) -> String) -> Vec<Vec<(us
 
 /// UTC month number (months since 1970-01) of a Unix-ms time.
 pub(crate) fn month_of(ms: i64) -> i32 {
-    let date = jiff::Timestamp::from_millisecond(ms).unwrap_or_default().to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
+    let date =
+        jiff::Timestamp::from_millisecond(ms).unwrap_or_default().to_zoned_datetime(jiff::tz::TimeZone::UTC).date();
     (date.year() as i32 - 1970) * 12 + date.month() as i32 - 1
 }
 

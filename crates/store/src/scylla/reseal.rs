@@ -129,7 +129,8 @@ impl ScyllaStore {
         }
         let days: Vec<(i32,)> = self.scan(&self.st().feedback_days, (tenant, day_of(i64::MAX))).await?;
         for (day,) in days {
-            let rows: Vec<(String, i64, String, Vec<u8>)> = self.scan(&self.st().feedback_of_day, (tenant, day)).await?;
+            let rows: Vec<(String, i64, String, Vec<u8>)> =
+                self.scan(&self.st().feedback_of_day, (tenant, day)).await?;
             for (id, _, _, diagnostic) in rows {
                 if budget.full() {
                     return Ok(());

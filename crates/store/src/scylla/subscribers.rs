@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
@@ -176,8 +175,10 @@ impl ScyllaStore {
     async fn list_modes(&self, tenant: &str, list_ids: &[String]) -> Result<HashMap<String, OptIn>> {
         let mut modes = HashMap::new();
         for list_id in list_ids {
-            let list =
-                self.get_list_row(tenant, list_id).await?.ok_or_else(|| StoreError::NotFound(format!("lists/{list_id}")))?;
+            let list = self
+                .get_list_row(tenant, list_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("lists/{list_id}")))?;
             modes.insert(list_id.clone(), list.opt_in);
         }
         Ok(modes)
@@ -199,7 +200,14 @@ impl ScyllaStore {
     }
 
     /// Writes one membership on both sides (list bucket, then subscriber).
-    async fn put_membership(&self, tenant: &str, list_id: &str, id: &str, status: SubscriptionStatus, now: i64) -> Result<()> {
+    async fn put_membership(
+        &self,
+        tenant: &str,
+        list_id: &str,
+        id: &str,
+        status: SubscriptionStatus,
+        now: i64,
+    ) -> Result<()> {
         let bucket = bucket_of(id, BUCKETS);
         self.exec(&self.st().member_upsert, (status as i32, now, tenant, list_id, bucket, id)).await?;
         self.exec(&self.st().membership_upsert, (status as i32, now, tenant, id, list_id)).await
@@ -216,15 +224,19 @@ impl ScyllaStore {
         let tenant = subscriber.tenant.as_str();
         let hash = email_key(keys, &subscriber.email);
         let claim = self.lwt(&self.st().email_claim, (tenant, &hash, &subscriber.id)).await?;
-        let (id, created) = if claim.applied { (subscriber.id.clone(), true) } else { (claim.text("subscriber_id"), false) };
+        let (id, created) =
+            if claim.applied { (subscriber.id.clone(), true) } else { (claim.text("subscriber_id"), false) };
         let existing = if created { None } else { self.subscriber_row(tenant, &id).await? };
         let mut state = None;
         let changed = match existing {
             // New, or an address claim whose subscriber a crash never wrote: write it whole.
             None => {
                 let pii = seal_pii(keys, &subscriber.email, &subscriber.display_name, &subscriber.attributes)?;
-                let create_time =
-                    if subscriber.create_time > 0 && subscriber.create_time <= now { subscriber.create_time } else { now };
+                let create_time = if subscriber.create_time > 0 && subscriber.create_time <= now {
+                    subscriber.create_time
+                } else {
+                    now
+                };
                 let domain = domain_key(keys, &subscriber.email);
                 let values = (tenant, &id, pii, &hash, domain, subscriber.status as i32, create_time, now);
                 self.exec(&self.st().subscriber_insert, values).await?;
@@ -240,7 +252,8 @@ impl ScyllaStore {
                 } else {
                     let mut attributes = old.attributes;
                     attributes.extend(subscriber.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    let name = if subscriber.display_name.is_empty() { old.name } else { subscriber.display_name.clone() };
+                    let name =
+                        if subscriber.display_name.is_empty() { old.name } else { subscriber.display_name.clone() };
                     let pii = seal_pii(keys, &subscriber.email, &name, &attributes)?;
                     self.exec(&self.st().subscriber_update, (pii, status as i32, now, tenant, &id)).await?;
                     state = Some((name, attributes, status));
@@ -322,8 +335,10 @@ impl SubscriberStore for ScyllaStore {
         let keys = self.keys(&tenant, None).await?;
         let applied = self.apply_upsert(&keys, &subscriber, &options, &modes, now_millis()).await?;
         self.remember(&tenant, &request_id, "subscriber", &applied.id).await?;
-        let stored =
-            self.get_full(&tenant, &applied.id).await?.ok_or_else(|| StoreError::Backend("subscriber vanished".into()))?;
+        let stored = self
+            .get_full(&tenant, &applied.id)
+            .await?
+            .ok_or_else(|| StoreError::Backend("subscriber vanished".into()))?;
         Ok(Upserted {
             subscriber: stored,
             created: applied.created,
@@ -512,7 +527,9 @@ impl SubscriberStore for ScyllaStore {
             return Ok(None);
         };
         let keys = self.keys(tenant, TenantKeys::key_id_of(&sealed)).await?;
-        serde_json::from_slice(&keys.open(&sealed)?).map(Some).map_err(|e| StoreError::Backend(format!("import job: {e}")))
+        serde_json::from_slice(&keys.open(&sealed)?)
+            .map(Some)
+            .map_err(|e| StoreError::Backend(format!("import job: {e}")))
     }
 
     async fn export_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<SubscriberExport>> {
@@ -523,7 +540,12 @@ impl SubscriberStore for ScyllaStore {
         let rows: Vec<(String, String, String, i64)> = self.scan(&self.st().deliveries_of, (subscriber_id,)).await?;
         let deliveries = rows
             .into_iter()
-            .map(|(campaign_id, state, message_id, update_time)| Delivery { campaign_id, state, message_id, update_time })
+            .map(|(campaign_id, state, message_id, update_time)| Delivery {
+                campaign_id,
+                state,
+                message_id,
+                update_time,
+            })
             .collect();
         let consent = self.consent_of(tenant, subscriber_id).await?;
         let feedback = self.feedback_of_subscriber(tenant, subscriber_id).await?;
@@ -535,8 +557,9 @@ impl SubscriberStore for ScyllaStore {
     /// found through the subscriber row, then the `erased` suppression by
     /// hash and the address claim, and the subscriber row itself last.
     async fn erase_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<String>> {
-        let Some((_, _, hash, _, ..)) = self.subscriber_row(tenant, subscriber_id).await? else { return Ok(None) };
-        let memberships: Vec<(String, i32, i64)> = self.scan(&self.st().memberships_of, (tenant, subscriber_id)).await?;
+        let Some((_, _, hash, ..)) = self.subscriber_row(tenant, subscriber_id).await? else { return Ok(None) };
+        let memberships: Vec<(String, i32, i64)> =
+            self.scan(&self.st().memberships_of, (tenant, subscriber_id)).await?;
         let bucket = bucket_of(subscriber_id, BUCKETS);
         for (list_id, ..) in memberships {
             self.exec(&self.st().member_delete, (tenant, &list_id, bucket, subscriber_id)).await?;
@@ -550,7 +573,7 @@ impl SubscriberStore for ScyllaStore {
         let scopes: Vec<(String, String, Vec<u8>, String, i64)> =
             self.rows(&self.st().suppressions_of, (tenant, &hash)).await?;
         for (_, list_id, ..) in &scopes {
-            self.exec(&self.st().suppression_forget_target, (tenant, &hash, list_id)).await?;
+            self.exec(&self.st().suppression_reseal, (Vec::<u8>::new(), tenant, &hash, list_id)).await?;
         }
         let created = scopes.iter().find(|(_, list_id, ..)| list_id.is_empty()).map_or_else(now_millis, |row| row.4);
         self.put_suppression(tenant, &hash, "", Vec::new(), "erased", created).await?;

@@ -35,7 +35,7 @@ pub struct ScyllaUri {
 }
 
 fn invalid(message: impl Into<String>) -> StoreError {
-    StoreError::Backend(format!("store.url: {}", message.into()))
+    StoreError::Invalid { field: "store.url".into(), message: message.into() }
 }
 
 fn consistency(name: &str) -> Result<Consistency> {
