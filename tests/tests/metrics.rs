@@ -25,15 +25,19 @@ async fn metrics_name_outcomes_replies_claims_and_lag_after_a_campaign() {
     let admin = sandbox.node.as_ref().unwrap().admin_addr;
 
     // The lag gauges are refreshed every 10 s by each consumer loop (senders, dispatch, feedback).
-    let text = wait_for("the lag gauge", Duration::from_secs(30), || async move {
-        let (status, text) = http_request(admin, "GET", "/metrics", "");
-        assert_eq!(status, 200);
-        let both = text.contains("broadside_consumer_lag{group=\"sender\"")
-            && text.contains("broadside_consumer_lag{group=\"dispatch\",topic=\"broadside.delivery-events\"");
-        Ok(both.then_some(text))
-    })
-    .await
-    .unwrap();
+    let text =
+        wait_for("the lag gauges (sender, dispatch, subscribers-feedback)", Duration::from_secs(30), || async move {
+            let (status, text) = http_request(admin, "GET", "/metrics", "");
+            assert_eq!(status, 200);
+            let both = text.contains("broadside_consumer_lag{group=\"sender\"")
+                && text.contains("broadside_consumer_lag{group=\"dispatch\",topic=\"broadside.delivery-events\"")
+                && text.contains(
+                    "broadside_consumer_lag{group=\"subscribers-feedback\",topic=\"broadside.feedback-events\"",
+                );
+            Ok(both.then_some(text))
+        })
+        .await
+        .unwrap();
     let value = |prefix: &str| -> f64 {
         let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no series {prefix}\n{text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()

@@ -291,13 +291,20 @@ impl Consumer for EmbeddedConsumer {
                 Ok(ends)
             })
             .await?;
-        Ok(ends
-            .into_iter()
-            .map(|(topic, partition, end)| {
-                let position = self.positions.get(&(topic.clone(), partition)).copied().unwrap_or(0);
-                (topic, partition, (end - position).max(0))
-            })
-            .collect())
+        // Every partition this member owns, 0 where the log is empty: a gauge
+        // that exists and reads 0 says "healthy"; a missing one says nothing.
+        let ends: std::collections::HashMap<(String, u32), i64> =
+            ends.into_iter().map(|(topic, partition, end)| ((topic, partition), end)).collect();
+        let mut lag = Vec::new();
+        for topic in &self.topics {
+            for partition in 0..self.bus.partitions {
+                let key = (topic.clone(), partition);
+                let end = ends.get(&key).copied().unwrap_or(0);
+                let position = self.positions.get(&key).copied().unwrap_or(0);
+                lag.push((topic.clone(), partition, (end - position).max(0)));
+            }
+        }
+        Ok(lag)
     }
 
     async fn commit(&mut self, done: &[Delivered]) -> Result<()> {

@@ -167,7 +167,10 @@ impl Node {
             };
             let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), settings);
             http_routes = http_routes.merge(broadside_subscribers::http_routes(api.clone()));
-            let feedback_worker = api.clone().run_feedback(workers_stop.clone());
+            let lag_metrics = metrics.clone();
+            let on_lag =
+                move |lag: &[(String, u32, i64)]| lag_metrics.set_lag(broadside_subscribers::FEEDBACK_GROUP, lag);
+            let feedback_worker = api.clone().run_feedback(workers_stop.clone(), on_lag);
             workers.push(("subscribers", tokio::spawn(async move { Ok(feedback_worker.await?) })));
             routes.add_service(api.into_service());
             let behavior = broadside_subscribers::BehaviorApi::new(

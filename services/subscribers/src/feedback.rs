@@ -17,14 +17,20 @@ use tokio_util::sync::CancellationToken;
 use crate::SubscriberApi;
 use crate::events::{subscription_changed, upserted};
 
-const GROUP: &str = "subscribers-feedback";
+/// The consumer group that applies feedback-events.
+pub const FEEDBACK_GROUP: &str = "subscribers-feedback";
 
 impl SubscriberApi {
-    /// Consumes feedback-events until `shutdown`.
-    pub async fn run_feedback(self, shutdown: CancellationToken) -> Result<(), broadside_bus::BusError> {
+    /// Consumes feedback-events until `shutdown`, handing the group's lag
+    /// per partition to `on_lag` every 10 s (the `consumer_lag` gauge).
+    pub async fn run_feedback(
+        self,
+        shutdown: CancellationToken,
+        on_lag: impl Fn(&[(String, u32, i64)]),
+    ) -> Result<(), broadside_bus::BusError> {
         let topic = Topic::FeedbackEvents.name(&self.settings.topic_prefix);
         let bus = self.bus.clone();
-        broadside_bus::consume(bus, GROUP, &topic, shutdown, |delivered| {
+        broadside_bus::consume_reporting_lag(bus, FEEDBACK_GROUP, &topic, shutdown, on_lag, |delivered| {
             let api = self.clone();
             async move { api.apply_feedback(&delivered).await }
         })

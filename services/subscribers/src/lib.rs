@@ -32,6 +32,7 @@ use broadside_store::DynStore;
 pub use behavior::{BehaviorApi, behavior_record};
 pub use confirm::http_routes;
 pub use convert::{list_to_proto, subscriber_to_proto};
+pub use feedback::FEEDBACK_GROUP;
 pub use import::{MAX_LINE_BYTES, MAX_ROW_BYTES};
 pub use keys::{ApiKeyApi, AuditApi, parse_scopes};
 

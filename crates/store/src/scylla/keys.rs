@@ -60,7 +60,7 @@ impl ScyllaStore {
             let (master_id, wrapped) = keys.master.wrap(key, &context(tenant, id, kind));
             (tenant.to_owned(), id.to_owned(), kind.to_owned(), wrapped, master_id, active, now_millis())
         };
-        let mut batch = Batch::new(BatchType::Logged);
+        let mut batch = Batch::new(BatchType::Unlogged);
         batch.append_statement(self.st().key_insert_new.clone());
         batch.append_statement(self.st().key_insert.clone());
         batch.set_serial_consistency(Some(self.inner.uri.serial_consistency));
@@ -90,7 +90,7 @@ impl ScyllaStore {
         let id = random_key_id();
         let (master_id, wrapped) = self.inner.keys.master.wrap(&random_key(), &context(tenant, &id, "data"));
         // One partition: the new key and the retirements apply together.
-        let mut batch = Batch::new(BatchType::Logged);
+        let mut batch = Batch::new(BatchType::Unlogged);
         let mut values: Vec<Vec<CqlArg>> = Vec::new();
         batch.append_statement(self.st().key_insert.clone());
         values.push(vec![
