@@ -12,6 +12,7 @@ pub mod scylla;
 mod sqlite;
 #[doc(hidden)]
 pub mod suite;
+mod upsert;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{ScyllaStore, day_of};
 use crate::crypto::TenantKeys;
 use crate::sqlite::encrypt::{open_text, seal_text};
-use crate::sqlite::feedback::{deflate, inflate};
+use crate::sqlite::feedback::{decayed, deflate, inflate};
 use crate::*;
 
 type RecordRow = (String, String, i64, String, String, String, String, String, Vec<u8>, String, String, String);
@@ -209,11 +209,7 @@ impl FeedbackStore for ScyllaStore {
     ) -> Result<f64> {
         let now = now_millis();
         let stored: Option<(f64, i64)> = self.one(&self.st().score_get, (tenant, subscriber_id)).await?;
-        let decayed = stored.map_or(0.0, |(score, at)| {
-            let elapsed = (now - at).max(0) as f64;
-            score * 0.5f64.powf(elapsed / half_life_ms.max(1) as f64)
-        });
-        let score = decayed + increment;
+        let score = decayed(stored, now, half_life_ms) + increment;
         self.exec(&self.st().score_set, (tenant, subscriber_id, score, now)).await?;
         Ok(score)
     }

@@ -7,26 +7,16 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
 
 use super::{BUCKETS, ScyllaStore, bucket_of, cursor_of, parse_cursor};
 use crate::crypto::TenantKeys;
 use crate::sqlite::encrypt::{domain_key, email_key, open_pii, seal_pii};
 use crate::sqlite::subscribers::next_consent_seq;
+use crate::upsert::{Applied, consent_action, fresh_status, imported, joins, merged};
 use crate::*;
 
 /// (id, pii, email_hash, domain_hash, status, create_time, update_time)
 type SubscriberRow = (String, Vec<u8>, String, String, i32, i64, i64);
-
-/// What one upsert did (see the embedded store's `Applied`).
-struct Applied {
-    id: String,
-    created: bool,
-    changed: bool,
-    statuses: Vec<SubscriptionStatus>,
-    pending_confirmation: Vec<String>,
-    state: Option<(String, Map<String, Value>, SubscriberStatus)>,
-}
 
 /// Which bucketed index a page walks.
 #[derive(Clone, Copy)]
@@ -250,10 +240,7 @@ impl ScyllaStore {
                     state = Some((old.name, old.attributes, status));
                     false
                 } else {
-                    let mut attributes = old.attributes;
-                    attributes.extend(subscriber.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    let name =
-                        if subscriber.display_name.is_empty() { old.name } else { subscriber.display_name.clone() };
+                    let (name, attributes) = merged(old.name, old.attributes, subscriber);
                     let pii = seal_pii(keys, &subscriber.email, &name, &attributes)?;
                     self.exec(&self.st().subscriber_update, (pii, status as i32, now, tenant, &id)).await?;
                     state = Some((name, attributes, status));
@@ -264,25 +251,11 @@ impl ScyllaStore {
         let mut statuses = Vec::with_capacity(subscriber.lists.len());
         let mut pending_confirmation = Vec::new();
         for list_id in &subscriber.lists {
-            let fresh = if modes.get(list_id) == Some(&OptIn::Double) {
-                SubscriptionStatus::Unconfirmed
-            } else {
-                SubscriptionStatus::Confirmed
-            };
+            let fresh = fresh_status(modes, list_id);
             let current: Option<(i32,)> =
                 if created { None } else { self.one(&self.st().membership_get, (tenant, &id, list_id)).await? };
             let current = current.map(|(status,)| SubscriptionStatus::from_i64(status as i64));
-            let join = match current {
-                None => true,
-                Some(SubscriptionStatus::Unsubscribed) => options.resubscribe,
-                Some(SubscriptionStatus::Unconfirmed) => {
-                    if options.resubscribe {
-                        pending_confirmation.push(list_id.clone());
-                    }
-                    false
-                }
-                Some(SubscriptionStatus::Confirmed) => false,
-            };
+            let join = joins(current, options, list_id, &mut pending_confirmation);
             if !join {
                 statuses.push(current.unwrap_or(fresh));
                 continue;
@@ -438,11 +411,7 @@ impl SubscriberStore for ScyllaStore {
         if current != status as i32 {
             let now = now_millis();
             self.put_membership(tenant, list_id, subscriber_id, status, now).await?;
-            let action = match status {
-                SubscriptionStatus::Confirmed => ConsentAction::Confirm,
-                SubscriptionStatus::Unsubscribed => ConsentAction::Unsubscribe,
-                SubscriptionStatus::Unconfirmed => ConsentAction::Subscribe,
-            };
+            let action = consent_action(status);
             let keys = self.keys(tenant, None).await?;
             self.append_consent(&keys, subscriber_id, action, list_id, &consent, now).await?;
         }
@@ -493,28 +462,7 @@ impl SubscriberStore for ScyllaStore {
             results.extend(done);
         }
         results.sort_by_key(|(position, ..)| *position);
-        let mut imported = Vec::with_capacity(results.len());
-        for (_, row, applied) in results {
-            match (applied.created, applied.changed) {
-                (true, _) => job.imported += 1,
-                (false, true) => job.updated += 1,
-                (false, false) => job.skipped += 1,
-            }
-            let subscriber = row.subscriber;
-            let (display_name, attributes, subscriber_status) =
-                applied.state.unwrap_or((subscriber.display_name, subscriber.attributes, subscriber.status));
-            imported.push(ImportedRow {
-                line: row.line,
-                subscriber_id: applied.id,
-                created: applied.created,
-                changed: applied.changed,
-                status: applied.statuses.first().copied().unwrap_or(SubscriptionStatus::Confirmed),
-                email: subscriber.email,
-                display_name,
-                attributes,
-                subscriber_status,
-            });
-        }
+        let imported = results.into_iter().map(|(_, row, applied)| imported(&mut job, row, applied)).collect();
         if !job.request_id.is_empty() {
             let encoded = serde_json::to_vec(&job).map_err(|e| StoreError::Backend(e.to_string()))?;
             self.exec(&self.st().import_job_upsert, (tenant, &job.request_id, keys.seal(&encoded), now)).await?;

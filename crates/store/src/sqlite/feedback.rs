@@ -29,6 +29,14 @@ pub(crate) fn inflate(compressed: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A stored (score, update time) decayed to `now` by its half-life (0 when none).
+pub(crate) fn decayed(stored: Option<(f64, i64)>, now: i64, half_life_ms: i64) -> f64 {
+    stored.map_or(0.0, |(score, at)| {
+        let elapsed = (now - at).max(0) as f64;
+        score * 0.5f64.powf(elapsed / half_life_ms.max(1) as f64)
+    })
+}
+
 /// A row with its sealed columns still sealed.
 struct SealedRecord {
     record: FeedbackRecord,
@@ -182,11 +190,7 @@ impl FeedbackStore for SqliteStore {
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()?;
-            let decayed = stored.map_or(0.0, |(score, at)| {
-                let elapsed = (now - at).max(0) as f64;
-                score * 0.5f64.powf(elapsed / half_life_ms.max(1) as f64)
-            });
-            let score = decayed + increment;
+            let score = decayed(stored, now, half_life_ms) + increment;
             tx.execute(
                 "INSERT OR REPLACE INTO bounce_scores (tenant, subscriber_id, score, update_time) VALUES (?1, ?2, ?3, ?4)",
                 params![tenant, subscriber, score, now],

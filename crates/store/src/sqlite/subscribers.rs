@@ -4,7 +4,6 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction, params};
-use serde_json::{Map, Value};
 
 use super::encrypt::{domain_key, email_key, open_pii, seal_pii};
 use super::keys::Crypto;
@@ -12,25 +11,13 @@ use super::{
     SUBSCRIBER_COLUMNS, get_list_tx, get_subscriber_tx, open_page, paged, remember, remembered, subscriber_from_row,
 };
 use crate::crypto::TenantKeys;
+use crate::upsert::{Applied, consent_action, fresh_status, imported, joins, merged};
 use crate::*;
 
 /// The members a campaign may mail: active, confirmed, and not suppressed
 /// tenant-wide, for the list, or for their domain.
 const SENDABLE: &str = "AND s.status = 1 AND m.status = 2 AND NOT EXISTS (SELECT 1 FROM suppressions x \
      WHERE x.tenant = m.tenant AND x.email_hash IN (s.email_key, s.domain_key) AND x.list_id IN ('', m.list_id))";
-
-/// What one upsert did, before the stored subscriber is read back.
-struct Applied {
-    id: String,
-    created: bool,
-    changed: bool,
-    /// Status of the membership in each list joined.
-    statuses: Vec<SubscriptionStatus>,
-    pending_confirmation: Vec<String>,
-    /// Stored (name, attributes, status) after the upsert, when it differs
-    /// from the input (an existing subscriber); `None` means "as given".
-    state: Option<(String, Map<String, Value>, SubscriberStatus)>,
-}
 
 /// Opt-in mode of every list in `list_ids`; `NotFound` names the first missing one.
 fn list_modes(tx: &Transaction<'_>, tenant: &str, list_ids: &[String]) -> Result<HashMap<String, OptIn>> {
@@ -115,14 +102,13 @@ fn apply_upsert(
             .prepare_cached("SELECT id, pii, status FROM subscribers WHERE tenant = ?1 AND email_key = ?2")?
             .query_row(params![tenant, key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         let old = open_pii(keys, &sealed)?;
-        let mut attributes = old.attributes;
+        let attributes = old.attributes;
         let status = SubscriberStatus::from_i64(status);
         if options.mode == UpsertMode::SkipExisting {
             state = Some((old.name, attributes, status));
             (id, false, false)
         } else {
-            attributes.extend(subscriber.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let name = if subscriber.display_name.is_empty() { old.name } else { subscriber.display_name.clone() };
+            let (name, attributes) = merged(old.name, attributes, subscriber);
             tx.prepare_cached("UPDATE subscribers SET pii = ?3, update_time = ?4 WHERE tenant = ?1 AND id = ?2")?
                 .execute(params![tenant, id, seal_pii(keys, &subscriber.email, &name, &attributes)?, now])?;
             state = Some((name, attributes, status));
@@ -132,11 +118,7 @@ fn apply_upsert(
     let mut statuses = Vec::with_capacity(subscriber.lists.len());
     let mut pending_confirmation = Vec::new();
     for list_id in &subscriber.lists {
-        let fresh = if modes.get(list_id) == Some(&OptIn::Double) {
-            SubscriptionStatus::Unconfirmed
-        } else {
-            SubscriptionStatus::Confirmed
-        };
+        let fresh = fresh_status(modes, list_id);
         let current: Option<i64> = if created {
             None
         } else {
@@ -147,18 +129,7 @@ fn apply_upsert(
             .optional()?
         };
         let current = current.map(SubscriptionStatus::from_i64);
-        let join = match current {
-            None => true,
-            Some(SubscriptionStatus::Unsubscribed) => options.resubscribe,
-            Some(SubscriptionStatus::Unconfirmed) => {
-                // A repeated sign-up re-sends the confirmation, it does not confirm.
-                if options.resubscribe {
-                    pending_confirmation.push(list_id.clone());
-                }
-                false
-            }
-            Some(SubscriptionStatus::Confirmed) => false,
-        };
+        let join = joins(current, options, list_id, &mut pending_confirmation);
         if !join {
             statuses.push(current.unwrap_or(fresh));
             continue;
@@ -392,11 +363,7 @@ impl SubscriberStore for SqliteStore {
                 return Ok(None);
             }
             if changed > 0 {
-                let action = match status {
-                    SubscriptionStatus::Confirmed => ConsentAction::Confirm,
-                    SubscriptionStatus::Unsubscribed => ConsentAction::Unsubscribe,
-                    SubscriptionStatus::Unconfirmed => ConsentAction::Subscribe,
-                };
+                let action = consent_action(status);
                 let keys = crypto.keys(tx, &tenant, None)?;
                 append_consent(tx, &keys, &id, action, &list_id, &consent, now)?;
             }
@@ -442,25 +409,7 @@ impl SubscriberStore for SqliteStore {
             let mut results = Vec::with_capacity(rows.len());
             for row in rows {
                 let applied = apply_upsert(tx, &keys, &row.subscriber, &options, &modes, now)?;
-                match (applied.created, applied.changed) {
-                    (true, _) => job.imported += 1,
-                    (false, true) => job.updated += 1,
-                    (false, false) => job.skipped += 1,
-                }
-                let subscriber = row.subscriber;
-                let (display_name, attributes, subscriber_status) =
-                    applied.state.unwrap_or((subscriber.display_name, subscriber.attributes, subscriber.status));
-                results.push(ImportedRow {
-                    line: row.line,
-                    subscriber_id: applied.id,
-                    created: applied.created,
-                    changed: applied.changed,
-                    status: applied.statuses.first().copied().unwrap_or(SubscriptionStatus::Confirmed),
-                    email: subscriber.email,
-                    display_name,
-                    attributes,
-                    subscriber_status,
-                });
+                results.push(imported(&mut job, row, applied));
             }
             if !job.request_id.is_empty() {
                 // Sealed: its errors quote addresses.
