@@ -17,6 +17,15 @@ use crate::*;
 /// Buckets of a campaign's outcome rows.
 const OUTCOME_BUCKETS: u32 = 256;
 
+/// How long a campaign stays in the by-state index once it can no longer
+/// change (completed, cancelled): that partition would otherwise only grow.
+fn state_index_ttl(state: CampaignState) -> i32 {
+    match state {
+        CampaignState::Completed | CampaignState::Cancelled => 30 * 86_400,
+        _ => 0,
+    }
+}
+
 /// The fields of a campaign fixed at creation.
 #[derive(Serialize, Deserialize)]
 struct Definition {
@@ -133,7 +142,7 @@ impl ScyllaStore {
         if !self.lwt(&self.st().campaign_set_state, values).await?.applied {
             return Ok(false);
         }
-        self.exec(&self.st().state_index_insert, (to as i32, tenant, id)).await?;
+        self.exec(&self.st().state_index_insert, (to as i32, tenant, id, state_index_ttl(to))).await?;
         if campaign.state != to {
             self.exec(&self.st().state_index_delete, (campaign.state as i32, tenant, id)).await?;
         }
@@ -205,7 +214,7 @@ impl CampaignStore for ScyllaStore {
         .map_err(|e| StoreError::Backend(format!("encode campaign: {e}")))?;
         self.exec(&self.st().campaign_tenant_insert, (&c.id, tenant)).await?;
         self.exec(&self.st().campaign_insert, (tenant, &c.id, definition, c.state as i32, c.create_time)).await?;
-        self.exec(&self.st().state_index_insert, (c.state as i32, tenant, &c.id)).await?;
+        self.exec(&self.st().state_index_insert, (c.state as i32, tenant, &c.id, state_index_ttl(c.state))).await?;
         self.remember(tenant, &request_id, "campaign", &c.id).await?;
         self.must_campaign(tenant, &c.id).await
     }

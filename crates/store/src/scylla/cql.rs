@@ -221,8 +221,9 @@ statements! {
     campaign_set_fanout: Write = "UPDATE campaigns SET fanout_cursor = ?, recipients = ?, fanout_done = ? WHERE tenant = ? AND id = ?";
     /// Note progress now (outcomes, deferrals, reconciliation).
     campaign_set_progress: Write = "UPDATE campaigns SET progress_time = ? WHERE tenant = ? AND id = ?";
-    /// The scheduler's scan: campaigns in one state (a small partition per state).
-    state_index_insert: Write = "INSERT INTO campaigns_by_state (state, tenant, id) VALUES (?, ?, ?)";
+    /// The scheduler's scan: campaigns in one state (a small partition per state;
+    /// finished and cancelled ones leave it after 30 days).
+    state_index_insert: Write = "INSERT INTO campaigns_by_state (state, tenant, id) VALUES (?, ?, ?) USING TTL ?";
     /// Leave the old state's index partition after a state change.
     state_index_delete: Write = "DELETE FROM campaigns_by_state WHERE state = ? AND tenant = ? AND id = ?";
     /// Campaigns in one state, for resuming work after a restart.
