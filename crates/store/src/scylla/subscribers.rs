@@ -125,7 +125,8 @@ impl ScyllaStore {
         Ok(None)
     }
 
-    /// A page of subscribers from a bucketed index, keeping those `keep` accepts.
+    /// A page of subscribers from a bucketed index; with `sendable_only`, only
+    /// confirmed members who are active and not suppressed.
     async fn subscriber_page(
         &self,
         tenant: &str,
