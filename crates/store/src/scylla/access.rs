@@ -11,7 +11,15 @@ type ListRow = (String, String, String, String, i32, i64);
 type SegmentRow = (String, String, String, String, i64);
 type KeyRow = (String, String, Vec<u8>, String, String, i64, i64);
 type AuditRow = (String, String, i64, String, String, String, String, String);
-type SuppressionRow = (String, String, Vec<u8>, String, i64);
+/// (email_hash, list_id, sealed target, reason, create_time)
+pub(super) type SuppressionRow = (String, String, Vec<u8>, String, i64);
+type NullableSuppression = (String, String, Option<Vec<u8>>, Option<String>, Option<i64>);
+
+/// A row without a reason is what an update that raced a removal leaves: absent.
+fn complete_suppression(row: NullableSuppression) -> Option<SuppressionRow> {
+    let (hash, list_id, target, reason, create_time) = row;
+    Some((hash, list_id, target.unwrap_or_default(), reason?, create_time.unwrap_or_default()))
+}
 
 fn list_from(row: ListRow) -> MailingList {
     let (tenant, id, display_name, description, opt_in, create_time) = row;
@@ -78,6 +86,22 @@ impl ScyllaStore {
         Ok(self.one::<ListRow>(&self.st().list_get, (tenant, id)).await?.map(list_from))
     }
 
+    /// Every suppression (every scope) of one blind index.
+    pub(super) async fn suppression_rows(&self, tenant: &str, hash: &str) -> Result<Vec<SuppressionRow>> {
+        let rows: Vec<NullableSuppression> = self.rows(&self.st().suppressions_of, (tenant, hash)).await?;
+        Ok(rows.into_iter().filter_map(complete_suppression).collect())
+    }
+
+    pub(super) async fn suppression_row(
+        &self,
+        tenant: &str,
+        hash: &str,
+        list_id: &str,
+    ) -> Result<Option<SuppressionRow>> {
+        let row: Option<NullableSuppression> = self.one(&self.st().suppression_get, (tenant, hash, list_id)).await?;
+        Ok(row.and_then(complete_suppression))
+    }
+
     async fn open_suppression(&self, tenant: &str, row: SuppressionRow) -> Result<Suppression> {
         let (email_hash, list_id, sealed, reason, create_time) = row;
         let keys = self.keys(tenant, crate::crypto::TenantKeys::key_id_of(&sealed)).await?;
@@ -95,7 +119,7 @@ impl ScyllaStore {
     pub(super) async fn suppressions_by_hash(&self, tenant: &str, hashes: &[String]) -> Result<Vec<Suppression>> {
         let mut found = Vec::new();
         for hash in hashes.iter().filter(|h| !h.is_empty()) {
-            let rows: Vec<SuppressionRow> = self.rows(&self.st().suppressions_of, (tenant, hash)).await?;
+            let rows = self.suppression_rows(tenant, hash).await?;
             for row in rows {
                 found.push(self.open_suppression(tenant, row).await?);
             }
@@ -317,8 +341,7 @@ impl SuppressionStore for ScyllaStore {
         let tenant = suppression.tenant.as_str();
         let keys = self.keys(tenant, None).await?;
         let hash = email_key(&keys, &suppression.target);
-        let existing: Option<SuppressionRow> =
-            self.one(&self.st().suppression_get, (tenant, &hash, &suppression.list_id)).await?;
+        let existing = self.suppression_row(tenant, &hash, &suppression.list_id).await?;
         // An erased address stays anonymous: a new suppression of it does not store it again.
         let sealed = match &existing {
             Some((_, _, sealed, reason, _)) if reason == "erased" => sealed.clone(),
@@ -333,7 +356,7 @@ impl SuppressionStore for ScyllaStore {
 
     async fn remove_suppression(&self, tenant: &str, target: &str, list_id: &str) -> Result<bool> {
         let hash = email_key(&*self.keys(tenant, None).await?, target);
-        if self.one::<SuppressionRow>(&self.st().suppression_get, (tenant, &hash, list_id)).await?.is_none() {
+        if self.suppression_row(tenant, &hash, list_id).await?.is_none() {
             return Ok(false);
         }
         self.exec(&self.st().suppression_delete, (tenant, &hash, list_id)).await?;
@@ -363,7 +386,7 @@ impl SuppressionStore for ScyllaStore {
         let mut items = Vec::with_capacity(rows.len());
         for (hash, list_id) in rows {
             // An index entry whose suppression was removed meanwhile is skipped.
-            if let Some(row) = self.one(&self.st().suppression_get, (tenant, &hash, &list_id)).await? {
+            if let Some(row) = self.suppression_row(tenant, &hash, &list_id).await? {
                 items.push(self.open_suppression(tenant, row).await?);
             }
         }

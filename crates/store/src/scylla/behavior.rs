@@ -30,9 +30,14 @@ impl ScyllaStore {
         let months: Vec<(i32,)> = self.scan(&self.st().event_months_of, (tenant, subscriber_id)).await?;
         let mut rows = Vec::new();
         for (month,) in months {
-            let found: Vec<(i64, String, String, Vec<u8>)> =
+            let found: Vec<(i64, String, Option<String>, Option<Vec<u8>>)> =
                 self.scan(&self.st().events_of_month, (tenant, subscriber_id, month)).await?;
-            rows.extend(found.into_iter().map(|(time, id, name, sealed)| (month, time, id, name, sealed)));
+            // A row without a name is what a re-seal that raced an erasure leaves: skip it.
+            rows.extend(
+                found
+                    .into_iter()
+                    .filter_map(|(time, id, name, sealed)| Some((month, time, id, name?, sealed.unwrap_or_default()))),
+            );
         }
         Ok(rows)
     }

@@ -44,7 +44,22 @@ struct Definition {
     send_window: String,
 }
 
-type CampaignRow = (String, String, Vec<u8>, i32, i64, String, bool, i64, i64, i64, i64);
+/// A campaign row as read. Every column but the key may be null: an UPDATE
+/// of progress for a campaign id that does not exist (an event from another
+/// deployment) creates a row holding only that column, which reads as absent.
+type CampaignRow = (
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<i32>,
+    Option<i64>,
+    Option<String>,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 type StatsRow = (
     Option<Counter>,
     Option<Counter>,
@@ -67,7 +82,7 @@ fn count(value: Option<Counter>) -> i64 {
 }
 
 impl ScyllaStore {
-    async fn campaign_from(&self, row: CampaignRow) -> Result<Campaign> {
+    async fn campaign_from(&self, row: CampaignRow) -> Result<Option<Campaign>> {
         let (
             tenant,
             id,
@@ -81,12 +96,13 @@ impl ScyllaStore {
             complete_time,
             progress_time,
         ) = row;
+        let (Some(definition), Some(state)) = (definition, state) else { return Ok(None) };
         let d: Definition = serde_json::from_slice(&definition)
             .map_err(|e| StoreError::Backend(format!("campaign {id}: stored definition: {e}")))?;
         let stats: Option<StatsRow> = self.one(&self.st().stats_get, (&id,)).await?;
         let (delivered, failed, deferred, bounced, complained, unsubscribed, opened, clicked) =
             stats.unwrap_or_default();
-        Ok(Campaign {
+        Ok(Some(Campaign {
             tenant,
             id,
             display_name: d.display_name,
@@ -104,7 +120,7 @@ impl ScyllaStore {
             send_window: d.send_window,
             state: CampaignState::from_i64(state as i64),
             stats: CampaignStats {
-                recipients,
+                recipients: recipients.unwrap_or_default(),
                 delivered: count(delivered),
                 failed: count(failed),
                 deferred: count(deferred),
@@ -114,18 +130,18 @@ impl ScyllaStore {
                 opened: count(opened),
                 clicked: count(clicked),
             },
-            fanout_cursor,
-            fanout_done,
-            create_time,
-            start_time,
-            complete_time,
-            progress_time,
-        })
+            fanout_cursor: fanout_cursor.unwrap_or_default(),
+            fanout_done: fanout_done.unwrap_or_default(),
+            create_time: create_time.unwrap_or_default(),
+            start_time: start_time.unwrap_or_default(),
+            complete_time: complete_time.unwrap_or_default(),
+            progress_time: progress_time.unwrap_or_default(),
+        }))
     }
 
     async fn campaign(&self, tenant: &str, id: &str) -> Result<Option<Campaign>> {
         match self.one::<CampaignRow>(&self.st().campaign_get, (tenant, id)).await? {
-            Some(row) => Ok(Some(self.campaign_from(row).await?)),
+            Some(row) => self.campaign_from(row).await,
             None => Ok(None),
         }
     }
@@ -152,7 +168,8 @@ impl ScyllaStore {
     /// Moves a sending campaign to COMPLETED once fan-out is done and every
     /// recipient has an outcome. Exactly one caller sees `true`.
     async fn complete_if_finished(&self, tenant: &str, id: &str) -> Result<bool> {
-        let campaign = self.must_campaign(tenant, id).await?;
+        // An outcome for a campaign this store does not know completes nothing.
+        let Some(campaign) = self.campaign(tenant, id).await? else { return Ok(false) };
         let finished = campaign.state == CampaignState::Sending
             && campaign.fanout_done
             && campaign.stats.delivered + campaign.stats.failed >= campaign.stats.recipients;
@@ -227,7 +244,7 @@ impl CampaignStore for ScyllaStore {
         let (token, limit) = keyset(&page);
         let rows: Vec<CampaignRow> = self.rows(&self.st().campaign_page, (tenant, token, limit)).await?;
         let campaigns = self.each(rows, |row| self.campaign_from(row)).await?;
-        Ok(page_of(campaigns, page.size, |c| &c.id))
+        Ok(page_of(campaigns.into_iter().flatten().collect(), page.size, |c| &c.id))
     }
 
     async fn transition_campaign(

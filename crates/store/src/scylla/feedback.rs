@@ -13,6 +13,41 @@ use crate::*;
 
 type RecordRow = (String, String, i64, String, String, String, String, String, Vec<u8>, String, String, String);
 
+/// A record as read: an UPDATE that raced a purge can leave a row without
+/// its time (ScyllaDB updates create rows); it reads as absent.
+type NullableRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn complete(row: NullableRow) -> Option<RecordRow> {
+    let (tenant, id, time, kind, subscriber, campaign, class, status, diagnostic, mta, rule, verdict) = row;
+    Some((
+        tenant,
+        id,
+        time?,
+        kind.unwrap_or_default(),
+        subscriber.unwrap_or_default(),
+        campaign.unwrap_or_default(),
+        class.unwrap_or_default(),
+        status.unwrap_or_default(),
+        diagnostic.unwrap_or_default(),
+        mta.unwrap_or_default(),
+        rule.unwrap_or_default(),
+        verdict.unwrap_or_default(),
+    ))
+}
+
 /// Above every id (UUIDv7 in hex): "no upper bound" for `id < ?`.
 const TOP: &str = "~";
 
@@ -71,7 +106,9 @@ impl ScyllaStore {
         let mut records = Vec::with_capacity(index.len());
         for (day, id) in index {
             // Expired by TTL or purged: the index entry outlived it.
-            if let Some(row) = self.one::<RecordRow>(&self.st().feedback_get, (tenant, day, &id)).await? {
+            if let Some(row) =
+                self.one::<NullableRow>(&self.st().feedback_get, (tenant, day, &id)).await?.and_then(complete)
+            {
                 records.push(self.open_record(row).await?);
             }
         }
@@ -152,9 +189,10 @@ impl FeedbackStore for ScyllaStore {
             let mut below = if day == from_day { after.clone() } else { TOP.to_owned() };
             loop {
                 let want = if kind.is_some() { 1000 } else { (page.size + 1 - rows.len()) as i32 };
-                let found: Vec<RecordRow> = self.rows(&self.st().feedback_page, (tenant, day, &below, want)).await?;
+                let found: Vec<NullableRow> = self.rows(&self.st().feedback_page, (tenant, day, &below, want)).await?;
                 let Some(last) = found.last() else { break };
                 below = last.1.clone();
+                let found = found.into_iter().filter_map(complete);
                 rows.extend(
                     found.into_iter().filter(|row| kind.as_ref().is_none_or(|k| *k == row.3)).map(|r| (day, r)),
                 );
@@ -179,7 +217,12 @@ impl FeedbackStore for ScyllaStore {
 
     async fn update_feedback_verdict(&self, record: FeedbackRecord) -> Result<bool> {
         let (tenant, day) = (record.tenant.as_str(), day_of(record.time));
-        if self.one::<RecordRow>(&self.st().feedback_get, (tenant, day, &record.id)).await?.is_none() {
+        if self
+            .one::<NullableRow>(&self.st().feedback_get, (tenant, day, &record.id))
+            .await?
+            .and_then(complete)
+            .is_none()
+        {
             return Ok(false);
         }
         let keys = self.keys(tenant, None).await?;
@@ -223,9 +266,11 @@ impl FeedbackStore for ScyllaStore {
         for tenant in self.key_tenants().await? {
             let days: Vec<(i32,)> = self.scan(&self.st().feedback_days, (tenant.as_str(), last_day)).await?;
             for (day,) in days {
-                let rows: Vec<(String, i64, String, Vec<u8>)> =
+                let rows: Vec<(String, Option<i64>, Option<String>, Option<Vec<u8>>)> =
                     self.scan(&self.st().feedback_of_day, (tenant.as_str(), day)).await?;
-                for (id, _, subscriber_id, _) in rows.iter().filter(|row| row.1 < before) {
+                // A partial row (no time) is purged too.
+                for (id, _, subscriber_id, _) in rows.iter().filter(|row| row.1.is_none_or(|time| time < before)) {
+                    let subscriber_id = subscriber_id.as_deref().unwrap_or_default();
                     self.delete_record(&tenant, day, id, subscriber_id).await?;
                     purged += 1;
                 }

@@ -43,9 +43,9 @@ impl ScyllaStore {
             self.exec(&self.st().subscriber_reseal, (new, tenant, id)).await?;
             budget.done += 1;
         }
-        let consent: Vec<(i64, i64, String, String, String, Vec<u8>)> =
-            self.scan(&self.st().consent_of, (tenant, id)).await?;
+        let consent: Vec<super::subscribers::ConsentRow> = self.scan(&self.st().consent_of, (tenant, id)).await?;
         for (time, seq, .., sealed) in consent {
+            let sealed = sealed.unwrap_or_default();
             if budget.full() {
                 return Ok(());
             }
@@ -56,9 +56,10 @@ impl ScyllaStore {
         }
         let months: Vec<(i32,)> = self.scan(&self.st().event_months_of, (tenant, id)).await?;
         for (month,) in months {
-            let events: Vec<(i64, String, String, Vec<u8>)> =
+            let events: Vec<(i64, String, Option<String>, Option<Vec<u8>>)> =
                 self.scan(&self.st().events_of_month, (tenant, id, month)).await?;
             for (time, event_id, _, sealed) in events {
+                let sealed = sealed.unwrap_or_default();
                 if budget.full() {
                     return Ok(());
                 }
@@ -98,8 +99,7 @@ impl ScyllaStore {
                     self.rows(&self.st().suppression_index_page, (tenant, bucket, &hash, &list, 1000)).await?;
                 let Some(last) = rows.last().cloned() else { break };
                 for (email_hash, list_id) in rows {
-                    let row: Option<(String, String, Vec<u8>, String, i64)> =
-                        self.one(&self.st().suppression_get, (tenant, &email_hash, &list_id)).await?;
+                    let row = self.suppression_row(tenant, &email_hash, &list_id).await?;
                     if let Some((_, _, sealed, ..)) = row
                         && let Some(new) = self.resealed(tenant, keys, &sealed).await?
                     {
@@ -129,9 +129,10 @@ impl ScyllaStore {
         }
         let days: Vec<(i32,)> = self.scan(&self.st().feedback_days, (tenant, day_of(i64::MAX))).await?;
         for (day,) in days {
-            let rows: Vec<(String, i64, String, Vec<u8>)> =
+            let rows: Vec<(String, Option<i64>, Option<String>, Option<Vec<u8>>)> =
                 self.scan(&self.st().feedback_of_day, (tenant, day)).await?;
             for (id, _, _, diagnostic) in rows {
+                let diagnostic = diagnostic.unwrap_or_default();
                 if budget.full() {
                     return Ok(());
                 }

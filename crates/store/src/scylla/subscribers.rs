@@ -15,6 +15,9 @@ use crate::sqlite::subscribers::next_consent_seq;
 use crate::upsert::{Applied, consent_action, fresh_status, imported, joins, merged};
 use crate::*;
 
+/// (time, seq, action, list_id, source, sealed ip and user agent) of a consent record.
+pub(super) type ConsentRow = (i64, i64, Option<String>, Option<String>, Option<String>, Option<Vec<u8>>);
+
 /// (id, pii, email_hash, domain_hash, status, create_time, update_time)
 type SubscriberRow = (String, Vec<u8>, String, String, i32, i64, i64);
 
@@ -28,8 +31,22 @@ enum Index<'a> {
 }
 
 impl ScyllaStore {
+    /// The subscriber row, or `None`. An UPDATE that raced an erasure can
+    /// leave a partial row (ScyllaDB updates create rows); it has no blind
+    /// index and no creation time, and reads as absent.
     pub(super) async fn subscriber_row(&self, tenant: &str, id: &str) -> Result<Option<SubscriberRow>> {
-        self.one(&self.st().subscriber_get, (tenant, id)).await
+        type Nullable =
+            (String, Option<Vec<u8>>, Option<String>, Option<String>, Option<i32>, Option<i64>, Option<i64>);
+        let Some(row) = self.one::<Nullable>(&self.st().subscriber_get, (tenant, id)).await? else { return Ok(None) };
+        match row {
+            (id, Some(pii), Some(hash), domain, Some(status), Some(created), updated) => {
+                Ok(Some((id, pii, hash, domain.unwrap_or_default(), status, created, updated.unwrap_or(created))))
+            }
+            (id, ..) => {
+                tracing::warn!(%tenant, subscriber = %id, "a partial subscriber row (an update raced an erasure): erase it again");
+                Ok(None)
+            }
+        }
     }
 
     /// Opens the sealed personal data; `with_lists` loads the memberships too.
@@ -84,8 +101,7 @@ impl ScyllaStore {
             return Ok(false);
         }
         for hash in [&row.2, &row.3] {
-            let rows: Vec<(String, String, Vec<u8>, String, i64)> =
-                self.rows(&self.st().suppressions_of, (tenant, hash)).await?;
+            let rows = self.suppression_rows(tenant, hash).await?;
             if rows.iter().any(|(_, scope, ..)| scope.is_empty() || scope == list_id) {
                 return Ok(false);
             }
@@ -272,10 +288,12 @@ impl ScyllaStore {
     }
 
     pub(super) async fn consent_of(&self, tenant: &str, subscriber_id: &str) -> Result<Vec<ConsentRecord>> {
-        let rows: Vec<(i64, i64, String, String, String, Vec<u8>)> =
-            self.scan(&self.st().consent_of, (tenant, subscriber_id)).await?;
+        let rows: Vec<ConsentRow> = self.scan(&self.st().consent_of, (tenant, subscriber_id)).await?;
         let mut records = Vec::with_capacity(rows.len());
         for (time, _, action, list_id, source, sealed) in rows {
+            // A row without its action is what a re-seal that raced an erasure leaves: skip it.
+            let (Some(action), Some(sealed)) = (action, sealed) else { continue };
+            let (list_id, source) = (list_id.unwrap_or_default(), source.unwrap_or_default());
             let keys = self.keys(tenant, TenantKeys::key_id_of(&sealed)).await?;
             let (ip, user_agent): (String, String) = serde_json::from_slice(&keys.open(&sealed)?)
                 .map_err(|e| StoreError::Backend(format!("consent record: {e}")))?;
@@ -519,8 +537,7 @@ impl SubscriberStore for ScyllaStore {
         self.exec(&self.st().score_delete, (tenant, subscriber_id)).await?;
         self.erase_events(tenant, subscriber_id).await?;
         // Suppressions of this address keep working, but no longer say whose they are.
-        let scopes: Vec<(String, String, Vec<u8>, String, i64)> =
-            self.rows(&self.st().suppressions_of, (tenant, &hash)).await?;
+        let scopes = self.suppression_rows(tenant, &hash).await?;
         for (_, list_id, ..) in &scopes {
             self.exec(&self.st().suppression_reseal, (Vec::<u8>::new(), tenant, &hash, list_id)).await?;
         }
