@@ -12,6 +12,10 @@ use crate::crypto::TenantKeys;
 use crate::sqlite::behavior::seal_properties;
 use crate::*;
 
+/// (time, event id, name, sealed properties) as read; name and properties
+/// are missing only in a partial row.
+pub(super) type EventRow = (i64, String, Option<String>, Option<Vec<u8>>);
+
 /// Buckets of one day of events in the purge index.
 const DAY_BUCKETS: u32 = 64;
 
@@ -30,8 +34,7 @@ impl ScyllaStore {
         let months: Vec<(i32,)> = self.scan(&self.st().event_months_of, (tenant, subscriber_id)).await?;
         let mut rows = Vec::new();
         for (month,) in months {
-            let found: Vec<(i64, String, Option<String>, Option<Vec<u8>>)> =
-                self.scan(&self.st().events_of_month, (tenant, subscriber_id, month)).await?;
+            let found: Vec<EventRow> = self.scan(&self.st().events_of_month, (tenant, subscriber_id, month)).await?;
             // A row without a name is what a re-seal that raced an erasure leaves: skip it.
             rows.extend(
                 found

@@ -30,6 +30,9 @@ type NullableRow = (
     Option<String>,
 );
 
+/// (id, time, subscriber id, sealed diagnostic) of a whole day's records.
+pub(super) type DayRow = (String, Option<i64>, Option<String>, Option<Vec<u8>>);
+
 fn complete(row: NullableRow) -> Option<RecordRow> {
     let (tenant, id, time, kind, subscriber, campaign, class, status, diagnostic, mta, rule, verdict) = row;
     Some((
@@ -266,8 +269,7 @@ impl FeedbackStore for ScyllaStore {
         for tenant in self.key_tenants().await? {
             let days: Vec<(i32,)> = self.scan(&self.st().feedback_days, (tenant.as_str(), last_day)).await?;
             for (day,) in days {
-                let rows: Vec<(String, Option<i64>, Option<String>, Option<Vec<u8>>)> =
-                    self.scan(&self.st().feedback_of_day, (tenant.as_str(), day)).await?;
+                let rows: Vec<DayRow> = self.scan(&self.st().feedback_of_day, (tenant.as_str(), day)).await?;
                 // A partial row (no time) is purged too.
                 for (id, _, subscriber_id, _) in rows.iter().filter(|row| row.1.is_none_or(|time| time < before)) {
                     let subscriber_id = subscriber_id.as_deref().unwrap_or_default();

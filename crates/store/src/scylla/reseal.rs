@@ -56,7 +56,7 @@ impl ScyllaStore {
         }
         let months: Vec<(i32,)> = self.scan(&self.st().event_months_of, (tenant, id)).await?;
         for (month,) in months {
-            let events: Vec<(i64, String, Option<String>, Option<Vec<u8>>)> =
+            let events: Vec<super::behavior::EventRow> =
                 self.scan(&self.st().events_of_month, (tenant, id, month)).await?;
             for (time, event_id, _, sealed) in events {
                 let sealed = sealed.unwrap_or_default();
@@ -129,8 +129,7 @@ impl ScyllaStore {
         }
         let days: Vec<(i32,)> = self.scan(&self.st().feedback_days, (tenant, day_of(i64::MAX))).await?;
         for (day,) in days {
-            let rows: Vec<(String, Option<i64>, Option<String>, Option<Vec<u8>>)> =
-                self.scan(&self.st().feedback_of_day, (tenant, day)).await?;
+            let rows: Vec<super::feedback::DayRow> = self.scan(&self.st().feedback_of_day, (tenant, day)).await?;
             for (id, _, _, diagnostic) in rows {
                 let diagnostic = diagnostic.unwrap_or_default();
                 if budget.full() {
