@@ -131,6 +131,18 @@ pub struct Subscriber {
     pub update_time: i64,
 }
 
+impl Subscriber {
+    /// Sets the memberships and the lists derived from them (every list not unsubscribed).
+    pub fn set_subscriptions(&mut self, subscriptions: Vec<Subscription>) {
+        self.lists = subscriptions
+            .iter()
+            .filter(|s| s.status != SubscriptionStatus::Unsubscribed)
+            .map(|s| s.list_id.clone())
+            .collect();
+        self.subscriptions = subscriptions;
+    }
+}
+
 /// The key subscribers are unique by: the address, trimmed and lowercased.
 /// (Stored addresses keep the local part's case; see `broadside_mail::address::normalize`.)
 pub fn normalize_email(email: &str) -> String {

@@ -69,20 +69,15 @@ impl ScyllaStore {
         if with_lists {
             let rows: Vec<(String, i32, i64)> =
                 self.scan(&self.st().memberships_of, (tenant, subscriber.id.as_str())).await?;
-            subscriber.subscriptions = rows
-                .into_iter()
-                .map(|(list_id, status, update_time)| Subscription {
-                    list_id,
-                    status: SubscriptionStatus::from_i64(status as i64),
-                    update_time,
-                })
-                .collect();
-            subscriber.lists = subscriber
-                .subscriptions
-                .iter()
-                .filter(|s| s.status != SubscriptionStatus::Unsubscribed)
-                .map(|s| s.list_id.clone())
-                .collect();
+            subscriber.set_subscriptions(
+                rows.into_iter()
+                    .map(|(list_id, status, update_time)| Subscription {
+                        list_id,
+                        status: SubscriptionStatus::from_i64(status as i64),
+                        update_time,
+                    })
+                    .collect(),
+            );
         }
         Ok(subscriber)
     }

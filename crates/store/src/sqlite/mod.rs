@@ -464,7 +464,7 @@ fn get_subscriber_tx(tx: &Transaction<'_>, crypto: &Crypto, tenant: &str, id: &s
     let mut statement = tx.prepare_cached(
         "SELECT list_id, status, update_time FROM memberships WHERE tenant = ?1 AND subscriber_id = ?2 ORDER BY list_id",
     )?;
-    subscriber.subscriptions = statement
+    let subscriptions = statement
         .query_map(params![tenant, id], |row| {
             Ok(Subscription {
                 list_id: row.get(0)?,
@@ -473,12 +473,7 @@ fn get_subscriber_tx(tx: &Transaction<'_>, crypto: &Crypto, tenant: &str, id: &s
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    subscriber.lists = subscriber
-        .subscriptions
-        .iter()
-        .filter(|s| s.status != SubscriptionStatus::Unsubscribed)
-        .map(|s| s.list_id.clone())
-        .collect();
+    subscriber.set_subscriptions(subscriptions);
     Ok(Some(subscriber))
 }
 
