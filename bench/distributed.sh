@@ -5,8 +5,12 @@
 #
 #   bench/distributed.sh --recipients N --senders K
 #       [--scale-to M | --kill-one | --restart-each | --broker-outage SECS
-#        | --defer-domain DOMAIN --defer-secs SECS]
+#        | --store-outage SECS | --defer-domain DOMAIN --defer-secs SECS]
 #       [--rate MSGS_PER_S] [--ceiling] [--timeout SECS]
+#
+# The cluster runs on Apache Kafka and the CQL store (deploy/local/engines.sh
+# starts them when they are not up); BROADSIDE_CLUSTER_STORE=sqlite runs it on
+# one shared SQLite file instead.
 #
 # --defer-domain puts a real Postfix in front of the sink that answers 421
 # for DOMAIN until SECS have passed. --ceiling also pushes the same number of
@@ -15,6 +19,10 @@
 #
 # Last line:
 # distributed: recipients=N delivered=<unique> lost=<n> duplicates=<n> in_flight_at_fault=<n> seconds=<s> msgs_per_s=<r>
+#   store=cql|sqlite broker=kafka lwt_per_msg=<r> statements_per_msg=<r>
+# (statements: every store statement every process sent from the campaign's
+# start to its completion, divided by the recipients; a killed process counts
+# up to its last scrape, just before the kill)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,12 +35,13 @@ while [ $# -gt 0 ]; do
     --kill-one) FAULT=kill; shift ;;
     --restart-each) FAULT=restart; shift ;;
     --broker-outage) FAULT=outage; OUTAGE="$2"; shift 2 ;;
+    --store-outage) FAULT=store_outage; OUTAGE="$2"; shift 2 ;;
     --defer-domain) FAULT=defer; DEFER_DOMAIN="$2"; shift 2 ;;
     --defer-secs) DEFER_SECS="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
     --ceiling) CEILING=1; shift ;;
     --timeout) TIMEOUT="$2"; shift 2 ;;
-    *) echo "unknown option $1" >&2; sed -n '2,19p' "$0" >&2; exit 2 ;;
+    *) echo "unknown option $1" >&2; sed -n '2,28p' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -41,9 +50,7 @@ chmod 0755 "$WORK" # smtp-sink writes as nobody
 export BROADSIDE_CLUSTER_DIR="$WORK/cluster"
 export BROADSIDE_CLUSTER_PORT_BASE="${BROADSIDE_CLUSTER_PORT_BASE:-$((20000 + RANDOM % 20000))}"
 CLUSTER="$ROOT/deploy/local/cluster.sh"
-# The broker's durable SQLite engine costs a lot of CPU on a small machine;
-# only the outage scenario needs a log that survives a broker restart.
-if [ "$FAULT" = outage ]; then export BROADSIDE_CLUSTER_BROKER_STORAGE=sqlite; else export BROADSIDE_CLUSTER_BROKER_STORAGE="${BROADSIDE_CLUSTER_BROKER_STORAGE:-memory}"; fi
+STORE_KIND="${BROADSIDE_CLUSTER_STORE:-cql}"
 BIN="${BROADSIDE_BIN:-$ROOT/target/release/broadside}"
 SINK_DIR="$WORK/sink"
 SINK_PORT=$((BROADSIDE_CLUSTER_PORT_BASE + 25))
@@ -115,6 +122,7 @@ wait_delivered() { # fraction of recipients, within 120 s (the fault comes early
   done
 }
 
+read -r LWT0 ALL0 < <("$CLUSTER" statements | awk -F'[ =]' '{ print $2, $2 + $4 + $6 + $8 }')
 started=$(now)
 "$BIN" $DISPATCH campaigns start "$CAMPAIGN" >&2
 IN_FLIGHT=0 MAX_DRAIN=0
@@ -132,7 +140,12 @@ case "$FAULT" in
       say "$out"
       MAX_DRAIN=$(python3 -c "print(max($MAX_DRAIN, float('$(echo "$out" | sed -n 's/.* in \([0-9.]*\)s$/\1/p')' or 0)))")
     done ;;
-  outage) wait_delivered 0.2; say "stopping the broker for ${OUTAGE}s"; "$CLUSTER" stop-broker >&2; sleep "$OUTAGE"; "$CLUSTER" start-broker >&2 ;;
+  outage | store_outage)
+    wait_delivered 0.2
+    what=broker; [ "$FAULT" = store_outage ] && what=store
+    IN_FLIGHT=$("$CLUSTER" in-flight)
+    say "stopping the $what for ${OUTAGE}s ($IN_FLIGHT sends in flight)"
+    "$CLUSTER" "stop-$what" >&2; sleep "$OUTAGE"; "$CLUSTER" "start-$what" >&2 ;;
   defer)
     sleep "$DEFER_SECS"; say "lifting the 421 for $DEFER_DOMAIN after ${DEFER_SECS}s"
     "$ROOT/deploy/local/postfix-relay.sh" "$WORK/postfix" lift >&2 ;;
@@ -149,6 +162,7 @@ while :; do
 done
 finished=$(now)
 SECONDS_TAKEN=$(elapsed "$started" "$finished")
+read -r LWT1 ALL1 < <("$CLUSTER" statements | awk -F'[ =]' '{ print $2, $2 + $4 + $6 + $8 }')
 say "campaign: $line"
 DEFERRED=$(echo "$line" | sed -n 's/.*deferred=\([0-9]*\).*/\1/p')
 
@@ -190,4 +204,5 @@ EOF
 fi
 [ "$FAULT" = restart ] && echo "drains: max_drain_seconds=$MAX_DRAIN"
 echo "campaign: deferred=${DEFERRED:-0}"
-echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED"
+PER_MSG=$(python3 -c "print(f'lwt_per_msg={($LWT1 - $LWT0) / $RECIPIENTS:.2f} statements_per_msg={($ALL1 - $ALL0) / $RECIPIENTS:.2f}')")
+echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED store=$STORE_KIND broker=kafka $PER_MSG"

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs Broadside's whole test suite. Installs what the tests need when it is
 # missing (Postfix for smtp-sink, the relay and the DSN tests, python3-dkim as the
-# independent DKIM verifier, Chromium and chromedriver for the browser test, tansu as the Kafka broker, cargo-nextest,
+# independent DKIM verifier, Chromium and chromedriver for the browser test,
+# Java and Maven for Apache Kafka and Apache Cassandra, cargo-nextest,
 # cargo-deny, a Python venv with Helm's SDK for the chart check), checks the dependencies' licenses and
 # sources (and advisories when online), builds the binaries the black-box and
-# cluster tests run, then runs every test in the workspace.
+# cluster tests run, starts Apache Kafka and Apache Cassandra once
+# (deploy/local/engines.sh; jars cached in ~/.cache/broadside/engines), then
+# runs every test in the workspace and stops the engines it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,10 +32,6 @@ if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v tansu >/dev/null; then
-  echo "tests/run.sh: installing tansu, the Kafka-protocol broker (about 12 minutes, once)"
-  cargo install tansu --locked --features dynostore,libsql
-fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tests/run.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked
@@ -75,9 +74,24 @@ if ! "$HELM_VENV/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev
 fi
 BROADSIDE_BIN=target/release/broadside "$HELM_VENV/bin/python" tests/helm/check_chart.py
 
+# The real engines: Apache Kafka (KRaft) and Apache Cassandra 5.0, once per
+# run, shared by the store suite, the Kafka bus tests and the cluster tests
+# (which stop and start them in their fault scenarios, one test at a time).
+# Stopped at the end only if this run started them.
+ENGINES=deploy/local/engines.sh
+started_engines=()
+stop_engines() { for name in "${started_engines[@]}"; do "$ENGINES" "$name" down || true; done; }
+trap stop_engines EXIT
+for name in kafka cql; do
+  "$ENGINES" "$name" status >/dev/null 2>&1 || started_engines+=("$name")
+  "$ENGINES" "$name" up
+done
+export BROADSIDE_TEST_KAFKA_URI="${BROADSIDE_TEST_KAFKA_URI:-$("$ENGINES" kafka url)}"
 if [ -n "${BROADSIDE_TEST_SCYLLA_URI:-}" ]; then
-  echo "tests/run.sh: the ScyllaDB store suite runs against $BROADSIDE_TEST_SCYLLA_URI"
+  echo "tests/run.sh: the CQL store suite runs against the ScyllaDB node $BROADSIDE_TEST_SCYLLA_URI"
 else
-  echo "tests/run.sh: the ScyllaDB store suite will be SKIPPED: no node given (set BROADSIDE_TEST_SCYLLA_URI, see deploy/scylla/README.md)"
+  BROADSIDE_TEST_SCYLLA_URI="$("$ENGINES" cql url | sed 's|/broadside?|/broadside_test?|')"
+  export BROADSIDE_TEST_SCYLLA_URI
+  echo "tests/run.sh: the CQL store suite runs against the local Apache Cassandra ($BROADSIDE_TEST_SCYLLA_URI)"
 fi
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# A whole Broadside cluster as processes on this machine: a Kafka-protocol
-# broker (tansu, durable on SQLite), each role as its own
-# `broadside serve --roles X`, and N sender replicas, all on loopback.
+# A whole Broadside cluster as processes on this machine, in the shape it is
+# deployed: Apache Kafka as the bus and a CQL database (Apache Cassandra 5.0,
+# or the ScyllaDB node BROADSIDE_CLUSTER_CQL_URI names) as the store, both
+# started by deploy/local/engines.sh; each role as its own
+# `broadside serve --roles X`; and N sender replicas, all on loopback.
 #
 #   deploy/local/cluster.sh up [--senders N] [--smtp URL]   start everything
 #   deploy/local/cluster.sh scale senders N                 add or remove senders
 #   deploy/local/cluster.sh kill-sender [I]                 SIGKILL sender I (default: the last)
 #   deploy/local/cluster.sh restart-sender I                SIGTERM sender I, wait for its drain, start it again
-#   deploy/local/cluster.sh stop-broker | start-broker      take the broker away and bring it back
+#   deploy/local/cluster.sh stop-broker | start-broker      take Kafka away and bring it back
+#   deploy/local/cluster.sh stop-store | start-store        take the CQL node away and bring it back
 #   deploy/local/cluster.sh status                          processes, endpoints, health
-#   deploy/local/cluster.sh down                            stop everything (SIGTERM, then SIGKILL)
+#   deploy/local/cluster.sh statements                      store statements sent so far, by kind, all processes
+#   deploy/local/cluster.sh in-flight                       SMTP transactions in flight, all senders
+#   deploy/local/cluster.sh down                            stop the cluster and drop its keyspace
 #
 # Everything lives in $BROADSIDE_CLUSTER_DIR (default /tmp/broadside-cluster):
-# logs/NAME.log, pids/NAME.pid, the broker's and Broadside's databases, and
-# config.toml. Ports start at $BROADSIDE_CLUSTER_PORT_BASE (default 19000).
-# The broker keeps its log in SQLite unless BROADSIDE_CLUSTER_BROKER_STORAGE=memory.
+# logs/NAME.log, pids/NAME.pid and config.toml. Ports start at
+# $BROADSIDE_CLUSTER_PORT_BASE (default 19000). The engines are shared by
+# every cluster on the machine (`deploy/local/engines.sh kafka|cql down` stops
+# them); a cluster's topics are prefixed and its keyspace named after its
+# port base. BROADSIDE_CLUSTER_STORE=sqlite puts every process on one shared
+# SQLite file instead (a shape nobody deploys; for comparison only).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DIR="${BROADSIDE_CLUSTER_DIR:-/tmp/broadside-cluster}"
 BASE="${BROADSIDE_CLUSTER_PORT_BASE:-19000}"
 BIN="${BROADSIDE_BIN:-$ROOT/target/release/broadside}"
-BROKER_PORT=$((BASE + 92))
+ENGINES="$ROOT/deploy/local/engines.sh"
+PROBE="$ROOT/deploy/local/engines/probe.py"
+STORE_KIND="${BROADSIDE_CLUSTER_STORE:-cql}"
+KEYSPACE="broadside_c$BASE"
 ROLES=(subscribers segmentation dispatch feedback)
 
 log() { echo "cluster: $*" >&2; }
@@ -49,36 +60,35 @@ wait_port() { # port name; up to 60 s (a loaded machine starts slowly), then the
   die "$2 did not start"
 }
 
-ensure_tansu() {
-  command -v tansu >/dev/null && return
-  [ -x "$HOME/.cargo/bin/tansu" ] && export PATH="$HOME/.cargo/bin:$PATH" && return
-  log "installing tansu (about 12 minutes the first time)"
-  cargo install tansu --locked --features dynostore,libsql >&2
-  export PATH="$HOME/.cargo/bin:$PATH"
-}
-
 ensure_binary() {
   [ -x "$BIN" ] && return
   log "building $BIN"
   (cd "$ROOT" && cargo build --release -p broadside >&2)
 }
 
-start_broker() {
-  ensure_tansu
-  alive broker && return
-  # Durable on SQLite by default (survives a broker restart, committed offsets
-  # too); BROADSIDE_CLUSTER_BROKER_STORAGE=memory is several times faster.
-  # tansu resolves sqlite:// paths against its working directory.
-  local storage="sqlite://broker.db"
-  [ "${BROADSIDE_CLUSTER_BROKER_STORAGE:-sqlite}" = memory ] && storage="memory://tansu/"
-  (cd "$DIR" && env -u OTEL_EXPORTER_OTLP_ENDPOINT nohup tansu broker \
-    --storage-engine "$storage" \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    >>"$DIR/logs/broker.log" 2>&1 & echo $! >"$DIR/pids/broker.pid")
-  wait_port "$BROKER_PORT" broker
-  log "broker up on 127.0.0.1:$BROKER_PORT (pid $(pid_of broker))"
+start_broker() { "$ENGINES" kafka up; }
+
+# The CQL node: a ScyllaDB node named by BROADSIDE_CLUSTER_CQL_URI
+# (scylla://HOST:PORT/any?dc=DC; the keyspace is replaced), else the local
+# Apache Cassandra of engines.sh.
+start_store() {
+  [ "$STORE_KIND" = cql ] || return 0
+  [ -n "${BROADSIDE_CLUSTER_CQL_URI:-}" ] || "$ENGINES" cql up
 }
+
+store_url() {
+  case "$STORE_KIND" in
+    sqlite) echo "sqlite://$DIR/data/broadside.db" ;;
+    cql)
+      local base="${BROADSIDE_CLUSTER_CQL_URI:-$("$ENGINES" cql url)}"
+      python3 -c 'import sys, urllib.parse as p; u = p.urlsplit(sys.argv[1]); print(p.urlunsplit((u.scheme, u.netloc, "/" + sys.argv[2], u.query, "")))' \
+        "$base" "$KEYSPACE" ;;
+    *) die "BROADSIDE_CLUSTER_STORE must be cql or sqlite, not $STORE_KIND" ;;
+  esac
+}
+
+# host:port of the first CQL node, for the few statements this script runs itself.
+cql_address() { store_url | sed 's|^scylla://\([^,/]*\).*|\1|'; }
 
 # Starts one `broadside serve` process. $1 is the name (a role or sender-I).
 start_node() {
@@ -97,11 +107,35 @@ start_node() {
   log "$name up: grpc 127.0.0.1:$(grpc_port "$name") admin 127.0.0.1:$(admin_port "$name") (pid $(pid_of "$name"))"
 }
 
+# "lwt write read batch": the store statements process NAME has sent (from its /metrics).
+scrape_statements() {
+  curl -s --max-time 5 "http://127.0.0.1:$(admin_port "$1")/metrics" 2>/dev/null | awk '
+    /^broadside_store_statements_total\{/ { match($0, /kind="[a-z]+"/); kind = substr($0, RSTART + 6, RLENGTH - 7); n[kind] = $NF }
+    END { printf "%d %d %d %d\n", n["lwt"], n["write"], n["read"], n["batch"] }'
+}
+
+# Keeps what a process has sent before it goes away, so `statements` still counts it
+# (what it sends between this scrape and its exit is missed).
+remember_statements() { scrape_statements "$1" >>"$DIR/statements.gone" || true; }
+
+cmd_statements() {
+  { for name in $(ls "$DIR/pids" 2>/dev/null | sed 's/\.pid$//'); do alive "$name" && scrape_statements "$name"; done
+    cat "$DIR/statements.gone" 2>/dev/null || true
+  } | awk '{ l += $1; w += $2; r += $3; b += $4 } END { printf "lwt=%d write=%d read=%d batch=%d\n", l, w, r, b }'
+}
+
+cmd_in_flight() {
+  for name in $(senders); do
+    alive "$name" && curl -s --max-time 5 "http://127.0.0.1:$(admin_port "$name")/metrics" 2>/dev/null
+  done | awk '/^broadside_sends_in_flight / { n += $NF } END { print n + 0 }'
+}
+
 # SIGTERM, then wait up to $2 seconds for the drain before SIGKILL.
 stop_node() {
   local name="$1" grace="${2:-60}" pid
   pid="$(pid_of "$name")"
   [ -n "$pid" ] || return 0
+  kill -0 "$pid" 2>/dev/null && remember_statements "$name"
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 $((grace * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -118,10 +152,11 @@ write_config() {
 data_dir = "$DIR/data"
 
 [store]
-url = "sqlite://$DIR/data/broadside.db"
+url = "$(store_url)"
 
 [bus]
-url = "kafka://127.0.0.1:$BROKER_PORT"
+url = "$("$ENGINES" kafka url)"
+topic_prefix = "broadside.c$BASE."
 partitions = ${BROADSIDE_CLUSTER_PARTITIONS:-12}
 session_timeout_ms = 6000
 assignment_strategy = "${BROADSIDE_CLUSTER_ASSIGNMENT:-cooperative-sticky}"
@@ -156,15 +191,16 @@ cmd_up() {
   mkdir -p "$DIR/logs" "$DIR/pids" "$DIR/data"
   [ -n "$smtp" ] || smtp="capture://$DIR/outbox"
   ensure_binary
-  [ -f "$DIR/config.toml" ] || write_config "$smtp"
   start_broker
-  BROADSIDE_CONFIG="$DIR/config.toml" "$BIN" migrate >>"$DIR/logs/migrate.log" 2>&1 || die "migrate failed (see $DIR/logs/migrate.log)"
+  start_store
+  [ -f "$DIR/config.toml" ] || write_config "$smtp"
+  BROADSIDE_CONFIG="$DIR/config.toml" "$BIN" migrate >>"$DIR/logs/migrate.log" 2>&1 || {
+    tail -n 20 "$DIR/logs/migrate.log" >&2; die "migrate failed (see $DIR/logs/migrate.log)"; }
   for role in "${ROLES[@]}"; do start_node "$role" & done
   for i in $(seq 1 "$senders"); do start_node "sender-$i" & done
   wait
-  log "up: $(ls "$DIR/pids" | wc -l) processes; subscribers at http://127.0.0.1:$(grpc_port subscribers), dispatch at http://127.0.0.1:$(grpc_port dispatch)"
+  log "up: $(ls "$DIR/pids" | wc -l) processes on $(store_url | sed 's/?.*//'); subscribers at http://127.0.0.1:$(grpc_port subscribers), dispatch at http://127.0.0.1:$(grpc_port dispatch)"
 }
-
 cmd_scale() {
   [ "${1:-}" = senders ] || die "usage: scale senders N"
   local want="$2" have
@@ -183,6 +219,12 @@ cmd_scale() {
 # Prints the number of claims the sender held unfinished when it died: the
 # messages that were in flight and may be sent again by whoever takes over.
 in_flight_claims() {
+  if [ "$STORE_KIND" = cql ]; then
+    # A scan of the whole ledger (ALLOW FILTERING): fine for a test cluster, never in Broadside itself.
+    python3 "$PROBE" cql "$(cql_address)" \
+      "SELECT count(*) FROM $KEYSPACE.send_ledger WHERE owner = '$1' AND state = 'claimed' ALLOW FILTERING"
+    return
+  fi
   python3 - "$DIR/data/broadside.db" "$1" <<'EOF'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], timeout=30)
@@ -194,6 +236,7 @@ cmd_kill_sender() {
   local name="sender-${1:-}"
   [ -n "${1:-}" ] || name="$(senders | tail -1)"
   [ -n "$name" ] && alive "$name" || die "no running sender to kill"
+  remember_statements "$name"
   kill -KILL "$(pid_of "$name")"
   rm -f "$DIR/pids/$name.pid"
   sleep 0.2
@@ -211,17 +254,18 @@ cmd_restart_sender() {
 cmd_status() {
   for file in "$DIR"/pids/*.pid; do
     [ -e "$file" ] || continue
-    local name; name="$(basename "$file" .pid)"
-    local state=dead
+    local name ready state=dead
+    name="$(basename "$file" .pid)"
     alive "$name" && state=running
-    if [ "$name" = broker ]; then
-      printf '%-14s %-8s pid %-7s kafka 127.0.0.1:%s\n' "$name" "$state" "$(pid_of "$name")" "$BROKER_PORT"
-    else
-      local ready; ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(admin_port "$name")/readyz" 2>/dev/null || true)"
-      printf '%-14s %-8s pid %-7s grpc 127.0.0.1:%s admin 127.0.0.1:%s ready=%s\n' "$name" "$state" "$(pid_of "$name")" \
-        "$(grpc_port "$name")" "$(admin_port "$name")" "$ready"
-    fi
+    ready="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(admin_port "$name")/readyz" 2>/dev/null || true)"
+    printf '%-14s %-8s pid %-7s grpc 127.0.0.1:%s admin 127.0.0.1:%s ready=%s\n' "$name" "$state" "$(pid_of "$name")" \
+      "$(grpc_port "$name")" "$(admin_port "$name")" "$ready"
   done
+  "$ENGINES" kafka status || true
+  if [ "$STORE_KIND" = cql ]; then
+    [ -n "${BROADSIDE_CLUSTER_CQL_URI:-}" ] || "$ENGINES" cql status || true
+  fi
+  echo "store: $(store_url)"
   echo "logs: $DIR/logs"
 }
 
@@ -230,8 +274,15 @@ cmd_down() {
   wait
   for role in "${ROLES[@]}"; do stop_node "$role" 30 & done
   wait
-  stop_node broker 10
-  log "down"
+  if [ "$STORE_KIND" = cql ] && [ "${BROADSIDE_CLUSTER_KEEP_KEYSPACE:-0}" != 1 ]; then
+    python3 "$PROBE" cql "$(cql_address)" "DROP KEYSPACE IF EXISTS $KEYSPACE" >/dev/null ||
+      log "could not drop keyspace $KEYSPACE (is the CQL node up?)"
+  fi
+  log "down (the engines keep running: deploy/local/engines.sh kafka|cql down)"
+}
+
+local_store_only() {
+  [ "$STORE_KIND" = cql ] && [ -z "${BROADSIDE_CLUSTER_CQL_URI:-}" ] || die "only the local CQL node of engines.sh can be stopped and started"
 }
 
 case "${1:-}" in
@@ -239,9 +290,13 @@ case "${1:-}" in
   scale) shift; cmd_scale "$@" ;;
   kill-sender) shift; cmd_kill_sender "$@" ;;
   restart-sender) shift; cmd_restart_sender "$@" ;;
-  stop-broker) stop_node broker 10; log "broker stopped" ;;
-  start-broker) mkdir -p "$DIR/logs" "$DIR/pids"; start_broker ;;
+  stop-broker) "$ENGINES" kafka down ;;
+  start-broker) start_broker ;;
+  stop-store) local_store_only; "$ENGINES" cql down ;;
+  start-store) local_store_only; start_store ;;
   status) cmd_status ;;
+  statements) cmd_statements ;;
+  in-flight) cmd_in_flight ;;
   down) cmd_down ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

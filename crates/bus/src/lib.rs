@@ -2,11 +2,14 @@
 //! partitions, consumer groups, and offsets committed only after the effect.
 //!
 //! `embedded://` keeps a durable log in the embedded SQLite database, so a
-//! restart loses and repeats nothing. `kafka://` arrives with the Kafka issue.
+//! restart loses and repeats nothing. `kafka://` is Apache Kafka. Both pass
+//! one conformance suite (`suite.rs`).
 
 mod consume;
 mod embedded;
 mod kafka;
+#[cfg(test)]
+mod suite;
 
 use std::time::Duration;
 

@@ -10,6 +10,7 @@ mod model;
 pub mod schedule;
 pub mod scylla;
 mod sqlite;
+pub mod statements;
 #[doc(hidden)]
 pub mod suite;
 mod upsert;
@@ -21,8 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use model::*;
-pub use scylla::{Retention, ScyllaStore, ScyllaUri};
+pub use scylla::{CqlServer, Retention, ScyllaStore, ScyllaUri};
 pub use sqlite::SqliteStore;
+pub use statements::{StatementCounts, StatementKind};
 
 /// A store failure. `NotFound` and `Conflict` are the caller's problem;
 /// `Backend` is ours (disk, connection, corruption).

@@ -741,7 +741,7 @@ mod scylla {
         assert_eq!(ScyllaStore::migrate(&uri).await.unwrap(), vec![1]);
         assert!(ScyllaStore::migrate(&uri).await.unwrap().is_empty(), "a second run has nothing to do");
         let store = ScyllaStore::connect(&uri, master(), retention).await.unwrap();
-        println!("ScyllaDB store suite: keyspace {}", uri.keyspace);
+        println!("ScyllaDB store suite: server {}, keyspace {}", store.server().await.unwrap(), uri.keyspace);
         super::run_all(&store).await;
         store.drop_keyspace().await.unwrap();
     }

@@ -1,6 +1,6 @@
 //! Prometheus metrics shared by the roles of one process.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +42,15 @@ pub struct TopicLabels {
     pub topic: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatementLabels {
+    /// `lwt`, `write`, `read` or `batch`.
+    pub kind: String,
+}
+
+/// Reads the store's running statement totals, by kind label.
+type StatementSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
 /// Every metric Broadside exports. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -75,6 +84,10 @@ pub struct Metrics {
     pub segment_behavior_bytes: Gauge,
     /// Inbound feedback by kind and class (bounce/hard, complaint/complaint, unsubscribe/one_click, ...).
     pub feedback: Family<FeedbackLabels, Counter>,
+    /// Statements sent to the store, by kind (CQL stores; synced from the store's totals at each scrape).
+    pub store_statements: Family<StatementLabels, Counter>,
+    statement_source: Arc<OnceLock<StatementSource>>,
+    statement_sync: Arc<Mutex<()>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,7 +159,16 @@ impl Metrics {
         );
         let feedback = Family::<FeedbackLabels, Counter>::default();
         registry.register("feedback", "Inbound feedback by kind and class", feedback.clone());
+        let store_statements = Family::<StatementLabels, Counter>::default();
+        registry.register(
+            "store_statements",
+            "Statements sent to the store by kind (lwt, write, read, batch)",
+            store_statements.clone(),
+        );
         Self {
+            store_statements,
+            statement_source: Arc::default(),
+            statement_sync: Arc::default(),
             segment_subscribers,
             segment_projection_bytes,
             segment_behavior_events,
@@ -211,8 +233,29 @@ impl Metrics {
         self.feedback.get_or_create(&FeedbackLabels { kind: kind.to_owned(), class: class.to_owned() }).inc();
     }
 
+    /// Exports the store's statement totals (set once, by the process that opened the store).
+    pub fn observe_store_statements(&self, source: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static) {
+        if self.statement_source.set(Box::new(source)).is_err() {
+            tracing::warn!("store statement totals are already observed");
+        }
+    }
+
+    /// Brings `store_statements` up to the store's totals (which only grow).
+    fn sync_store_statements(&self) {
+        let Some(source) = self.statement_source.get() else { return };
+        let _one_at_a_time = self.statement_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (kind, total) in source() {
+            let counter = self.store_statements.get_or_create(&StatementLabels { kind: kind.to_owned() });
+            let exported = counter.get();
+            if total > exported {
+                counter.inc_by(total - exported);
+            }
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.sync_store_statements();
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(%error, "encoding metrics failed");

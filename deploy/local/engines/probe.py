@@ -4,6 +4,10 @@
     probe.py kafka HOST:PORT   Kafka Metadata v1: prints "brokers=N controller=ID"
     probe.py cql HOST:PORT     CQL native protocol v4: prints the server's
                                release_version from system.local
+    probe.py cql HOST:PORT "STATEMENT"
+                               runs one CQL statement (no bind values) and
+                               prints the first column of each row it returns
+                               (text, int and bigint columns)
 
 Exits 0 when the engine answered, 1 (with the reason) when it did not. No
 client library: deploy/local/engines.sh runs it before anything is installed.
@@ -54,8 +58,15 @@ def cql_frame(opcode, body, stream=1):
 
 
 def cql_read(sock):
-    version, _flags, _stream, opcode, length = struct.unpack(">BBhBi", recv_exact(sock, 9))
+    version, flags, _stream, opcode, length = struct.unpack(">BBhBi", recv_exact(sock, 9))
     body = recv_exact(sock, length)
+    if flags & 0x02:  # tracing: a session id comes first
+        body = body[16:]
+    if flags & 0x08:  # warnings: a [string list] comes first
+        count, offset = struct.unpack(">H", body[:2])[0], 2
+        for _ in range(count):
+            offset += 2 + struct.unpack(">H", body[offset:offset + 2])[0]
+        body = body[offset:]
     if opcode == 0x00:  # ERROR: [int code][string message]
         code = struct.unpack(">i", body[:4])[0]
         message_len = struct.unpack(">H", body[4:6])[0]
@@ -63,48 +74,71 @@ def cql_read(sock):
     return opcode, body
 
 
-def cql(address):
+def cql(address, statement="SELECT release_version FROM system.local"):
     host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
         key, value = b"CQL_VERSION", b"3.0.0"
         startup = struct.pack(">H", 1) + struct.pack(">H", len(key)) + key + struct.pack(">H", len(value)) + value
         sock.sendall(cql_frame(0x01, startup))
         opcode, _ = cql_read(sock)
         if opcode != 0x02:
             raise RuntimeError(f"expected READY, got opcode {opcode} (authentication is not supported by this probe)")
-        query = b"SELECT release_version FROM system.local"
+        query = statement.encode()
         body = struct.pack(">i", len(query)) + query + struct.pack(">HB", 0x0001, 0)  # consistency ONE, no flags
         sock.sendall(cql_frame(0x07, body, stream=2))
         opcode, body = cql_read(sock)
     kind = struct.unpack(">i", body[:4])[0]
-    if opcode != 0x08 or kind != 0x0002:
-        raise RuntimeError(f"expected a Rows result, got opcode {opcode} kind {kind}")
+    if opcode != 0x08:
+        raise RuntimeError(f"expected a RESULT, got opcode {opcode}")
+    if kind != 0x0002:  # Void, SetKeyspace, SchemaChange: done
+        return ""
     flags, columns = struct.unpack(">ii", body[4:12])
     offset = 12
     if flags & 0x0002:  # has_more_pages: skip the paging state
         offset += 4 + struct.unpack(">i", body[offset:offset + 4])[0]
-    if flags & 0x0001:  # global table spec: keyspace and table names
+    global_spec = flags & 0x0001
+    if global_spec:  # keyspace and table names, once
         for _ in range(2):
             offset += 2 + struct.unpack(">H", body[offset:offset + 2])[0]
-    for _ in range(columns):  # column name and type id (varchar: no parameters)
-        offset += 2 + struct.unpack(">H", body[offset:offset + 2])[0]
+    types = []
+    for _ in range(columns):  # [keyspace, table,] name, type id (simple types only)
+        for _ in range(1 if global_spec else 3):
+            offset += 2 + struct.unpack(">H", body[offset:offset + 2])[0]
+        types.append(struct.unpack(">H", body[offset:offset + 2])[0])
         offset += 2
     rows = struct.unpack(">i", body[offset:offset + 4])[0]
-    if rows < 1:
+    offset += 4
+    values = []
+    for _ in range(rows):
+        for column in range(columns):
+            length = struct.unpack(">i", body[offset:offset + 4])[0]
+            cell = body[offset + 4:offset + 4 + max(length, 0)]
+            offset += 4 + max(length, 0)
+            if column == 0:
+                values.append(decode_cell(types[0], cell, length))
+    if statement.startswith("SELECT release_version") and not values:
         raise RuntimeError("system.local has no row")
-    length = struct.unpack(">i", body[offset + 4:offset + 8])[0]
-    return body[offset + 8:offset + 8 + length].decode()
+    return "\n".join(values)
+
+
+def decode_cell(type_id, cell, length):
+    if length < 0:
+        return "null"
+    if type_id in (0x0002, 0x0009):  # bigint, int
+        return str(int.from_bytes(cell, "big", signed=True))
+    return cell.decode(errors="replace")
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("kafka", "cql"):
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("kafka", "cql") or (len(sys.argv) == 4 and sys.argv[1] != "cql"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
-        print({"kafka": kafka, "cql": cql}[sys.argv[1]](sys.argv[2]))
+        print({"kafka": kafka, "cql": cql}[sys.argv[1]](*sys.argv[2:]))
         return 0
     except Exception as error:  # the caller prints this and retries
-        print(f"{sys.argv[1]} at {sys.argv[2]} does not answer yet: {error}", file=sys.stderr)
+        what = "does not answer yet" if len(sys.argv) == 3 else "refused the statement"
+        print(f"{sys.argv[1]} at {sys.argv[2]} {what}: {error}", file=sys.stderr)
         return 1
 
 

@@ -11,13 +11,15 @@ use broadside_config::{BusUrl, Config, SmtpUrl, StoreUrl};
 use broadside_mail::token::TokenSigner;
 use broadside_mail::transport::{RelayOptions, Transport};
 use broadside_store::crypto::{MasterKey, MasterKeys, TenantKeys};
-use broadside_store::{DynStore, Retention, ScyllaStore, ScyllaUri, SqliteStore};
+use broadside_store::{DynStore, Retention, ScyllaStore, ScyllaUri, SqliteStore, StatementCounts};
 
 /// The backends one process uses.
 #[derive(Clone)]
 pub struct Backends {
     pub store: DynStore,
     pub bus: DynBus,
+    /// The statements the store sends, by kind (CQL stores only).
+    pub statements: Option<StatementCounts>,
 }
 
 /// Opens the store and bus named by `store.url` and `bus.url`. The embedded
@@ -28,7 +30,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Backends> {
         StoreUrl::Sqlite(path) => path,
         // Config validation makes the bus Kafka here.
         StoreUrl::Scylla { .. } => {
-            return Ok(Backends { store: open_scylla(config).await?, bus: Arc::new(kafka(config)?) });
+            let store = open_scylla(config).await?;
+            let statements = Some(store.statement_counts());
+            return Ok(Backends { store: Arc::new(store), bus: Arc::new(kafka(config)?), statements });
         }
     };
     let store = SqliteStore::open(&path, master_keys(config)?)
@@ -44,7 +48,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Backends> {
         }
         BusUrl::Kafka(_) => Arc::new(kafka(config)?),
     };
-    Ok(Backends { store: Arc::new(store), bus })
+    Ok(Backends { store: Arc::new(store), bus, statements: None })
 }
 
 /// The `scylla://` URL of `store.url`, parsed with errors that name the option.
@@ -53,14 +57,14 @@ pub fn scylla_uri(config: &Config) -> anyhow::Result<ScyllaUri> {
 }
 
 /// Connects to the migrated ScyllaDB keyspace of `store.url`.
-async fn open_scylla(config: &Config) -> anyhow::Result<DynStore> {
+async fn open_scylla(config: &Config) -> anyhow::Result<ScyllaStore> {
     let uri = scylla_uri(config)?;
     let retention =
         Retention { feedback_days: config.feedback.retention_days, behavior_days: config.behavior.retention_days };
     let store = ScyllaStore::connect(&uri, master_keys(config)?, retention)
         .await
         .with_context(|| format!("store.url: cannot open keyspace {} on {}", uri.keyspace, uri.hosts.join(",")))?;
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// `broadside migrate`: brings the store's schema up to date and says what it did.

@@ -16,6 +16,7 @@ use broadside_proto::v1::segment_service_server::SegmentServiceServer;
 use broadside_proto::v1::subscriber_service_server::SubscriberServiceServer;
 use broadside_proto::v1::template_service_server::TemplateServiceServer;
 use broadside_sender::{Sender, SenderSettings};
+use broadside_store::StatementKind;
 use broadside_telemetry::{Metrics, Readiness};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -135,6 +136,11 @@ impl Node {
             limits.http_per_ip_per_second,
         );
         let metrics = Metrics::new();
+        if let Some(counts) = backends.statements.clone() {
+            metrics.observe_store_statements(move || {
+                StatementKind::ALL.iter().map(|kind| (kind.label(), counts.total(*kind))).collect()
+            });
+        }
         let readiness = Readiness::default();
         let workers_stop = CancellationToken::new();
         let servers_stop = CancellationToken::new();

@@ -1,10 +1,12 @@
 //! Versioned CQL migrations from `deploy/scylla/`, applied by `broadside
-//! migrate`: create the keyspace (NetworkTopologyStrategy, tablets off for
-//! LWT), then each file not yet recorded in `schema_migrations`. Every
-//! statement is `IF NOT EXISTS`, so a run cut short is simply run again.
+//! migrate`: create the keyspace (NetworkTopologyStrategy; on ScyllaDB with
+//! tablets off, for LWT and counters), then each file not yet recorded in
+//! `schema_migrations`. Every statement is `IF NOT EXISTS`, so a run cut
+//! short is simply run again.
 
 use scylla::client::session::Session;
 
+use super::CqlServer;
 use super::uri::ScyllaUri;
 use crate::{Result, StoreError};
 
@@ -34,14 +36,16 @@ pub(super) fn statements(cql: &str) -> Vec<String> {
     out
 }
 
-pub(super) fn keyspace_cql(uri: &ScyllaUri) -> String {
+/// The keyspace's CQL. `tablets` is ScyllaDB's option (Apache Cassandra
+/// rejects it), so it is added only when the server is ScyllaDB.
+pub(super) fn keyspace_cql(uri: &ScyllaUri, server: &CqlServer) -> String {
     let replication = match &uri.dc {
         Some(dc) => format!("'{}': {}", dc.replace('\'', "''"), uri.replication_factor),
         None => format!("'replication_factor': {}", uri.replication_factor),
     };
+    let tablets = if server.scylla { " AND tablets = {'enabled': false}" } else { "" };
     format!(
-        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', {replication}}} \
-         AND tablets = {{'enabled': false}}",
+        "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {{'class': 'NetworkTopologyStrategy', {replication}}}{tablets}",
         uri.keyspace
     )
 }
@@ -86,8 +90,10 @@ pub(super) fn latest() -> i32 {
 
 /// Creates the keyspace and applies every missing migration; returns the versions applied now.
 pub(super) async fn run(session: &Session, uri: &ScyllaUri) -> Result<Vec<i32>> {
-    session.query_unpaged(keyspace_cql(uri), ()).await.map_err(|e| {
-        failed(&format!("creating keyspace {} (ScyllaDB 6.0 or later: the tablets option)", uri.keyspace), e)
+    let server = CqlServer::of(session).await?;
+    session.query_unpaged(keyspace_cql(uri, &server), ()).await.map_err(|e| {
+        let hint = if server.scylla { " (ScyllaDB 6.0 or later: the tablets option)" } else { "" };
+        failed(&format!("creating keyspace {} on {server}{hint}", uri.keyspace), e)
     })?;
     let done = applied(session, &uri.keyspace).await?;
     let mut now = Vec::new();
@@ -144,11 +150,14 @@ mod tests {
     }
 
     #[test]
-    fn the_keyspace_uses_network_topology_without_tablets() {
+    fn the_keyspace_uses_network_topology_and_turns_tablets_off_only_on_scylla() {
         let uri = ScyllaUri::parse("scylla://h:9042/broadside?dc=eu_west&rf=3").unwrap();
-        let cql = keyspace_cql(&uri);
+        let scylla = CqlServer { scylla: true, version: "6.2.0".into() };
+        let cql = keyspace_cql(&uri, &scylla);
         assert!(cql.contains("'class': 'NetworkTopologyStrategy', 'eu_west': 3"), "{cql}");
         assert!(cql.ends_with("AND tablets = {'enabled': false}"), "{cql}");
+        let cassandra = CqlServer { scylla: false, version: "5.0.6".into() };
+        assert!(!keyspace_cql(&uri, &cassandra).contains("tablets"), "Apache Cassandra rejects the option");
     }
 
     /// The files on disk are the ones compiled in, in version order.

@@ -21,6 +21,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 use crate::crypto::MasterKeys;
+use crate::statements::{StatementCounts, StatementKind};
 use crate::{Result, StoreError};
 
 mod access;
@@ -77,6 +78,45 @@ pub(crate) fn parse_cursor(token: Option<&str>) -> (i32, String) {
     }
 }
 
+/// The CQL server that answers: ScyllaDB or Apache Cassandra (which ScyllaDB
+/// keeps protocol- and language-compatible with), and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CqlServer {
+    pub scylla: bool,
+    pub version: String,
+}
+
+impl CqlServer {
+    /// ScyllaDB nodes advertise their shards in the protocol's SUPPORTED
+    /// options, which the driver keeps as each node's sharder; Cassandra has
+    /// none. ScyllaDB's own version is in `system.versions` (its
+    /// `system.local.release_version` is a fixed Cassandra-compatible one).
+    async fn of(session: &Session) -> Result<Self> {
+        let scylla = session.get_cluster_state().get_nodes_info().iter().any(|node| node.sharder().is_some());
+        let (query, column) = if scylla {
+            ("SELECT version FROM system.versions WHERE key = 'local'", "version")
+        } else {
+            ("SELECT release_version FROM system.local WHERE key = 'local'", "release_version")
+        };
+        let version = session
+            .query_unpaged(query, ())
+            .await
+            .ok()
+            .and_then(|result| result.into_rows_result().ok())
+            .and_then(|rows| rows.maybe_first_row::<(Option<String>,)>().ok().flatten())
+            .and_then(|(version,)| version)
+            .unwrap_or_else(|| format!("unknown (no {column})"));
+        Ok(Self { scylla, version })
+    }
+}
+
+impl std::fmt::Display for CqlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.scylla { "ScyllaDB" } else { "Apache Cassandra" };
+        write!(f, "{name} {}", self.version)
+    }
+}
+
 /// The ScyllaDB store. Cheap to clone.
 #[derive(Clone)]
 pub struct ScyllaStore {
@@ -89,6 +129,7 @@ struct Inner {
     keys: keys::Keys,
     uri: ScyllaUri,
     retention: Retention,
+    statements: StatementCounts,
 }
 
 fn backend(what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -174,14 +215,34 @@ impl ScyllaStore {
         }
         session.use_keyspace(&uri.keyspace, false).await.map_err(|e| backend("use keyspace", e))?;
         let st = cql::Statements::prepare(&session, uri).await?;
-        tracing::info!(hosts = %uri.hosts.join(","), keyspace = %uri.keyspace, dc = ?uri.dc, "connected to ScyllaDB");
-        Ok(Self { inner: Arc::new(Inner { session, st, keys: keys::Keys::new(master), uri: uri.clone(), retention }) })
+        let server = CqlServer::of(&session).await?;
+        tracing::info!(hosts = %uri.hosts.join(","), keyspace = %uri.keyspace, dc = ?uri.dc, %server, "connected to the CQL store");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                session,
+                st,
+                keys: keys::Keys::new(master),
+                uri: uri.clone(),
+                retention,
+                statements: StatementCounts::default(),
+            }),
+        })
     }
 
     /// Creates the keyspace and applies the missing migrations; returns the
     /// versions applied now (empty when it was current).
     pub async fn migrate(uri: &ScyllaUri) -> Result<Vec<i32>> {
         migrate::run(&session(uri, None).await?, uri).await
+    }
+
+    /// The statements this store has sent, by kind (shared totals).
+    pub fn statement_counts(&self) -> StatementCounts {
+        self.inner.statements.clone()
+    }
+
+    /// The server this store is connected to (for logs and `migrate`).
+    pub async fn server(&self) -> Result<CqlServer> {
+        CqlServer::of(&self.inner.session).await
     }
 
     /// Drops the keyspace (test clean-up only).
@@ -206,6 +267,7 @@ impl ScyllaStore {
 
     /// Runs a write (or a read whose rows are not wanted).
     async fn exec(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<()> {
+        self.inner.statements.count(StatementKind::Write);
         self.inner
             .session
             .execute_unpaged(statement, values)
@@ -220,6 +282,7 @@ impl ScyllaStore {
         R: for<'f> DeserializeRow<'f, 'f>,
     {
         let what = statement.get_statement();
+        self.inner.statements.count(StatementKind::Read);
         let result = self.inner.session.execute_unpaged(statement, values).await.map_err(|e| backend(what, e))?;
         let rows = result.into_rows_result().map_err(|e| backend(what, e))?;
         let typed = rows.rows::<R>().map_err(|e| backend(what, e))?;
@@ -239,6 +302,7 @@ impl ScyllaStore {
         R: 'static + for<'f, 'm> DeserializeRow<'f, 'm>,
     {
         let what = statement.get_statement();
+        self.inner.statements.count(StatementKind::Read);
         let pager = self.inner.session.execute_iter(statement.clone(), values).await.map_err(|e| backend(what, e))?;
         pager.rows_stream::<R>().map_err(|e| backend(what, e))?.try_collect().await.map_err(|e| backend(what, e))
     }
@@ -247,18 +311,21 @@ impl ScyllaStore {
     /// did not, the current values of the columns it tested.
     async fn lwt(&self, statement: &PreparedStatement, values: impl SerializeRow) -> Result<Lwt> {
         let what = statement.get_statement();
+        self.inner.statements.count(StatementKind::Lwt);
         let result = self.inner.session.execute_unpaged(statement, values).await.map_err(|e| backend(what, e))?;
         Lwt::from_result(result, what)
     }
 
     /// A conditional batch inside one partition.
     async fn lwt_batch(&self, batch: &Batch, values: impl scylla::serialize::batch::BatchValues) -> Result<Lwt> {
+        self.inner.statements.count(StatementKind::Lwt);
         let result = self.inner.session.batch(batch, values).await.map_err(|e| backend("batch", e))?;
         Lwt::from_result(result, "batch")
     }
 
     /// An unconditional batch inside one partition (atomic and isolated there).
     async fn batch(&self, batch: &Batch, values: impl scylla::serialize::batch::BatchValues) -> Result<()> {
+        self.inner.statements.count(StatementKind::Batch);
         self.inner.session.batch(batch, values).await.map_err(|e| backend("batch", e))?;
         Ok(())
     }
