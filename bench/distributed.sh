@@ -19,7 +19,8 @@
 #
 # Last line:
 # distributed: recipients=N delivered=<unique> lost=<n> duplicates=<n> in_flight_at_fault=<n> seconds=<s> msgs_per_s=<r>
-#   store=cql|sqlite broker=kafka lwt_per_msg=<r> statements_per_msg=<r>
+#   completed=1|0 redispatched=<n> store=cql|sqlite broker=kafka lwt_per_msg=<r> statements_per_msg=<r>
+#   reads_per_msg=<r> writes_per_msg=<r> batches_per_msg=<r>
 # (statements: every store statement every process sent from the campaign's
 # start to its completion, divided by the recipients; a killed process counts
 # up to its last scrape, just before the kill)
@@ -122,7 +123,7 @@ wait_delivered() { # fraction of recipients, within 120 s (the fault comes early
   done
 }
 
-read -r LWT0 ALL0 < <("$CLUSTER" statements | awk -F'[ =]' '{ print $2, $2 + $4 + $6 + $8 }')
+STATEMENTS0=$("$CLUSTER" statements)
 started=$(now)
 "$BIN" $DISPATCH campaigns start "$CAMPAIGN" >&2
 IN_FLIGHT=0 MAX_DRAIN=0
@@ -151,10 +152,10 @@ case "$FAULT" in
     "$ROOT/deploy/local/postfix-relay.sh" "$WORK/postfix" lift >&2 ;;
 esac
 
-deadline=$(( $(date +%s) + TIMEOUT ))
+deadline=$(( $(date +%s) + TIMEOUT )) COMPLETED=0
 while :; do
   line=$(stats || true)
-  case "$line" in *state=completed*) break ;; esac
+  case "$line" in *state=completed*) COMPLETED=1; break ;; esac
   if [ "$(date +%s)" -gt "$deadline" ]; then
     diagnose "campaign did not complete within ${TIMEOUT}s: $line (cluster kept in $WORK)"; break
   fi
@@ -162,7 +163,9 @@ while :; do
 done
 finished=$(now)
 SECONDS_TAKEN=$(elapsed "$started" "$finished")
-read -r LWT1 ALL1 < <("$CLUSTER" statements | awk -F'[ =]' '{ print $2, $2 + $4 + $6 + $8 }')
+STATEMENTS1=$("$CLUSTER" statements)
+# Jobs the dispatch reconciler had to send again because no sender took them (0 when none went astray).
+REDISPATCHED=$(sed 's/\x1b\[[0-9;]*m//g' "$BROADSIDE_CLUSTER_DIR/logs/dispatch.log" | sed -n 's/.*resent=\([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
 say "campaign: $line"
 DEFERRED=$(echo "$line" | sed -n 's/.*deferred=\([0-9]*\).*/\1/p')
 
@@ -204,5 +207,14 @@ EOF
 fi
 [ "$FAULT" = restart ] && echo "drains: max_drain_seconds=$MAX_DRAIN"
 echo "campaign: deferred=${DEFERRED:-0}"
-PER_MSG=$(python3 -c "print(f'lwt_per_msg={($LWT1 - $LWT0) / $RECIPIENTS:.2f} statements_per_msg={($ALL1 - $ALL0) / $RECIPIENTS:.2f}')")
-echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED store=$STORE_KIND broker=kafka $PER_MSG"
+# Store statements per recipient, by kind and in all, from the campaign's start to its completion.
+PER_MSG=$(python3 - "$STATEMENTS0" "$STATEMENTS1" "$RECIPIENTS" <<'EOF'
+import sys
+before, after = (dict(pair.split("=") for pair in line.split()) for line in sys.argv[1:3])
+n = int(sys.argv[3])
+per = {kind: (int(after[kind]) - int(before[kind])) / n for kind in ("lwt", "write", "read", "batch")}
+print(f"lwt_per_msg={per['lwt']:.2f} statements_per_msg={sum(per.values()):.2f} "
+      f"reads_per_msg={per['read']:.2f} writes_per_msg={per['write']:.2f} batches_per_msg={per['batch']:.2f}")
+EOF
+)
+echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED completed=$COMPLETED redispatched=$REDISPATCHED store=$STORE_KIND broker=kafka $PER_MSG"

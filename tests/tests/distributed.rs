@@ -1,9 +1,11 @@
-//! Fault tests of distributed mode: a real Kafka-protocol broker (tansu), one
-//! process per role, several sender replicas, and a real SMTP receiver, all
-//! driven through `bench/distributed.sh` and `deploy/local/cluster.sh`. Each
-//! sends 10,000 recipients and counts Message-IDs at the receiver.
+//! Fault tests of distributed mode in the shape it is deployed: Apache Kafka,
+//! the CQL store on Apache Cassandra 5.0, one process per role, several
+//! sender replicas, and a real SMTP receiver, all driven through
+//! `bench/distributed.sh` and `deploy/local/cluster.sh`. Each sends 10,000
+//! recipients and counts Message-IDs at the receiver.
 //!
-//! They need `tansu` and the release binary; `tests/run.sh` provides both.
+//! They need Java, Maven and the release binary; `tests/run.sh` provides
+//! them and starts the engines (`deploy/local/engines.sh`) once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ fn run(args: &[&str]) -> HashMap<String, f64> {
         }
     }
     assert!(values.contains_key("lost"), "no result line in\n{stdout}\n{stderr}");
+    assert_eq!(values.get("completed"), Some(&1.0), "the campaign must complete:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("store=cql broker=kafka"), "the cluster must run on Kafka and the CQL store:\n{stdout}");
+    assert!(values.contains_key("lwt_per_msg") && values.contains_key("statements_per_msg"), "no store cost in\n{stdout}");
     values
 }
 
@@ -93,4 +98,16 @@ fn a_twenty_second_broker_outage_loses_nothing() {
     let result = run(&["--senders", "2", "--broker-outage", "20"]);
     assert_eq!(result["lost"], 0.0);
     assert_eq!(result["delivered"], 10000.0);
+}
+
+#[test]
+fn a_twenty_second_store_outage_loses_nothing_and_bounds_duplicates() {
+    let result = run(&["--senders", "2", "--store-outage", "20"]);
+    assert_eq!(result["lost"], 0.0);
+    assert!(
+        result["duplicates"] <= result["in_flight_at_fault"],
+        "duplicates {} must not exceed the sends in flight when the CQL node stopped {}",
+        result["duplicates"],
+        result["in_flight_at_fault"]
+    );
 }
