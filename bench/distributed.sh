@@ -19,11 +19,14 @@
 #
 # Last line:
 # distributed: recipients=N delivered=<unique> lost=<n> duplicates=<n> in_flight_at_fault=<n> seconds=<s> msgs_per_s=<r>
-#   completed=1|0 redispatched=<n> store=cql|sqlite broker=kafka lwt_per_msg=<r> statements_per_msg=<r>
+#   completed=1|0 redispatched=<n> store=cql|sqlite broker=kafka ambiguous=<n> lwt_per_msg=<r> statements_per_msg=<r>
 #   reads_per_msg=<r> writes_per_msg=<r> batches_per_msg=<r>
 # (statements: every store statement every process sent from the campaign's
 # start to its completion, divided by the recipients; a killed process counts
-# up to its last scrape, just before the kill)
+# up to its last scrape, just before the kill. in_flight_at_fault: for
+# --kill-one the killed sender's unfinished claims in the ledger; for an
+# outage the claims the fault left unfinished, which the senders took over
+# and counted as ambiguous: a duplicate beyond them is one nobody counted.)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -144,8 +147,7 @@ case "$FAULT" in
   outage | store_outage)
     wait_delivered 0.2
     what=broker; [ "$FAULT" = store_outage ] && what=store
-    IN_FLIGHT=$("$CLUSTER" in-flight)
-    say "stopping the $what for ${OUTAGE}s ($IN_FLIGHT sends in flight)"
+    say "stopping the $what for ${OUTAGE}s"
     "$CLUSTER" "stop-$what" >&2; sleep "$OUTAGE"; "$CLUSTER" "start-$what" >&2 ;;
   defer)
     sleep "$DEFER_SECS"; say "lifting the 421 for $DEFER_DOMAIN after ${DEFER_SECS}s"
@@ -164,6 +166,8 @@ done
 finished=$(now)
 SECONDS_TAKEN=$(elapsed "$started" "$finished")
 STATEMENTS1=$("$CLUSTER" statements)
+AMBIGUOUS=$(( ${STATEMENTS1##*ambiguous=} - ${STATEMENTS0##*ambiguous=} ))
+case "$FAULT" in outage | store_outage) IN_FLIGHT=$AMBIGUOUS ;; esac
 # Jobs the dispatch reconciler had to send again because no sender took them (0 when none went astray).
 REDISPATCHED=$(sed 's/\x1b\[[0-9;]*m//g' "$BROADSIDE_CLUSTER_DIR/logs/dispatch.log" | sed -n 's/.*resent=\([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
 say "campaign: $line"
@@ -217,4 +221,4 @@ print(f"lwt_per_msg={per['lwt']:.2f} statements_per_msg={sum(per.values()):.2f} 
       f"reads_per_msg={per['read']:.2f} writes_per_msg={per['write']:.2f} batches_per_msg={per['batch']:.2f}")
 EOF
 )
-echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED completed=$COMPLETED redispatched=$REDISPATCHED store=$STORE_KIND broker=kafka $PER_MSG"
+echo "distributed: recipients=$RECIPIENTS delivered=$UNIQUE lost=$LOST duplicates=$DUPLICATES in_flight_at_fault=$IN_FLIGHT seconds=$SECONDS_TAKEN msgs_per_s=$RATE_MEASURED completed=$COMPLETED redispatched=$REDISPATCHED store=$STORE_KIND broker=kafka ambiguous=$AMBIGUOUS $PER_MSG"

@@ -12,8 +12,7 @@
 #   deploy/local/cluster.sh stop-broker | start-broker      take Kafka away and bring it back
 #   deploy/local/cluster.sh stop-store | start-store        take the CQL node away and bring it back
 #   deploy/local/cluster.sh status                          processes, endpoints, health
-#   deploy/local/cluster.sh statements                      store statements sent so far, by kind, all processes
-#   deploy/local/cluster.sh in-flight                       SMTP transactions in flight, all senders
+#   deploy/local/cluster.sh statements                      store statements sent so far by kind, and ambiguous sends, all processes
 #   deploy/local/cluster.sh down                            stop the cluster and drop its keyspace
 #
 # Everything lives in $BROADSIDE_CLUSTER_DIR (default /tmp/broadside-cluster):
@@ -107,11 +106,13 @@ start_node() {
   log "$name up: grpc 127.0.0.1:$(grpc_port "$name") admin 127.0.0.1:$(admin_port "$name") (pid $(pid_of "$name"))"
 }
 
-# "lwt write read batch": the store statements process NAME has sent (from its /metrics).
+# "lwt write read batch ambiguous": the store statements process NAME has sent,
+# and the sends it could not prove were not repeated (from its /metrics).
 scrape_statements() {
   curl -s --max-time 5 "http://127.0.0.1:$(admin_port "$1")/metrics" 2>/dev/null | awk '
     /^broadside_store_statements_total\{/ { match($0, /kind="[a-z]+"/); kind = substr($0, RSTART + 6, RLENGTH - 7); n[kind] = $NF }
-    END { printf "%d %d %d %d\n", n["lwt"], n["write"], n["read"], n["batch"] }'
+    /^broadside_sends_ambiguous_total / { ambiguous = $NF }
+    END { printf "%d %d %d %d %d\n", n["lwt"], n["write"], n["read"], n["batch"], ambiguous }'
 }
 
 # Keeps what a process has sent before it goes away, so `statements` still counts it
@@ -121,13 +122,7 @@ remember_statements() { scrape_statements "$1" >>"$DIR/statements.gone" || true;
 cmd_statements() {
   { for name in $(ls "$DIR/pids" 2>/dev/null | sed 's/\.pid$//'); do alive "$name" && scrape_statements "$name"; done
     cat "$DIR/statements.gone" 2>/dev/null || true
-  } | awk '{ l += $1; w += $2; r += $3; b += $4 } END { printf "lwt=%d write=%d read=%d batch=%d\n", l, w, r, b }'
-}
-
-cmd_in_flight() {
-  for name in $(senders); do
-    alive "$name" && curl -s --max-time 5 "http://127.0.0.1:$(admin_port "$name")/metrics" 2>/dev/null
-  done | awk '/^broadside_sends_in_flight / { n += $NF } END { print n + 0 }'
+  } | awk '{ l += $1; w += $2; r += $3; b += $4; a += $5 } END { printf "lwt=%d write=%d read=%d batch=%d ambiguous=%d\n", l, w, r, b, a }'
 }
 
 # SIGTERM, then wait up to $2 seconds for the drain before SIGKILL.
@@ -296,7 +291,6 @@ case "${1:-}" in
   start-store) local_store_only; start_store ;;
   status) cmd_status ;;
   statements) cmd_statements ;;
-  in-flight) cmd_in_flight ;;
   down) cmd_down ;;
-  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

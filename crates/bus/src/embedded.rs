@@ -98,6 +98,23 @@ fn decode_headers(text: &str) -> Vec<(String, String)> {
 
 #[async_trait]
 impl Bus for EmbeddedBus {
+    async fn group_lag(&self, group: &str, topics: &[String]) -> Result<i64> {
+        let (group, topics) = (group.to_owned(), topics.to_vec());
+        self.run(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT COALESCE(SUM(ends.end - COALESCE(o.next_offset, 0)), 0) FROM \
+                 (SELECT partition, MAX(offset) + 1 AS end FROM bus_log WHERE topic = ?2 GROUP BY partition) AS ends \
+                 LEFT JOIN bus_offsets o ON o.group_id = ?1 AND o.topic = ?2 AND o.partition = ends.partition",
+            )?;
+            let mut total = 0;
+            for topic in &topics {
+                total += statement.query_row(params![group, topic], |row| row.get::<_, i64>(0))?.max(0);
+            }
+            Ok(total)
+        })
+        .await
+    }
+
     async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<(u32, i64)>> {
         if records.is_empty() {
             return Ok(Vec::new());

@@ -172,6 +172,42 @@ impl Bus for KafkaBus {
     fn partitions(&self) -> u32 {
         self.settings.partitions
     }
+
+    async fn group_lag(&self, group: &str, topics: &[String]) -> Result<i64> {
+        // A client that names the group but never subscribes reads its
+        // committed offsets without joining it (no rebalance for its members).
+        let consumer: rdkafka::consumer::BaseConsumer = client_config(&self.settings)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| kafka_error("lag client", e))?;
+        let (topics, partitions) = (topics.to_vec(), self.settings.partitions);
+        tokio::task::spawn_blocking(move || -> Result<i64> {
+            let mut list = TopicPartitionList::new();
+            for topic in &topics {
+                for partition in 0..partitions as i32 {
+                    list.add_partition(topic, partition);
+                }
+            }
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .map_err(|e| kafka_error("committed offsets", e))?;
+            let mut total = 0;
+            for element in committed.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                    .map_err(|e| kafka_error("fetch watermarks", e))?;
+                let next = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => low,
+                };
+                total += (high - next).max(0);
+            }
+            Ok(total)
+        })
+        .await
+        .map_err(|e| kafka_error("group lag", e))?
+    }
 }
 
 /// Logs rebalances so an operator can see partitions move.

@@ -33,6 +33,13 @@ impl From<rusqlite::Error> for BusError {
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
 
+/// The consumer group of the senders on send-jobs (one group for every replica).
+pub const SENDER_GROUP: &str = "sender";
+/// The consumer group of the senders on send-retries.
+pub const SENDER_RETRIES_GROUP: &str = "sender-retries";
+/// The consumer group of dispatch on delivery-events (campaign counters).
+pub const DISPATCH_OUTCOMES_GROUP: &str = "dispatch";
+
 /// The topics of design.md; the configured prefix is prepended to each name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -120,6 +127,10 @@ pub trait Bus: Send + Sync {
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
     /// Partitions per topic.
     fn partitions(&self) -> u32;
+    /// Records of `topics` that consumer group `group` has not committed yet,
+    /// over every partition (a group with no commit owes the whole log). Lets
+    /// one role see whether another has work queued, without joining its group.
+    async fn group_lag(&self, group: &str, topics: &[String]) -> Result<i64>;
     /// Erasure of personal data: every retained record of `topic` in `key`'s
     /// partition whose payload contains `key` gets the payload
     /// `redact(record)` returns (empty blanks it; consumers skip blank

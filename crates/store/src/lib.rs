@@ -246,6 +246,13 @@ pub trait CampaignStore: Send + Sync {
     async fn record_deferral(&self, tenant: &str, campaign_id: &str) -> Result<()>;
     /// Marks the campaign as having made progress now (after a reconciliation).
     async fn touch_progress(&self, tenant: &str, campaign_id: &str) -> Result<()>;
+    /// Recounts the campaign's delivered and failed totals from its outcome
+    /// records, repairs the counters where they fall short (a backend whose
+    /// counter update can fail after its outcome record was written, such as
+    /// ScyllaDB's non-idempotent counters during an outage), and completes
+    /// the campaign when every recipient has an outcome. Returns whether this
+    /// call completed it. Costs a read of every outcome: for reconciliation.
+    async fn recount_outcomes(&self, tenant: &str, campaign_id: &str) -> Result<bool>;
     /// The ids among `subscriber_ids` that have no final outcome in the campaign yet.
     async fn without_outcome(&self, campaign_id: &str, subscriber_ids: &[String]) -> Result<Vec<String>>;
     /// Campaigns in `state` across tenants, for resuming work after a restart.

@@ -156,10 +156,14 @@ pub async fn outcomes_count_once_and_complete(store: &dyn Store) {
     assert!(!repeat.recorded);
     let missing = store.without_outcome(&id, &["s1".into(), "s2".into()]).await.unwrap();
     assert_eq!(missing, vec!["s2".to_string()]);
+    assert!(!store.recount_outcomes("t4", &id).await.unwrap(), "a recount completes nothing while one is missing");
     store.record_outcome("t4", &id, "s2", Outcome::Failed).await.unwrap();
     let done = store.save_fanout("t4", &id, "s2", 1, true).await.unwrap();
     assert_eq!(done.state, CampaignState::Completed);
     assert_eq!((done.stats.recipients, done.stats.delivered, done.stats.failed), (2, 1, 1));
+    assert!(!store.recount_outcomes("t4", &id).await.unwrap(), "completed already");
+    let recounted = store.get_campaign("t4", &id).await.unwrap().unwrap();
+    assert_eq!((recounted.stats.delivered, recounted.stats.failed), (1, 1), "a recount never counts twice");
 }
 
 /// Only active, confirmed, unsuppressed members are sendable; double opt-in

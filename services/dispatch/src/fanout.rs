@@ -70,6 +70,20 @@ fn due(campaign: &Campaign, now: i64) -> bool {
             || broadside_store::schedule::SendWindow::parse(&campaign.send_window).is_ok_and(|w| w.contains(now)))
 }
 
+/// Records the senders and dispatch's outcome consumer have not committed yet.
+async fn queued_records(dispatch: &Dispatch) -> anyhow::Result<i64> {
+    let owed = [
+        (broadside_bus::SENDER_GROUP, Topic::SendJobs),
+        (broadside_bus::SENDER_RETRIES_GROUP, Topic::SendRetries),
+        (broadside_bus::DISPATCH_OUTCOMES_GROUP, Topic::DeliveryEvents),
+    ];
+    let mut queued = 0;
+    for (group, topic) in owed {
+        queued += dispatch.bus.group_lag(group, &[dispatch.topic(topic)]).await?;
+    }
+    Ok(queued)
+}
+
 /// One recipient's send job.
 fn send_job(campaign: &Campaign, subscriber: &Subscriber, expires_at: i64, traceparent: Option<String>) -> Record {
     let job = SendJob {
@@ -99,8 +113,24 @@ fn send_job(campaign: &Campaign, subscriber: &Subscriber, expires_at: i64, trace
 /// recipient that still has no outcome. The send ledger makes the repeats
 /// harmless (a finished recipient is reported again, never sent again), so
 /// whatever lost a job or its delivery event, the campaign still completes.
+///
+/// Queued work is not lost work: while the senders still owe records of
+/// send-jobs or send-retries, or dispatch owes delivery-events (after a
+/// store or broker outage, say), the campaign is waiting, not stranded, and
+/// re-dispatching would only double the backlog. It is checked again after
+/// another `reconcile_after`.
 #[tracing::instrument(skip_all, fields(campaign = %campaign.id), err)]
 async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<()> {
+    let queued = queued_records(dispatch).await?;
+    if queued > 0 {
+        dispatch.store.touch_progress(&campaign.tenant, &campaign.id).await?;
+        tracing::info!(
+            queued,
+            idle_secs = dispatch.reconcile_after.as_secs(),
+            "campaign made no progress while send work is still queued in the bus: waiting for it, not re-dispatching"
+        );
+        return Ok(());
+    }
     let topic = dispatch.topic(Topic::SendJobs);
     let expires_at = campaign.start_time.max(now_millis()) + dispatch.max_age_ms;
     let mut token = None;
@@ -144,6 +174,8 @@ async fn reconcile(dispatch: &Dispatch, campaign: &Campaign) -> anyhow::Result<(
             idle_secs,
             "campaign made no progress: re-dispatched the recipients that have no outcome yet"
         );
+    } else if dispatch.store.recount_outcomes(&campaign.tenant, &campaign.id).await? {
+        tracing::info!(idle_secs, "campaign made no progress: every recipient had an outcome, completed it on recount");
     } else {
         tracing::info!(idle_secs, "campaign made no progress; every fanned-out recipient is in flight");
     }

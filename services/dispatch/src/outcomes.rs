@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Dispatch;
 
-const GROUP: &str = "dispatch";
+const GROUP: &str = broadside_bus::DISPATCH_OUTCOMES_GROUP;
 const BATCH: usize = 500;
 
 pub(crate) async fn run(dispatch: Dispatch, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use broadside_bus::{Consumer, Delivered, DynBus, Record, Topic};
 use broadside_mail::dkim::DkimKeys;
 use broadside_mail::template::TemplateEngine;
@@ -92,6 +93,9 @@ struct CampaignView {
 /// Batches in flight at once per consumer.
 const PIPELINE_DEPTH: usize = 4;
 
+/// How long a failed rewind is retried before the consumer loop gives up.
+const REWIND_GIVE_UP: Duration = Duration::from_secs(300);
+
 /// A polled batch and the task working on it.
 struct Running {
     batch: Vec<Delivered>,
@@ -154,8 +158,9 @@ impl Sender {
     /// turns not-ready, stops fetching, finishes in-flight sends within
     /// `drain_timeout`, commits, and returns.
     pub async fn run(self, readiness: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let jobs = self.bus.consumer("sender", &[self.topic(Topic::SendJobs)]).await?;
-        let retries = self.bus.consumer("sender-retries", &[self.topic(Topic::SendRetries)]).await?;
+        let jobs = self.bus.consumer(broadside_bus::SENDER_GROUP, &[self.topic(Topic::SendJobs)]).await?;
+        let retries =
+            self.bus.consumer(broadside_bus::SENDER_RETRIES_GROUP, &[self.topic(Topic::SendRetries)]).await?;
         tracing::info!(sender = %self.settings.id, relay = %self.transport.destination(), concurrency = self.settings.concurrency, "sender started");
         readiness.set(true);
         let main = tokio::spawn(self.clone().consume(jobs, false, shutdown.clone()));
@@ -181,7 +186,7 @@ impl Sender {
     ) -> anyhow::Result<()> {
         let batch_size = if retries { self.settings.concurrency } else { self.settings.concurrency * 2 };
         let mut running: VecDeque<Running> = VecDeque::new();
-        let group = if retries { "sender-retries" } else { "sender" };
+        let group = if retries { broadside_bus::SENDER_RETRIES_GROUP } else { broadside_bus::SENDER_GROUP };
         let mut lag_reported = None;
         while !shutdown.is_cancelled() {
             broadside_bus::report_lag(consumer.as_mut(), &mut lag_reported, |lag| self.metrics.set_lag(group, lag))
@@ -191,14 +196,14 @@ impl Sender {
                 let front = running.pop_front().expect("front exists");
                 let result = front.handle.await;
                 if !self.settle(consumer.as_mut(), front.batch, result).await {
-                    self.abandon(consumer.as_mut(), &mut running).await;
+                    self.abandon(consumer.as_mut(), &mut running, &shutdown).await?;
                 }
             }
             if running.len() >= PIPELINE_DEPTH {
                 let front = running.pop_front().expect("pipeline is full");
                 let result = front.handle.await;
                 if !self.settle(consumer.as_mut(), front.batch, result).await {
-                    self.abandon(consumer.as_mut(), &mut running).await;
+                    self.abandon(consumer.as_mut(), &mut running, &shutdown).await?;
                 }
                 continue;
             }
@@ -329,22 +334,46 @@ impl Sender {
 
     /// After a failed batch: lets the later ones finish (their sends are in
     /// the ledger), drops their results, and rewinds to the committed offsets.
-    async fn abandon(&self, consumer: &mut dyn Consumer, running: &mut VecDeque<Running>) {
+    /// Fails only when the rewind cannot be done (see [`Self::rewind_or_fail`]).
+    async fn abandon(
+        &self,
+        consumer: &mut dyn Consumer,
+        running: &mut VecDeque<Running>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         for rest in running.drain(..) {
             let _ = rest.handle.await;
         }
-        if let Err(error) = self.retry_later(consumer).await {
-            tracing::warn!(%error, "rewinding failed");
-        }
+        self.rewind_or_fail(consumer, shutdown).await
     }
 
-    /// Rewinds to the committed offsets after a pause, so the batch is redone.
-    async fn retry_later(&self, consumer: &mut dyn Consumer) -> anyhow::Result<()> {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Err(error) = consumer.rewind().await {
-            tracing::warn!(%error, "rewinding to committed offsets failed, retrying later");
+    /// Rewinds to the committed offsets, so the dropped batches are redone.
+    /// Nothing more is consumed until that works: polling on from the fetch
+    /// position would skip the dropped records, and the next commit would
+    /// step over them, stranding their recipients (until the dispatch
+    /// reconciler re-sent them). A broker outage can make the rewind fail
+    /// for a while, so it is retried with backoff; after [`REWIND_GIVE_UP`]
+    /// the worker fails, and the restarted process's consumer starts at the
+    /// committed offsets. On shutdown it stops trying: nothing is committed
+    /// after this, so the next owner starts at the committed offsets too.
+    async fn rewind_or_fail(&self, consumer: &mut dyn Consumer, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let give_up = tokio::time::Instant::now() + REWIND_GIVE_UP;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let Err(error) = consumer.rewind().await else { return Ok(()) };
+            if tokio::time::Instant::now() >= give_up {
+                return Err(anyhow::anyhow!(error)).context(format!(
+                    "rewinding to the committed offsets failed for {}s; stopping so a fresh consumer starts from them",
+                    REWIND_GIVE_UP.as_secs()
+                ));
+            }
+            tracing::warn!(%error, retry_in_secs = delay.as_secs(), "rewinding to committed offsets failed, consuming nothing until it works");
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
-        Ok(())
     }
 
     async fn publish_effects(&self, effects: Effects) -> anyhow::Result<()> {

@@ -320,6 +320,39 @@ impl CampaignStore for ScyllaStore {
         self.touch_progress(tenant, campaign_id).await
     }
 
+    async fn recount_outcomes(&self, tenant: &str, campaign_id: &str) -> Result<bool> {
+        let Some(campaign) = self.campaign(tenant, campaign_id).await? else { return Ok(false) };
+        let buckets: Vec<i32> = (0..OUTCOME_BUCKETS as i32).collect();
+        let counts = self
+            .each(buckets, |bucket| async move {
+                let rows: Vec<(Option<String>,)> = self.scan(&self.st().outcome_bucket, (campaign_id, bucket)).await?;
+                let delivered = rows.iter().filter(|(o,)| o.as_deref() == Some("delivered")).count() as i64;
+                Ok((delivered, rows.len() as i64 - delivered))
+            })
+            .await?;
+        let (delivered, failed) = counts.iter().fold((0, 0), |(d, f), (bd, bf)| (d + bd, f + bf));
+        // Counters only grow and an extra increment cannot be taken back, so
+        // only a shortfall is repaired (never lowered: a racing outcome may
+        // have counted itself between the scan and here).
+        let missing_delivered = delivered - campaign.stats.delivered;
+        let missing_failed = failed - campaign.stats.failed;
+        if missing_delivered > 0 {
+            self.exec(&self.st().stats_add_delivered, (missing_delivered, campaign_id)).await?;
+        }
+        if missing_failed > 0 {
+            self.exec(&self.st().stats_add_failed, (missing_failed, campaign_id)).await?;
+        }
+        if missing_delivered > 0 || missing_failed > 0 {
+            tracing::warn!(
+                campaign = campaign_id,
+                missing_delivered,
+                missing_failed,
+                "campaign counters fell short of the outcome records (a counter update failed): repaired"
+            );
+        }
+        self.complete_if_finished(tenant, campaign_id).await
+    }
+
     async fn touch_progress(&self, tenant: &str, campaign_id: &str) -> Result<()> {
         self.exec(&self.st().campaign_set_progress, (now_millis(), tenant, campaign_id)).await
     }

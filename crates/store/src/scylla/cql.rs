@@ -253,6 +253,12 @@ statements! {
     /// A recipient's final outcome, once (256 buckets per campaign). Events of one
     /// subscriber arrive in order on one bus partition, so read-then-write does not race.
     outcome_get: Read = "SELECT outcome FROM campaign_outcomes WHERE campaign_id = ? AND bucket = ? AND subscriber_id = ?";
+    /// Every outcome of one of a campaign's buckets (a recount, when reconciling).
+    outcome_bucket: Scan = "SELECT outcome FROM campaign_outcomes WHERE campaign_id = ? AND bucket = ?";
+    /// Repair the delivered counter by what a recount found missing.
+    stats_add_delivered: Counter = "UPDATE campaign_stats SET delivered = delivered + ? WHERE campaign_id = ?";
+    /// Repair the failed counter by what a recount found missing.
+    stats_add_failed: Counter = "UPDATE campaign_stats SET failed = failed + ? WHERE campaign_id = ?";
     /// Record a recipient's final outcome.
     outcome_insert: Write = "INSERT INTO campaign_outcomes (campaign_id, bucket, subscriber_id, outcome) VALUES (?, ?, ?, ?)";
     /// Engagement counted once per (campaign, recipient, kind).

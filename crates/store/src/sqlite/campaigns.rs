@@ -180,6 +180,13 @@ impl CampaignStore for SqliteStore {
         .await
     }
 
+    async fn recount_outcomes(&self, tenant: &str, campaign_id: &str) -> Result<bool> {
+        // Outcome rows and counters change in one transaction here, so they
+        // always agree: only the completion check is left to do.
+        let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
+        self.tx(move |tx| complete_if_finished(tx, &tenant, &id)).await
+    }
+
     async fn touch_progress(&self, tenant: &str, campaign_id: &str) -> Result<()> {
         let (tenant, id) = (tenant.to_owned(), campaign_id.to_owned());
         self.tx(move |tx| {
