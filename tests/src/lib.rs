@@ -57,9 +57,14 @@ pub fn test_config(data_dir: &Path) -> Config {
 impl Sandbox {
     /// Starts every role over `config`.
     pub async fn start(config: Config) -> anyhow::Result<Sandbox> {
+        Sandbox::start_roles(config, &Role::ALL).await
+    }
+
+    /// Starts only `roles` over `config` (a sandbox without senders, say).
+    pub async fn start_roles(config: Config, roles: &[Role]) -> anyhow::Result<Sandbox> {
         broadside_telemetry::init_for_tests();
         config.validate()?;
-        let node = Node::start(&config, &Role::ALL).await?;
+        let node = Node::start(&config, roles).await?;
         let api_key = std::fs::read_to_string(broadside::bootstrap::key_path(&config.data_dir))?.trim().to_owned();
         let channel = authed(&node, &api_key).await?;
         Ok(Sandbox {
