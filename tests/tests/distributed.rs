@@ -45,7 +45,10 @@ fn run(args: &[&str]) -> HashMap<String, f64> {
     assert!(values.contains_key("lost"), "no result line in\n{stdout}\n{stderr}");
     assert_eq!(values.get("completed"), Some(&1.0), "the campaign must complete:\n{stdout}\n{stderr}");
     assert!(stdout.contains("store=cql broker=kafka"), "the cluster must run on Kafka and the CQL store:\n{stdout}");
-    assert!(values.contains_key("lwt_per_msg") && values.contains_key("statements_per_msg"), "no store cost in\n{stdout}");
+    assert!(
+        values.contains_key("lwt_per_msg") && values.contains_key("statements_per_msg"),
+        "no store cost in\n{stdout}"
+    );
     values
 }
 

@@ -55,8 +55,16 @@ async fn committed_offsets_hand_over_to_the_next_member(open: Open<'_>) {
     assert_eq!(bus.group_lag(&group, std::slice::from_ref(&topic)).await.unwrap(), 10, "nothing committed yet");
     first.commit(&done).await.unwrap();
     let owed = (10 - done.len()) as i64;
-    assert_eq!(bus.group_lag(&group, std::slice::from_ref(&topic)).await.unwrap(), owed, "committed records are off the lag");
-    assert_eq!(bus.group_lag(&unique("idle"), std::slice::from_ref(&topic)).await.unwrap(), 10, "a new group owes it all");
+    assert_eq!(
+        bus.group_lag(&group, std::slice::from_ref(&topic)).await.unwrap(),
+        owed,
+        "committed records are off the lag"
+    );
+    assert_eq!(
+        bus.group_lag(&unique("idle"), std::slice::from_ref(&topic)).await.unwrap(),
+        10,
+        "a new group owes it all"
+    );
     drop(first);
 
     let mut second = bus.consumer(&group, std::slice::from_ref(&topic)).await.unwrap();

@@ -747,8 +747,29 @@ mod scylla {
         let store = ScyllaStore::connect(&uri, master(), retention).await.unwrap();
         println!("ScyllaDB store suite: server {}, keyspace {}", store.server().await.unwrap(), uri.keyspace);
         super::run_all(&store).await;
+        super::counters_short_of_their_outcome_rows_are_repaired(&store).await;
         store.drop_keyspace().await.unwrap();
     }
+}
+
+/// A counter update that failed after its outcome row was written (an
+/// outage between the two; counters are not idempotent, so not retried)
+/// leaves the campaign one short for ever, unless a recount repairs it.
+#[cfg(test)]
+async fn counters_short_of_their_outcome_rows_are_repaired(store: &ScyllaStore) {
+    let created = store.create_campaign(campaign("t-recount", "l1"), None).await.unwrap();
+    let id = created.id.clone();
+    store.transition_campaign("t-recount", &id, &[CampaignState::Draft], CampaignState::Sending).await.unwrap();
+    store.save_fanout("t-recount", &id, "s2", 2, true).await.unwrap();
+    store.record_outcome("t-recount", &id, "s1", Outcome::Delivered).await.unwrap();
+    store.outcome_row_without_counter(&id, "s2").await.unwrap();
+    let stuck = store.get_campaign("t-recount", &id).await.unwrap().unwrap();
+    assert_eq!((stuck.state, stuck.stats.delivered), (CampaignState::Sending, 1), "one short");
+    assert!(store.recount_outcomes("t-recount", &id).await.unwrap(), "the recount completes it");
+    let repaired = store.get_campaign("t-recount", &id).await.unwrap().unwrap();
+    assert_eq!((repaired.state, repaired.stats.delivered), (CampaignState::Completed, 2));
+    assert!(!store.recount_outcomes("t-recount", &id).await.unwrap());
+    assert_eq!(store.get_campaign("t-recount", &id).await.unwrap().unwrap().stats.delivered, 2, "never twice");
 }
 
 #[cfg(test)]

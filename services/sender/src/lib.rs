@@ -159,8 +159,7 @@ impl Sender {
     /// `drain_timeout`, commits, and returns.
     pub async fn run(self, readiness: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
         let jobs = self.bus.consumer(broadside_bus::SENDER_GROUP, &[self.topic(Topic::SendJobs)]).await?;
-        let retries =
-            self.bus.consumer(broadside_bus::SENDER_RETRIES_GROUP, &[self.topic(Topic::SendRetries)]).await?;
+        let retries = self.bus.consumer(broadside_bus::SENDER_RETRIES_GROUP, &[self.topic(Topic::SendRetries)]).await?;
         tracing::info!(sender = %self.settings.id, relay = %self.transport.destination(), concurrency = self.settings.concurrency, "sender started");
         readiness.set(true);
         let main = tokio::spawn(self.clone().consume(jobs, false, shutdown.clone()));

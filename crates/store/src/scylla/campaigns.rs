@@ -180,6 +180,16 @@ impl ScyllaStore {
     }
 }
 
+impl ScyllaStore {
+    /// Writes an outcome row without counting it: what an outage between the
+    /// two writes of `record_outcome` leaves behind (tests only).
+    #[cfg(test)]
+    pub(crate) async fn outcome_row_without_counter(&self, campaign_id: &str, subscriber_id: &str) -> Result<()> {
+        let bucket = bucket_of(subscriber_id, OUTCOME_BUCKETS);
+        self.exec(&self.st().outcome_insert, (campaign_id, bucket, subscriber_id, "delivered")).await
+    }
+}
+
 #[async_trait]
 impl CampaignStore for ScyllaStore {
     async fn create_template(&self, template: Template, request_id: Option<String>) -> Result<Template> {
@@ -337,10 +347,11 @@ impl CampaignStore for ScyllaStore {
         let missing_delivered = delivered - campaign.stats.delivered;
         let missing_failed = failed - campaign.stats.failed;
         if missing_delivered > 0 {
-            self.exec(&self.st().stats_add_delivered, (missing_delivered, campaign_id)).await?;
+            self.exec(&self.st().stats_add_delivered, (::scylla::value::Counter(missing_delivered), campaign_id))
+                .await?;
         }
         if missing_failed > 0 {
-            self.exec(&self.st().stats_add_failed, (missing_failed, campaign_id)).await?;
+            self.exec(&self.st().stats_add_failed, (::scylla::value::Counter(missing_failed), campaign_id)).await?;
         }
         if missing_delivered > 0 || missing_failed > 0 {
             tracing::warn!(
