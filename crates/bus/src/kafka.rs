@@ -235,6 +235,16 @@ fn partition_names(list: &TopicPartitionList) -> Vec<String> {
     list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect()
 }
 
+/// Errors that only say the brokers cannot be reached right now.
+fn is_connection_error(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error,
+        rdkafka::error::KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
+}
+
 struct KafkaConsumer {
     consumer: Arc<StreamConsumer<GroupContext>>,
     partitions: u32,
@@ -270,6 +280,7 @@ impl KafkaConsumer {
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivered>> {
         let mut batch = Vec::new();
+        let mut connection_error = None;
         let deadline = Instant::now() + wait;
         while batch.len() < max.max(1) {
             // Wait for the first record; after that take only what is already buffered.
@@ -281,6 +292,11 @@ impl Consumer for KafkaConsumer {
             match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(message)) => batch.push(Self::convert(&message)),
+                // While the brokers are away librdkafka queues one of these per
+                // failed connection attempt; read past them at once, or a backlog
+                // of stale errors keeps the caller backing off long after the
+                // brokers are back.
+                Ok(Err(error)) if is_connection_error(&error) => connection_error = Some(error),
                 Ok(Err(error)) => {
                     if batch.is_empty() {
                         return Err(kafka_error("poll", error));
@@ -289,7 +305,10 @@ impl Consumer for KafkaConsumer {
                 }
             }
         }
-        Ok(batch)
+        match connection_error {
+            Some(error) if batch.is_empty() => Err(kafka_error("poll", error)),
+            _ => Ok(batch),
+        }
     }
 
     async fn commit(&mut self, done: &[Delivered]) -> Result<()> {
