@@ -412,23 +412,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_key_keeps_order_and_groups_are_independent() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 8).unwrap();
-        let topic = "t".to_string();
-        for i in 0..5 {
-            bus.publish(&topic, vec![record("same", &i.to_string())]).await.unwrap();
-        }
-        let mut a = bus.consumer("a", std::slice::from_ref(&topic)).await.unwrap();
-        let mut b = bus.consumer("b", std::slice::from_ref(&topic)).await.unwrap();
-        let from_a: Vec<Vec<u8>> =
-            a.poll(10, Duration::ZERO).await.unwrap().into_iter().map(|d| d.record.payload).collect();
-        let from_b = b.poll(10, Duration::ZERO).await.unwrap();
-        assert_eq!(from_a, (0..5).map(|i| i.to_string().into_bytes()).collect::<Vec<_>>());
-        assert_eq!(from_b.len(), 5);
-    }
-
-    #[tokio::test]
     async fn poll_wakes_on_publish_and_rewind_rereads() {
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(&dir.path().join("bus.db"), 2).unwrap();
