@@ -83,14 +83,17 @@ fn rolling_restart_of_every_sender_loses_and_repeats_nothing() {
 
 #[test]
 fn a_domain_answering_421_is_retried_while_others_keep_their_pace() {
-    let result = run(&["--senders", "2", "--defer-domain", "example.net", "--defer-secs", "40"]);
+    // The 421 stands for 75 s: about twice what the other domains need on a
+    // slow CI machine (8,000 messages through Postfix at ~200 msg/s), so the
+    // check is about head-of-line blocking, not about this machine's speed.
+    let result = run(&["--senders", "2", "--defer-domain", "example.net", "--defer-secs", "75"]);
     assert_eq!(result["lost"], 0.0);
     assert_eq!(result["duplicates"], 0.0);
     assert!(result["deferred"] > 0.0, "example.net recipients must have been deferred");
     // Every other domain was fully delivered while example.net was still refusing.
-    assert!(result["other_domains_seconds"] < 40.0, "other domains finished at {} s", result["other_domains_seconds"]);
+    assert!(result["other_domains_seconds"] < 75.0, "other domains finished at {} s", result["other_domains_seconds"]);
     assert!(
-        result["deferred_domain_seconds"] >= 40.0,
+        result["deferred_domain_seconds"] >= 75.0,
         "example.net finished at {} s",
         result["deferred_domain_seconds"]
     );

@@ -4,7 +4,10 @@
 //! `schema_migrations`. Every statement is `IF NOT EXISTS`, so a run cut
 //! short is simply run again.
 
+use std::time::Duration;
+
 use scylla::client::session::Session;
+use scylla::statement::unprepared::Statement;
 
 use super::CqlServer;
 use super::uri::ScyllaUri;
@@ -50,6 +53,18 @@ pub(super) fn keyspace_cql(uri: &ScyllaUri, server: &CqlServer) -> String {
     )
 }
 
+/// How long one schema change may take. Creating or dropping a table makes
+/// every node flush and agree on the schema, which takes seconds on a busy
+/// or small machine: far longer than the request timeout meant for data.
+pub(crate) const SCHEMA_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A schema change (DDL) with [`SCHEMA_TIMEOUT`].
+pub(crate) fn schema_change(cql: String) -> Statement {
+    let mut statement = Statement::new(cql);
+    statement.set_request_timeout(Some(SCHEMA_TIMEOUT));
+    statement
+}
+
 fn failed(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("migrate: {what}: {error}"))
 }
@@ -91,7 +106,7 @@ pub(super) fn latest() -> i32 {
 /// Creates the keyspace and applies every missing migration; returns the versions applied now.
 pub(super) async fn run(session: &Session, uri: &ScyllaUri) -> Result<Vec<i32>> {
     let server = CqlServer::of(session).await?;
-    session.query_unpaged(keyspace_cql(uri, &server), ()).await.map_err(|e| {
+    session.query_unpaged(schema_change(keyspace_cql(uri, &server)), ()).await.map_err(|e| {
         let hint = if server.scylla { " (ScyllaDB 6.0 or later: the tablets option)" } else { "" };
         failed(&format!("creating keyspace {} on {server}{hint}", uri.keyspace), e)
     })?;
@@ -102,7 +117,7 @@ pub(super) async fn run(session: &Session, uri: &ScyllaUri) -> Result<Vec<i32>> 
             // Unqualified names go to the keyspace being migrated.
             let statement = qualify(&statement, &uri.keyspace);
             session
-                .query_unpaged(statement.clone(), ())
+                .query_unpaged(schema_change(statement.clone()), ())
                 .await
                 .map_err(|e| failed(&format!("V{version:03}__{name}: {statement}"), e))?;
         }

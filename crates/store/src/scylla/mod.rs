@@ -249,7 +249,8 @@ impl ScyllaStore {
     #[doc(hidden)]
     pub async fn drop_keyspace(&self) -> Result<()> {
         let cql = format!("DROP KEYSPACE IF EXISTS {}", self.inner.uri.keyspace);
-        self.inner.session.query_unpaged(cql, ()).await.map_err(|e| backend("drop keyspace", e))?;
+        let statement = migrate::schema_change(cql);
+        self.inner.session.query_unpaged(statement, ()).await.map_err(|e| backend("drop keyspace", e))?;
         Ok(())
     }
 
