@@ -262,13 +262,13 @@ fn cli_imports_a_csv_once_and_keys_are_managed_from_the_cli() {
 fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/feedback/fixtures");
-    let dsn = fixtures.join("postfix-550-relay.eml");
+    let dsn = fixtures.join("bounces/postfix/relay-550.eml");
     let (ok, out, err) =
         run(dir.path(), &["feedback", "classify", dsn.to_str().unwrap(), "--rcpt", "bnc+x@bounces.example"]);
     assert!(ok, "{err}");
     let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(verdict["kind"], "bounce");
-    assert_eq!(verdict["class"], "hard");
+    assert_eq!((verdict["reason"].as_str(), verdict["hard"].as_bool()), (Some("user_unknown"), Some(true)));
     assert_eq!(verdict["recipient"], "gone@refuse.test");
     assert_eq!(verdict["status"], "5.1.1");
     assert_eq!(verdict["rule"], "dsn");
@@ -276,11 +276,11 @@ fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     assert!(verdict["diagnostic"].as_str().unwrap().starts_with("550 5.1.1 <gone@refuse.test>"), "{out}");
     assert_eq!(verdict["hints"]["verp"][0], "bnc+x@bounces.example");
 
-    let arf = fixtures.join("arf.eml");
+    let arf = fixtures.join("bounces/arf/abuse.eml");
     let (ok, out, err) = run(dir.path(), &["feedback", "classify", arf.to_str().unwrap()]);
     assert!(ok, "{err}");
     let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((verdict["kind"].as_str(), verdict["class"].as_str()), (Some("complaint"), Some("complaint")));
+    assert_eq!((verdict["kind"].as_str(), verdict["reason"].as_str()), (Some("complaint"), Some("complaint")));
     assert_eq!(
         (verdict["feedback_type"].as_str(), verdict["recipient"].as_str()),
         (Some("abuse"), Some("reader@yahoo.com"))
@@ -296,7 +296,7 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
     use broadside_store::{FeedbackRecord, PageRequest, new_id, now_millis};
     let dir = tempfile::tempdir().unwrap();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/feedback/fixtures");
-    let raw = std::fs::read(fixtures.join("sendmail.eml")).unwrap();
+    let raw = std::fs::read(fixtures.join("bounces/sendmail/user-unknown.eml")).unwrap();
     let id = new_id();
     {
         let store = broadside_tests::open_store(dir.path()).await.unwrap();
@@ -315,14 +315,14 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
     }
     let (ok, out, err) = run(dir.path(), &["feedback", "reclassify"]);
     assert!(ok, "{err}");
-    assert!(out.contains(&id) && out.contains("unknown unknown (none) -> bounce hard (sendmail)"), "{out}");
+    assert!(out.contains(&id) && out.contains("unknown unknown (none) -> bounce user_unknown (sendmail)"), "{out}");
     assert!(err.contains("1 would change"), "{err}");
     let (ok, _, err) = run(dir.path(), &["feedback", "reclassify", "--apply"]);
     assert!(ok && err.contains("1 changed"), "{err}");
     let store = broadside_tests::open_store(dir.path()).await.unwrap();
     let page = store.list_feedback("", None, false, PageRequest::new(10, "")).await.unwrap();
     let record = page.items.iter().find(|r| r.id == id).unwrap();
-    assert_eq!((record.kind.as_str(), record.class.as_str(), record.status_code.as_str()), ("bounce", "hard", "5.1.1"));
+    assert_eq!((record.kind.as_str(), record.class.as_str(), record.status_code.as_str()), ("bounce", "user_unknown", "5.1.1"));
     assert_eq!(record.verdict, "unattributed", "no signed attribution: still no action");
     let (ok, out, _) = run(dir.path(), &["feedback", "reclassify"]);
     assert!(ok && out.is_empty(), "nothing left to change: {out}");

@@ -76,7 +76,7 @@ async fn postfix_dsns_suppress_bounced_subscribers_and_the_next_campaign_skips_t
     for record in &records {
         assert_eq!(
             (record.class.as_str(), record.status_code.as_str(), record.rule.as_str()),
-            ("hard", "5.1.1", "dsn")
+            ("user_unknown", "5.1.1", "dsn")
         );
         assert_eq!(record.verdict, "suppressed");
         assert_eq!(record.campaign, first);

@@ -52,8 +52,8 @@ async fn a_permanent_rejection_fails_the_recipient_and_completes_the_campaign() 
     let stats = done.stats.unwrap();
     assert_eq!((stats.delivered, stats.failed), (0, 5));
     // A 5xx at send time goes through the bounce policy too. smtp-sink answers
-    // `500 5.3.0 Error: command failed`: a mail-system failure, not a bad
-    // address, so it is scored as a soft bounce and nobody is suppressed yet.
+    // `500 5.3.0 Error: command failed`: a mail-system failure (system_error),
+    // not a bad address, so it is scored as a soft bounce and nobody is suppressed yet.
     let bounced = sandbox
         .wait_for_campaign(&campaign, Duration::from_secs(20), |c| c.stats.as_ref().is_some_and(|s| s.bounced == 5))
         .await
@@ -67,7 +67,7 @@ async fn a_permanent_rejection_fails_the_recipient_and_completes_the_campaign() 
     assert_eq!(records.len(), 5, "{records:#?}");
     assert!(
         records.iter().all(|r| (r.class.as_str(), r.status_code.as_str(), r.rule.as_str(), r.verdict.as_str())
-            == ("soft", "5.3.0", "smtp", "scored")),
+            == ("system_error", "5.3.0", "smtp", "scored")),
         "{records:#?}"
     );
     let check = CheckSuppressionRequest { email: "user3@example.com".into(), list: String::new() };

@@ -96,11 +96,57 @@ pub struct FeedbackPolicy {
     pub soft_bounce_threshold: f64,
     /// The score halves every this many days without a bounce.
     pub soft_bounce_half_life_days: f64,
+    /// What a bounce with each reason does, where it differs from the
+    /// defaults (address reasons suppress, sender reasons are only counted,
+    /// the rest score), e.g. `mailbox_full = "suppress"`.
+    pub reasons: std::collections::BTreeMap<String, BounceAction>,
 }
+
+/// What the feedback role does with one bounced recipient.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceAction {
+    /// Suppress the address and mark the subscriber bounced.
+    Suppress,
+    /// Add 1 to the decayed soft-bounce score; suppress at the threshold.
+    Score,
+    /// Record and count it only.
+    Ignore,
+}
+
+/// The bounce reasons `feedback.policy.reasons` may name (the feedback
+/// role's classifier defines them; a test there keeps the two equal).
+pub const BOUNCE_REASONS: &[&str] = &[
+    "user_unknown",
+    "host_unknown",
+    "has_moved",
+    "not_accepted",
+    "mailbox_full",
+    "exceed_limit",
+    "message_too_big",
+    "suspended",
+    "blocked",
+    "rejected",
+    "spam_detected",
+    "policy_violation",
+    "security_error",
+    "virus_detected",
+    "expired",
+    "network_error",
+    "too_many_connections",
+    "system_error",
+    "system_full",
+    "mailer_error",
+    "syntax_error",
+    "auto_reply",
+    "complaint",
+    "delivered",
+    "undefined",
+];
 
 impl Default for FeedbackPolicy {
     fn default() -> Self {
-        Self { soft_bounce_threshold: 3.0, soft_bounce_half_life_days: 7.0 }
+        Self { soft_bounce_threshold: 3.0, soft_bounce_half_life_days: 7.0, reasons: Default::default() }
     }
 }
 
@@ -559,6 +605,12 @@ impl Config {
             }
             if !(policy.soft_bounce_half_life_days.is_finite() && policy.soft_bounce_half_life_days > 0.0) {
                 return Err(invalid(&format!("{key}.soft_bounce_half_life_days"), "must be a positive number of days"));
+            }
+            if let Some(unknown) = policy.reasons.keys().find(|r| !BOUNCE_REASONS.contains(&r.as_str())) {
+                return Err(invalid(
+                    &format!("{key}.reasons.{unknown}"),
+                    format!("unknown bounce reason (known: {})", BOUNCE_REASONS.join(", ")),
+                ));
             }
         }
         if self.feedback.max_connections == 0 {

@@ -82,8 +82,12 @@ pub struct Metrics {
     /// Behavioral events held by those projections, and their estimated heap bytes (part of the above).
     pub segment_behavior_events: Gauge,
     pub segment_behavior_bytes: Gauge,
-    /// Inbound feedback by kind and class (bounce/hard, complaint/complaint, unsubscribe/one_click, ...).
+    /// Inbound feedback by kind and reason (bounce/user_unknown, complaint/complaint, unsubscribe/one_click, ...).
     pub feedback: Family<FeedbackLabels, Counter>,
+    /// Bounces that refuse the sender rather than the address (blocked,
+    /// spam_detected, policy_violation, ...), by sending domain and
+    /// destination group: a blocklisting shows here, not as a shrinking list.
+    pub sender_refusals: Family<RefusalLabels, Counter>,
     /// Statements sent to the store, by kind (CQL stores; synced from the store's totals at each scrape).
     pub store_statements: Family<StatementLabels, Counter>,
     statement_source: Arc<OnceLock<StatementSource>>,
@@ -93,7 +97,14 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FeedbackLabels {
     pub kind: String,
-    pub class: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: String,
+    pub sending_domain: String,
+    pub destination: String,
 }
 
 impl Default for Metrics {
@@ -158,7 +169,13 @@ impl Metrics {
             segment_behavior_bytes.clone(),
         );
         let feedback = Family::<FeedbackLabels, Counter>::default();
-        registry.register("feedback", "Inbound feedback by kind and class", feedback.clone());
+        registry.register("feedback", "Inbound feedback by kind and reason", feedback.clone());
+        let sender_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "feedback_sender_refusals",
+            "Bounces refusing the sender (block lists, spam, policy), by sending domain and destination group",
+            sender_refusals.clone(),
+        );
         let store_statements = Family::<StatementLabels, Counter>::default();
         registry.register(
             "store_statements",
@@ -166,6 +183,7 @@ impl Metrics {
             store_statements.clone(),
         );
         Self {
+            sender_refusals,
             store_statements,
             statement_source: Arc::default(),
             statement_sync: Arc::default(),
@@ -229,8 +247,18 @@ impl Metrics {
         self.consumed.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc_by(n);
     }
 
-    pub fn count_feedback(&self, kind: &str, class: &str) {
-        self.feedback.get_or_create(&FeedbackLabels { kind: kind.to_owned(), class: class.to_owned() }).inc();
+    pub fn count_feedback(&self, kind: &str, reason: &str) {
+        self.feedback.get_or_create(&FeedbackLabels { kind: kind.to_owned(), reason: reason.to_owned() }).inc();
+    }
+
+    /// Counts a bounce that refused the sender (see `sender_refusals`).
+    pub fn count_sender_refusal(&self, reason: &str, sending_domain: &str, destination: &str) {
+        let labels = RefusalLabels {
+            reason: reason.to_owned(),
+            sending_domain: sending_domain.to_owned(),
+            destination: destination.to_owned(),
+        };
+        self.sender_refusals.get_or_create(&labels).inc();
     }
 
     /// Exports the store's statement totals (set once, by the process that opened the store).

@@ -44,6 +44,9 @@ pub struct FeedbackSettings {
     /// Name in the SMTP greeting.
     pub hostname: String,
     pub config: FeedbackConfig,
+    /// Mailbox providers (`sender.destinations`), naming the destination
+    /// of refusals in metrics.
+    pub destinations: Vec<broadside_config::DestinationGroup>,
 }
 
 impl FeedbackSettings {

@@ -10,7 +10,9 @@ use broadside_store::{FeedbackRecord, new_id, now_millis};
 use prost::Message as _;
 
 use crate::Feedback;
-use crate::classify::{Class, Kind, Verdict, classify};
+use broadside_config::BounceAction;
+
+use crate::classify::{Kind, Reason, Recipient, Verdict, classify};
 
 /// A failure to record feedback: the sender of the report should retry (4xx).
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,9 @@ impl Feedback {
             .await?;
         tracing::info!(
             kind = verdict.kind.as_str(),
-            class = verdict.class.as_str(),
+            reason = verdict.reason.as_str(),
+            hard = verdict.hard,
+            recipients = verdict.recipients.len(),
             status = %verdict.status,
             rule = %verdict.rule,
             action = %action,
@@ -144,7 +148,7 @@ impl Feedback {
             kind: verdict.kind.as_str().into(),
             subscriber_id: who.map(|a| a.subscriber_id.clone()).unwrap_or_default(),
             campaign_id: who.map(|a| a.campaign_id.clone()).unwrap_or_default(),
-            class: verdict.class.as_str().into(),
+            class: verdict.reason.as_str().into(),
             status_code: verdict.status.clone(),
             diagnostic: verdict.diagnostic.clone(),
             reporting_mta: verdict.reporting_mta.clone(),
@@ -154,43 +158,106 @@ impl Feedback {
         };
         let id = record.id.clone();
         self.store.insert_feedback(record).await?;
-        self.metrics.count_feedback(verdict.kind.as_str(), verdict.class.as_str());
+        self.metrics.count_feedback(verdict.kind.as_str(), verdict.reason.as_str());
         Ok(id)
     }
 
-    /// The tenant's policy for a verdict: the action taken and the event to publish.
+    /// The tenant's policy for a verdict: the action taken and the event to
+    /// publish. It acts on the recipient the attribution proves is ours.
     pub(crate) async fn decide(
         &self,
         verdict: &Verdict,
         who: &Attribution,
     ) -> Result<(String, Option<EventKind>), FeedbackError> {
+        if verdict.kind == Kind::Complaint && verdict.reason == Reason::Complaint {
+            let complaint = v1::Complaint {
+                feedback_type: verdict.feedback_type.clone(),
+                reporter: verdict.reporting_mta.clone(),
+            };
+            return Ok(("unsubscribed".into(), Some(EventKind::Complaint(complaint))));
+        }
+        if verdict.kind != Kind::Bounce {
+            return Ok(("ignored".into(), None));
+        }
+        let recipient = self.recipient_of(verdict, who).await?;
+        if recipient.reason == Reason::Delivered || recipient.action.eq_ignore_ascii_case("delayed") {
+            return Ok(("ignored".into(), None)); // still being retried, or delivered after all
+        }
+        if recipient.reason.is_sender_problem() {
+            let sending_domain = self.sending_domain(verdict, who).await?;
+            let destination = self.destination_of(&recipient.address);
+            self.metrics.count_sender_refusal(recipient.reason.as_str(), &sending_domain, &destination);
+        }
         let bounce = |suppress: bool, score: f64| {
             EventKind::Bounce(v1::Bounce {
-                class: verdict.class.as_str().into(),
-                status_code: verdict.status.clone(),
-                diagnostic: verdict.diagnostic.clone(),
+                class: recipient.reason.as_str().into(),
+                status_code: recipient.status.clone(),
+                diagnostic: recipient.diagnostic.clone(),
                 suppress,
                 score,
                 source: "dsn".into(),
             })
         };
-        Ok(match (verdict.kind, verdict.class) {
-            (Kind::Complaint, Class::Complaint) => (
-                "unsubscribed".into(),
-                Some(EventKind::Complaint(v1::Complaint {
-                    feedback_type: verdict.feedback_type.clone(),
-                    reporter: verdict.reporting_mta.clone(),
-                })),
-            ),
-            (Kind::Bounce, Class::Hard) => ("suppressed".into(), Some(bounce(true, 0.0))),
-            (Kind::Bounce, Class::Soft | Class::MailboxFull) => {
+        let policy = self.settings.config.policy_of(&who.tenant);
+        let action = policy.reasons.get(recipient.reason.as_str()).copied().unwrap_or_else(|| default_action(&recipient));
+        Ok(match action {
+            BounceAction::Suppress => ("suppressed".into(), Some(bounce(true, 0.0))),
+            BounceAction::Score => {
                 let (suppress, score) = self.score_soft_bounce(who).await?;
                 (if suppress { "suppressed" } else { "scored" }.into(), Some(bounce(suppress, score)))
             }
-            // A block is about the sender's reputation, not the address: counted, never suppressed.
-            (Kind::Bounce, Class::Block) => ("ignored".into(), Some(bounce(false, 0.0))),
-            _ => ("ignored".into(), None),
+            // About the sender or this one message, not the address: counted, never suppressed.
+            BounceAction::Ignore => ("ignored".into(), Some(bounce(false, 0.0))),
         })
+    }
+
+    /// The verdict's recipient that is the attributed subscriber: the one
+    /// with the subscriber's address, else (a forward, an alias) the first
+    /// that failed. Other recipients a report names are kept in the stored
+    /// message but not acted on: only this one is proven ours by the VERP
+    /// signature, and each of our messages has one recipient.
+    async fn recipient_of(&self, verdict: &Verdict, who: &Attribution) -> Result<Recipient, FeedbackError> {
+        let summary = || Recipient {
+            address: verdict.recipient.clone(),
+            status: verdict.status.clone(),
+            reason: verdict.reason,
+            hard: verdict.hard,
+            permanent: verdict.permanent,
+            diagnostic: verdict.diagnostic.clone(),
+            ..Default::default()
+        };
+        if verdict.recipients.len() < 2 {
+            return Ok(verdict.recipients.first().cloned().unwrap_or_else(summary));
+        }
+        let email = self.store.get_subscriber(&who.tenant, &who.subscriber_id).await?.map(|s| s.email);
+        let own = email.and_then(|email| verdict.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(&email)));
+        Ok(own.cloned().unwrap_or_else(summary))
+    }
+
+    /// The domain our refused message was sent from: the returned message's
+    /// From, else the campaign's; `unknown` when neither is at hand.
+    async fn sending_domain(&self, verdict: &Verdict, who: &Attribution) -> Result<String, FeedbackError> {
+        let from = match verdict.hints.from.is_empty() {
+            false => verdict.hints.from.clone(),
+            true if !who.campaign_id.is_empty() => self
+                .store
+                .get_campaign(&who.tenant, &who.campaign_id)
+                .await?
+                .map(|c| c.from_address)
+                .unwrap_or_default(),
+            true => String::new(),
+        };
+        Ok(from.rsplit_once('@').map_or("unknown".into(), |(_, domain)| domain.to_ascii_lowercase()))
+    }
+
+    /// The destination group (mailbox provider) of an address, `other` outside the table.
+    fn destination_of(&self, address: &str) -> String {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+        self.settings
+            .destinations
+            .iter()
+            .find(|group| group.domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)))
+            .map_or("other".into(), |group| group.name.clone())
     }
 
     /// Adds one soft bounce to the decayed score; true when it reaches the threshold.
@@ -300,7 +367,7 @@ impl Feedback {
         }
         let verdict = classify(&record.raw, &stored_envelope(&record.raw));
         let unchanged = verdict.kind.as_str() == record.kind
-            && verdict.class.as_str() == record.class
+            && verdict.reason.as_str() == record.class
             && verdict.status == record.status_code
             && verdict.rule == record.rule;
         if unchanged {
@@ -308,7 +375,7 @@ impl Feedback {
         }
         let mut updated = FeedbackRecord {
             kind: verdict.kind.as_str().into(),
-            class: verdict.class.as_str().into(),
+            class: verdict.reason.as_str().into(),
             status_code: verdict.status.clone(),
             diagnostic: verdict.diagnostic.clone(),
             reporting_mta: verdict.reporting_mta.clone(),
@@ -328,6 +395,22 @@ impl Feedback {
             self.store.update_feedback_verdict(updated.clone()).await?;
         }
         Ok(Some(updated))
+    }
+}
+
+/// What a bounce with this recipient's reason does when the tenant's
+/// policy does not say: a bad address is suppressed, a refusal of the
+/// sender or of this one message is only counted, the rest (full, expired,
+/// the receiving system's trouble, unknown) adds to the soft-bounce score.
+pub fn default_action(recipient: &Recipient) -> BounceAction {
+    match recipient.reason {
+        _ if recipient.hard => BounceAction::Suppress,
+        reason if reason.is_sender_problem() => BounceAction::Ignore,
+        Reason::MessageTooBig | Reason::ExceedLimit | Reason::TooManyConnections | Reason::SyntaxError => {
+            BounceAction::Ignore
+        }
+        Reason::AutoReply | Reason::Delivered | Reason::Complaint => BounceAction::Ignore,
+        _ => BounceAction::Score,
     }
 }
 

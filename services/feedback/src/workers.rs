@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::Feedback;
-use crate::classify::{Class, Kind, Verdict, rules};
+use crate::classify::{Reason, smtp_reply};
 use crate::policy::Attribution;
 
 const GROUP: &str = "feedback";
@@ -45,17 +45,7 @@ async fn on_delivery(feedback: &Feedback, event: &DeliveryEvent) -> Result<(), c
     if event.outcome != DeliveryOutcome::Failed as i32 || event.smtp_code < 500 {
         return Ok(());
     }
-    let status = if event.enhanced_code.is_empty() { "5.0.0".to_owned() } else { event.enhanced_code.clone() };
-    let class = rules::class_of(&status, &event.detail);
-    let verdict = Verdict {
-        kind: Kind::Bounce,
-        class,
-        status,
-        diagnostic: format!("{} {}", event.smtp_code, event.detail),
-        reporting_mta: event.mx.clone(),
-        rule: "smtp".into(),
-        ..Default::default()
-    };
+    let verdict = smtp_reply(event.smtp_code, &event.enhanced_code, &event.detail, &event.mx);
     let who = Attribution {
         tenant: event.tenant.clone(),
         subscriber_id: event.subscriber_id.clone(),
@@ -70,7 +60,7 @@ async fn on_delivery(feedback: &Feedback, event: &DeliveryEvent) -> Result<(), c
         }
         feedback.publish(&who, kind).await?;
     }
-    if class != Class::Notice {
+    if verdict.reason != Reason::Delivered {
         feedback.store_verdict(&verdict, Some(&who), who.tenant.clone(), &action, Vec::new()).await?;
     }
     Ok(())

@@ -5,7 +5,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for group in broadside_feedback::classify::fields::parse_groups(&text) {
         for (_, value) in &group.0 {
             let _ = broadside_feedback::classify::fields::typed_value(value);
-            let _ = broadside_feedback::classify::rules::find_status(value);
+            let _ = broadside_feedback::classify::codes::find_status(value);
         }
     }
     let _ = broadside_feedback::classify::unsubscribe_tokens(&text);

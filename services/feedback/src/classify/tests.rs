@@ -1,35 +1,119 @@
+//! Every fixture under `fixtures/bounces/` is a test: its row in
+//! `fixtures/bounces/verdicts.tsv` gives the expected kind, rule, reason,
+//! hardness, status and recipients. One test per family, so a regression
+//! names the MTA it broke.
+
 use super::*;
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bounces")
 }
 
-fn check(name: &str, kind: Kind, class: Class, rule: &str, recipient: &str, status: &str) -> Verdict {
-    let verdict = classify(&fixture(name), &[]);
-    assert_eq!(
-        (verdict.kind, verdict.class, verdict.rule.as_str(), verdict.recipient.as_str(), verdict.status.as_str()),
-        (kind, class, rule, recipient, status),
-        "{name}: {verdict:#?}"
-    );
-    verdict
+fn fixture(path: &str) -> Vec<u8> {
+    let path = root().join(path);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One row of verdicts.tsv.
+struct Expected {
+    path: String,
+    kind: String,
+    rule: String,
+    reason: String,
+    hard: bool,
+    status: String,
+    recipients: Vec<String>,
+}
+
+fn expectations() -> Vec<Expected> {
+    let table = std::fs::read_to_string(root().join("verdicts.tsv")).expect("fixtures/bounces/verdicts.tsv");
+    table
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| {
+            let cells: Vec<&str> = line.split('\t').collect();
+            assert_eq!(cells.len(), 7, "verdicts.tsv line {}: 7 tab-separated cells expected", n + 1);
+            Expected {
+                path: cells[0].into(),
+                kind: cells[1].into(),
+                rule: cells[2].into(),
+                reason: cells[3].into(),
+                hard: cells[4] == "hard",
+                status: cells[5].into(),
+                recipients: cells[6].split_whitespace().map(str::to_owned).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Checks every fixture of `family` (its directory) against its row.
+fn check_family(family: &str) {
+    let rows: Vec<Expected> = expectations().into_iter().filter(|e| e.path.starts_with(&format!("{family}/"))).collect();
+    assert!(!rows.is_empty(), "no fixtures for {family} in verdicts.tsv");
+    let mut failures = Vec::new();
+    for row in rows {
+        let verdict = classify(&fixture(&row.path), &[]);
+        let got_recipients: Vec<String> = verdict.recipients.iter().map(|r| r.address.to_lowercase()).collect();
+        let got = (
+            verdict.kind.as_str(),
+            verdict.rule.as_str(),
+            verdict.reason.as_str(),
+            verdict.hard,
+            verdict.status.as_str(),
+            got_recipients,
+        );
+        let want = (
+            row.kind.as_str(),
+            row.rule.as_str(),
+            row.reason.as_str(),
+            row.hard,
+            row.status.as_str(),
+            row.recipients.iter().map(|r| r.to_lowercase()).collect::<Vec<_>>(),
+        );
+        if got != want {
+            failures.push(format!("{}:\n  want {want:?}\n  got  {got:?}\n  diagnostic {:?}", row.path, verdict.diagnostic));
+        }
+    }
+    assert!(failures.is_empty(), "{} fixture(s) wrong:\n{}", failures.len(), failures.join("\n"));
+}
+
+macro_rules! families {
+    ($($family:ident),* $(,)?) => {
+        $(#[test] fn $family() { check_family(stringify!($family)); })*
+
+        /// Every fixture directory is one of the families above, and every fixture has a row.
+        #[test]
+        fn every_fixture_is_tested() {
+            let known = [$(stringify!($family)),*];
+            let rows: Vec<String> = expectations().into_iter().map(|e| e.path).collect();
+            for dir in std::fs::read_dir(root()).unwrap().flatten().filter(|d| d.path().is_dir()) {
+                let family = dir.file_name().to_string_lossy().into_owned();
+                assert!(known.contains(&family.as_str()), "fixtures/bounces/{family}: add it to the families! list");
+                for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                    let path = format!("{family}/{}", file.file_name().to_string_lossy());
+                    assert!(rows.contains(&path), "fixtures/bounces/{path} has no row in verdicts.tsv");
+                }
+            }
+        }
+    };
+}
+
+families!(postfix, exim, qmail, sendmail, exchange, gmail, yahoo, arf, auto_reply);
+
+#[test]
+fn every_recipient_of_a_multi_recipient_dsn_has_its_own_verdict() {
+    let verdict = classify(&fixture("postfix/relay-550.eml"), &[]);
+    assert_eq!(verdict.reporting_mta, "relay.broadside.test");
+    assert!(verdict.diagnostic.starts_with("550 5.1.1"), "{}", verdict.diagnostic);
+    assert_eq!(verdict.hints.verp, vec!["bnc+abcdefgh@bounces.broadside.localhost".to_owned()]);
+    assert_eq!(verdict.hints.tokens, vec!["k1.TOKEN.SIG".to_owned()]);
+    assert_eq!(verdict.hints.message_id, "c1.s1@broadside.localhost");
 }
 
 #[test]
-fn postfix_dsns_saved_from_a_real_postfix() {
-    let unknown = check("postfix-unknown-user.eml", Kind::Bounce, Class::Hard, "dsn", "nosuchuser@local.test", "5.1.1");
-    assert_eq!(unknown.reporting_mta, "relay.broadside.test");
-    assert!(unknown.diagnostic.contains("unknown user"), "{}", unknown.diagnostic);
-    let relayed = check("postfix-550-relay.eml", Kind::Bounce, Class::Hard, "dsn", "gone@refuse.test", "5.1.1");
-    assert!(relayed.diagnostic.starts_with("550 5.1.1"), "{}", relayed.diagnostic);
-    assert_eq!(relayed.hints.verp, vec!["bnc+abcdefgh@bounces.broadside.localhost".to_owned()]);
-    assert_eq!(relayed.hints.tokens, vec!["k1.TOKEN.SIG".to_owned()]);
-    assert_eq!(relayed.hints.message_id, "c1.s1@broadside.localhost");
-}
-
-#[test]
-fn arf_complaint() {
-    let verdict = check("arf.eml", Kind::Complaint, Class::Complaint, "arf", "reader@yahoo.com", "");
+fn arf_hints() {
+    let verdict = classify(&fixture("arf/abuse.eml"), &[]);
     assert_eq!(verdict.feedback_type, "abuse");
     assert_eq!(verdict.reporting_mta, "broadside.localhost");
     assert_eq!(verdict.hints.tokens, vec!["TOKEN".to_owned()]);
@@ -37,19 +121,9 @@ fn arf_complaint() {
 }
 
 #[test]
-fn plain_text_bounces_of_each_mta() {
-    check("qmail.eml", Kind::Bounce, Class::Hard, "qmail", "nobody@example.net", "5.1.1");
-    check("exim.eml", Kind::Bounce, Class::MailboxFull, "exim", "full.box@example.org", "5.2.2");
-    check("sendmail.eml", Kind::Bounce, Class::Hard, "sendmail", "gone@example.com", "5.1.1");
-    check("exchange.eml", Kind::Bounce, Class::Hard, "exchange", "ghost@contoso.com", "5.1.10");
-    check("gmail.eml", Kind::Bounce, Class::Hard, "gmail", "missing.person@gmail.com", "5.1.1");
-    check("yahoo.eml", Kind::Bounce, Class::Hard, "yahoo", "nobody.here@yahoo.com", "5.0.0");
-    check("postfix-text.eml", Kind::Bounce, Class::Block, "postfix_text", "spamtrap@example.com", "5.7.1");
-}
-
-#[test]
-fn auto_replies_are_not_bounces() {
-    check("autoreply.eml", Kind::AutoReply, Class::AutoReply, "auto_reply", "jane@example.com", "");
+fn the_config_knows_every_reason() {
+    let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(names, broadside_config::BOUNCE_REASONS);
 }
 
 #[test]
@@ -64,7 +138,7 @@ fn anything_else_is_unknown_and_nothing_panics() {
 /// A 20 MB message and MIME nested 100 deep are classified without panic or blow-up.
 #[test]
 fn huge_and_deeply_nested_messages() {
-    let mut big = fixture("postfix-550-relay.eml");
+    let mut big = fixture("postfix/relay-550.eml");
     let filler = "x".repeat(998) + "\r\n";
     let insert_at = big.windows(6).position(|w| w == b"Hello\n").unwrap_or(big.len());
     let tail = big.split_off(insert_at);
@@ -100,7 +174,7 @@ mod properties {
             cut in 0usize..4000,
             flips in proptest::collection::vec((0usize..4000, any::<u8>()), 0..20),
         ) {
-            let names = ["postfix-550-relay.eml", "postfix-unknown-user.eml", "arf.eml", "exim.eml"];
+            let names = ["postfix/relay-550.eml", "postfix/unknown-user-local.eml", "arf/abuse.eml", "exim/mailbox-full-transcribed.eml"];
             let mut raw = fixture(names[which]);
             for (at, byte) in flips {
                 if !raw.is_empty() {
