@@ -87,7 +87,9 @@ impl Recipient {
             "delivered" | "relayed" | "expanded" => Reason::Delivered,
             _ => reason::of(status.as_deref().unwrap_or_default(), &self.diagnostic),
         };
-        if self.reason == Reason::Undefined && (delayed || action == "delayed") {
+        // Still queued, or given up after temporary failures only: expired.
+        let gave_up = action == "failed" && status.as_deref().is_some_and(|s| s.starts_with('4'));
+        if self.reason == Reason::Undefined && (delayed || action == "delayed" || gave_up) {
             self.reason = Reason::Expired;
         }
         self.status = match status {

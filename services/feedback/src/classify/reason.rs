@@ -128,40 +128,30 @@ impl std::fmt::Display for Reason {
 /// part; a hit names its section (priority) and the parts that must follow.
 struct Table {
     automaton: AhoCorasick,
-    /// Per pattern: (section index, the reason, the parts after `*`).
+    /// Per pattern: (its section's rank, the reason, the parts after `*`).
     patterns: Vec<(usize, Reason, Vec<String>)>,
 }
 
 static TABLE: LazyLock<Table> = LazyLock::new(|| {
     let mut firsts = Vec::new();
     let mut patterns = Vec::new();
+    // (rank, reason) of the current section: earlier sections win.
     let mut section = None;
+    let mut sections = 0;
     for line in include_str!("data/reasons.txt").lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             let reason = Reason::parse(name).unwrap_or_else(|| panic!("reasons.txt: unknown section [{name}]"));
-            section = Some((patterns.len(), reason));
+            section = Some((sections, reason));
+            sections += 1;
             continue;
         }
-        let (_, reason) = section.expect("reasons.txt: a phrase before the first [section]");
+        let (rank, reason) = section.expect("reasons.txt: a phrase before the first [section]");
         let mut parts = line.split('*').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
         firsts.push(parts.next().expect("reasons.txt: an empty phrase"));
-        patterns.push((0, reason, parts.collect()));
-    }
-    // Sections rank by their order in the file.
-    let order: Vec<Reason> = {
-        let mut seen = Vec::new();
-        for (_, reason, _) in &patterns {
-            if !seen.contains(reason) {
-                seen.push(*reason);
-            }
-        }
-        seen
-    };
-    for pattern in &mut patterns {
-        pattern.0 = order.iter().position(|r| *r == pattern.1).unwrap_or(usize::MAX);
+        patterns.push((rank, reason, parts.collect()));
     }
     let automaton = AhoCorasick::new(&firsts).expect("reasons.txt: valid phrases");
     Table { automaton, patterns }
