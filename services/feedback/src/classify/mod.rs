@@ -100,6 +100,15 @@ impl Recipient {
         self
     }
 
+    /// Takes a reason found elsewhere in the report, with the status it implies.
+    fn refine(&mut self, reason: Reason) {
+        if self.status.ends_with(".0.0") {
+            self.status = reason.default_status(self.permanent);
+        }
+        self.reason = reason;
+        self.hard = reason.is_hard(self.permanent);
+    }
+
     fn failed(&self) -> bool {
         self.reason != Reason::Delivered && !self.action.eq_ignore_ascii_case("delayed")
     }
@@ -477,6 +486,13 @@ fn text(verdict: &mut Verdict, message: &Message<'_>, report: &Report) {
     for f in found {
         let diagnostic = if f.diagnostic.is_empty() { body.trim().chars().take(300).collect() } else { f.diagnostic };
         verdict.recipients.push(Recipient { address: f.address, diagnostic, ..Default::default() }.settle(delayed));
+    }
+    // Where the text about an address gives no reason, the whole report
+    // (its subject and prose) may: "...not listed in Domino Directory".
+    for recipient in verdict.recipients.iter_mut().filter(|r| r.reason == Reason::Undefined) {
+        if let Some(found) = reason::from_text(&format!("{subject}\n{body}")) {
+            recipient.refine(found);
+        }
     }
 }
 

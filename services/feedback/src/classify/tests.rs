@@ -108,7 +108,11 @@ macro_rules! families {
     };
 }
 
-families!(postfix, exim, opensmtpd, qmail, sendmail, exchange, gmail, yahoo, arf, auto_reply);
+families!(
+    postfix, exim, opensmtpd, sendmail, qmail, courier, exchange, gmail, google_groups, yahoo, icloud, zoho, gmx, mailru,
+    yandex, kddi, docomo, amazon_ses, amazon_workmail, mimecast, mcafee, trendmicro, messagelabs, domino, imail,
+    mailmarshal, arf, auto_reply,
+);
 
 #[test]
 fn every_recipient_of_a_multi_recipient_dsn_has_its_own_verdict() {

@@ -64,14 +64,17 @@ fn contains_parts(text: &str, parts: &[String]) -> bool {
 
 /// The family that wrote this bounce, if one is recognised (`lower_*` are lowercase).
 pub fn family(lower_text: &str, lower_subject: &str, lower_from: &str) -> Option<&'static str> {
-    FAMILIES
-        .list
-        .iter()
+    // The sender and subject name a provider more surely than wording many
+    // MTAs share (Zoho and GMX write Exim's text), so they are tried first.
+    let list = &FAMILIES.list;
+    let domain = lower_from.rsplit_once('@').map_or("", |(_, d)| d);
+    let within = |parent: &str| domain == parent || domain.strip_suffix(parent).is_some_and(|d| d.ends_with('.'));
+    list.iter()
         .find(|f| {
-            f.from.iter().any(|m| lower_from.contains(m.as_str()))
+            f.from.iter().any(|m| within(m))
                 || f.subject.iter().any(|m| lower_subject.contains(m.as_str()))
-                || f.body.iter().any(|parts| contains_parts(lower_text, parts))
         })
+        .or_else(|| list.iter().find(|f| f.body.iter().any(|parts| contains_parts(lower_text, parts))))
         .map(|f| f.name.as_str())
 }
 
@@ -125,6 +128,12 @@ const NOT_RECIPIENT: &[&str] = &[
     "original-mail-from",
     "sent by",
     "sender address",
+    "original sender",
+    "original-sender",
+    "envelope sender",
+    "sender-mta",
+    "reporting-mta",
+    "remote-mta",
 ];
 
 /// Prefixes after which an address is the one that failed.
