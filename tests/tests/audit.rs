@@ -28,7 +28,8 @@ async fn every_administrative_action_is_in_the_audit_log() {
     sandbox.subscribers.import_subscribers(tokio_stream::iter(import)).await.unwrap();
     let suppression = Suppression { target: "spam@example.com".into(), ..Default::default() };
     sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
-    let remove = RemoveSuppressionRequest { target: "spam@example.com".into(), list: String::new() };
+    let remove =
+        RemoveSuppressionRequest { target: "spam@example.com".into(), list: String::new(), note: String::new() };
     sandbox.subscribers.remove_suppression(remove).await.unwrap();
     let export = ExportSubscriberRequest { email: "ann@example.com".into(), ..Default::default() };
     sandbox.subscribers.export_subscriber(export).await.unwrap();

@@ -257,7 +257,7 @@ fn cli_imports_a_csv_once_and_keys_are_managed_from_the_cli() {
     assert!(!ok && err.contains("lowercase"), "{err}");
 }
 
-/// `broadside feedback classify` on a DSN saved from a real Postfix and on an ARF report.
+/// `broadside feedback classify` on DSNs from a real Postfix and on ARF reports.
 #[test]
 fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,7 +272,8 @@ fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
     assert_eq!(verdict["recipient"], "gone@refuse.test");
     assert_eq!(verdict["status"], "5.1.1");
     assert_eq!(verdict["rule"], "dsn");
-    assert_eq!(verdict["reporting_mta"], "relay.broadside.test (remote 127.0.0.1)");
+    assert_eq!(verdict["reporting_mta"], "relay.broadside.test");
+    assert_eq!(verdict["recipients"][0]["remote_mta"], "127.0.0.1");
     assert!(verdict["diagnostic"].as_str().unwrap().starts_with("550 5.1.1 <gone@refuse.test>"), "{out}");
     assert_eq!(verdict["hints"]["verp"][0], "bnc+x@bounces.example");
 
@@ -285,6 +286,58 @@ fn feedback_classify_prints_the_verdict_of_a_saved_dsn_and_an_arf_report() {
         (verdict["feedback_type"].as_str(), verdict["recipient"].as_str()),
         (Some("abuse"), Some("reader@yahoo.com"))
     );
+
+    // A DSN a real Postfix wrote about six recipients: each with its own status, reason and hardness.
+    let six = fixtures.join("bounces/postfix/six-recipients.eml");
+    let (ok, out, err) = run(dir.path(), &["feedback", "classify", six.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let recipients: Vec<(&str, &str, &str, bool)> = verdict["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+                r["hard"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recipients,
+        [
+            ("someone@nosuch-domain.invalid", "5.4.4", "host_unknown", true),
+            ("stranger@other.test", "5.7.1", "rejected", false),
+            ("blocked@rcv.test", "5.7.1", "blocked", false),
+            ("full@rcv.test", "5.2.2", "mailbox_full", false),
+            ("moved@rcv.test", "5.1.6", "has_moved", true),
+            ("nosuch@rcv.test", "5.1.1", "user_unknown", true),
+        ],
+        "{out}"
+    );
+    // An ARF report without Original-Rcpt-To: the recipient is the returned message's To.
+    let arf = fixtures.join("bounces/arf/recipient-in-returned-message.eml");
+    let (ok, out, err) = run(dir.path(), &["feedback", "classify", arf.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (verdict["kind"].as_str(), verdict["recipient"].as_str()),
+        (Some("complaint"), Some("reader.person@example.net"))
+    );
+    assert_eq!(verdict["recipients"][0]["reason"], "complaint");
+    assert_eq!(verdict["recipients"][0]["hard"], false);
+
+    // A directory: one JSON line per message; --summary: the bench line.
+    let (ok, out, err) = run(dir.path(), &["feedback", "classify", fixtures.join("bounces/qmail").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["file"].is_string()), "{out}");
+    let (ok, out, err) =
+        run(dir.path(), &["feedback", "classify", "--summary", fixtures.join("bounces").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("classify: files=") && out.contains("reason: user_unknown="), "{out}");
 
     let (ok, _, err) = run(dir.path(), &["feedback", "classify", "/nonexistent.eml"]);
     assert!(!ok && err.contains("/nonexistent.eml"), "{err}");
@@ -322,7 +375,10 @@ async fn feedback_reclassify_reports_and_applies_changed_verdicts() {
     let store = broadside_tests::open_store(dir.path()).await.unwrap();
     let page = store.list_feedback("", None, false, PageRequest::new(10, "")).await.unwrap();
     let record = page.items.iter().find(|r| r.id == id).unwrap();
-    assert_eq!((record.kind.as_str(), record.class.as_str(), record.status_code.as_str()), ("bounce", "user_unknown", "5.1.1"));
+    assert_eq!(
+        (record.kind.as_str(), record.class.as_str(), record.status_code.as_str()),
+        ("bounce", "user_unknown", "5.1.1")
+    );
     assert_eq!(record.verdict, "unattributed", "no signed attribution: still no action");
     let (ok, out, _) = run(dir.path(), &["feedback", "reclassify"]);
     assert!(ok && out.is_empty(), "nothing left to change: {out}");

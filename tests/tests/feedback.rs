@@ -417,6 +417,35 @@ async fn complaints_by_mail_and_api_unsubscribe_everywhere_and_forgeries_change_
     })
     .await
     .unwrap();
+
+    // Eve's suppression keeps its bounce reason, and `suppressions lift`
+    // undoes it (audited) and makes her active again; address reasons are never lifted.
+    let by_reason =
+        |reason: &str| ListSuppressionsRequest { page_size: 100, reason: reason.into(), ..Default::default() };
+    let full =
+        sandbox.subscribers.list_suppressions(by_reason("mailbox_full")).await.unwrap().into_inner().suppressions;
+    assert_eq!(full.len(), 1, "{full:#?}");
+    assert_eq!(
+        (full[0].target.as_str(), full[0].reason, full[0].detail.as_str()),
+        ("eve@example.com", SuppressionReason::HardBounce as i32, "mailbox_full")
+    );
+    let blocked = sandbox.subscribers.list_suppressions(by_reason("blocked")).await.unwrap().into_inner();
+    assert!(blocked.suppressions.is_empty(), "{blocked:#?}");
+    let args = broadside::client::ClientArgs {
+        server: sandbox.node.as_ref().unwrap().grpc_url(),
+        api_key: Some(sandbox.api_key.clone()),
+        config: None,
+        tls: Default::default(),
+    };
+    use broadside::suppressions::{SuppressionsCommand, run as suppressions};
+    let refused =
+        suppressions(&args, SuppressionsCommand::Lift { reason: "user_unknown".into(), dry_run: false }).await;
+    assert!(refused.unwrap_err().to_string().contains("the address itself is bad"));
+    suppressions(&args, SuppressionsCommand::Lift { reason: "mailbox_full".into(), dry_run: false }).await.unwrap();
+    let check = CheckSuppressionRequest { email: "eve@example.com".into(), list: String::new() };
+    assert!(!sandbox.subscribers.check_suppression(check).await.unwrap().into_inner().suppressed);
+    let status = subscribers.get_subscriber(get).await.unwrap().into_inner().status;
+    assert_eq!(status, SubscriberStatus::Active as i32, "lifting the bounce suppression reactivates her");
     sandbox.stop().await.unwrap();
 }
 

@@ -80,7 +80,7 @@ async fn export_holds_everything_and_erase_leaves_only_a_hash() {
     sandbox.subscribers.add_suppression(AddSuppressionRequest { suppression: Some(suppression) }).await.unwrap();
     sandbox
         .subscribers
-        .remove_suppression(RemoveSuppressionRequest { target: email.into(), list: list.clone() })
+        .remove_suppression(RemoveSuppressionRequest { target: email.into(), list: list.clone(), note: String::new() })
         .await
         .unwrap();
     // An import puts the address into batched bus records shared with others.

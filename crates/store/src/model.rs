@@ -314,7 +314,28 @@ pub struct Suppression {
     /// The address or `@domain`; empty once the address was erased.
     pub target: String,
     pub reason: SuppressionReason,
+    /// For `hard_bounce`, the bounce reason behind it (`user_unknown`,
+    /// `blocked`, ...); empty otherwise and for suppressions made before
+    /// bounces had reasons.
+    pub detail: String,
     pub create_time: i64,
+}
+
+impl Suppression {
+    /// The stored form of reason and detail: `hard_bounce:blocked` (one
+    /// column in every store, so no schema change was needed).
+    pub fn stored_reason(&self) -> String {
+        match self.detail.is_empty() {
+            true => self.reason.as_str().to_owned(),
+            false => format!("{}:{}", self.reason.as_str(), self.detail),
+        }
+    }
+
+    /// Reason and detail from their stored form (an unknown reason reads as `manual`).
+    pub fn parse_stored_reason(stored: &str) -> (SuppressionReason, String) {
+        let (reason, detail) = stored.split_once(':').unwrap_or((stored, ""));
+        (SuppressionReason::parse(reason).unwrap_or(SuppressionReason::Manual), detail.to_owned())
+    }
 }
 
 /// A send-ledger row, for exports.

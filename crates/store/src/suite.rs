@@ -191,6 +191,7 @@ pub async fn sendable_members_and_consent(store: &dyn Store) {
                 list_id: list_id.into(),
                 target: target.into(),
                 reason: SuppressionReason::Manual,
+                detail: String::new(),
                 create_time: now_millis(),
             })
             .await
@@ -650,7 +651,9 @@ pub async fn catalog_and_admin(store: &dyn Store) {
             email_hash: String::new(),
             list_id: String::new(),
             target: target.clone(),
-            reason: SuppressionReason::Manual,
+            // A bounce suppression keeps its bounce reason beside its own.
+            reason: if target.starts_with('@') { SuppressionReason::HardBounce } else { SuppressionReason::Manual },
+            detail: if target.starts_with('@') { "blocked".into() } else { String::new() },
             create_time: now_millis(),
         };
         store.add_suppression(suppression).await.unwrap();
@@ -660,6 +663,14 @@ pub async fn catalog_and_admin(store: &dyn Store) {
         let page = store.list_suppressions("t-admin", PageRequest::new(3, &token)).await.unwrap();
         assert!(page.items.len() <= 3);
         pages += 1;
+        for item in &page.items {
+            let expected = if item.target.starts_with('@') {
+                (SuppressionReason::HardBounce, "blocked")
+            } else {
+                (SuppressionReason::Manual, "")
+            };
+            assert_eq!((item.reason, item.detail.as_str()), expected, "{item:?}");
+        }
         seen.extend(page.items.into_iter().map(|s| s.target));
         match page.next_token {
             Some(next) => token = next,
@@ -827,6 +838,7 @@ mod sqlite {
             list_id: String::new(),
             target: "grace.hopper@example.com".into(),
             reason: SuppressionReason::Manual,
+            detail: String::new(),
             create_time: 0,
         };
         store.add_suppression(suppression).await.unwrap();

@@ -148,10 +148,9 @@ fn classify_files(paths: &[PathBuf], rcpt: &[String], summary: bool) -> anyhow::
         messages.push(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
     }
     if !summary {
-        if let ([file], [raw]) = (files.as_slice(), messages.as_slice())
-            && !paths[0].is_dir()
+        if let ([path], [raw]) = (paths, messages.as_slice())
+            && !path.is_dir()
         {
-            let _ = file;
             crate::outln!("{}", serde_json::to_string_pretty(&classify(raw, rcpt))?);
             return Ok(());
         }

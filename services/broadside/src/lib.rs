@@ -28,6 +28,7 @@ pub mod feedback;
 pub mod import;
 pub mod node;
 pub mod segments;
+pub mod suppressions;
 pub mod tls;
 
 pub use node::{Node, Role};

@@ -85,6 +85,9 @@ enum Command {
     /// Subscribers (client of a running node).
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Suppressions with their reasons; lift those made for a non-address bounce reason (client of a running node).
+    #[command(subcommand)]
+    Suppressions(broadside::suppressions::SuppressionsCommand),
     /// Templates (client of a running node).
     #[command(subcommand)]
     Templates(TemplatesCommand),
@@ -198,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lists(command) => client::lists(&client_args, command).await?,
         Command::Subscribers(command) => client::subscribers(&client_args, command).await?,
         Command::Templates(command) => client::templates(&client_args, command).await?,
+        Command::Suppressions(command) => broadside::suppressions::run(&client_args, command).await?,
         Command::Campaigns(command) => client::campaigns(&client_args, command).await?,
         Command::Bench(command) => broadside::bench::run(&load()?, &client_args, command).await?,
         Command::Segments(command) => broadside::segments::run(&client_args, command).await?,

@@ -170,10 +170,8 @@ impl Feedback {
         who: &Attribution,
     ) -> Result<(String, Option<EventKind>), FeedbackError> {
         if verdict.kind == Kind::Complaint && verdict.reason == Reason::Complaint {
-            let complaint = v1::Complaint {
-                feedback_type: verdict.feedback_type.clone(),
-                reporter: verdict.reporting_mta.clone(),
-            };
+            let complaint =
+                v1::Complaint { feedback_type: verdict.feedback_type.clone(), reporter: verdict.reporting_mta.clone() };
             return Ok(("unsubscribed".into(), Some(EventKind::Complaint(complaint))));
         }
         if verdict.kind != Kind::Bounce {
@@ -199,7 +197,8 @@ impl Feedback {
             })
         };
         let policy = self.settings.config.policy_of(&who.tenant);
-        let action = policy.reasons.get(recipient.reason.as_str()).copied().unwrap_or_else(|| default_action(&recipient));
+        let action =
+            policy.reasons.get(recipient.reason.as_str()).copied().unwrap_or_else(|| default_action(&recipient));
         Ok(match action {
             BounceAction::Suppress => ("suppressed".into(), Some(bounce(true, 0.0))),
             BounceAction::Score => {
@@ -385,6 +384,9 @@ impl Feedback {
         };
         if apply {
             let acted = matches!(record.verdict.as_str(), "suppressed" | "unsubscribed");
+            if record.verdict == "suppressed" && !record.subscriber_id.is_empty() {
+                self.relabel_suppression(&record.tenant, &record.subscriber_id, verdict.reason).await?;
+            }
             if !acted && let Some(who) = self.attribute(&verdict).await? {
                 let (action, event) = self.decide(&verdict, &who).await?;
                 if let Some(event) = event {
@@ -411,6 +413,33 @@ pub fn default_action(recipient: &Recipient) -> BounceAction {
         }
         Reason::AutoReply | Reason::Delivered | Reason::Complaint => BounceAction::Ignore,
         _ => BounceAction::Score,
+    }
+}
+
+impl Feedback {
+    /// Gives the bounce suppression a verdict made the bounce reason today's
+    /// rules see, so `suppressions lift --reason` finds suppressions made
+    /// under older rules too (a block once read as a bad address).
+    async fn relabel_suppression(
+        &self,
+        tenant: &str,
+        subscriber_id: &str,
+        reason: Reason,
+    ) -> Result<(), FeedbackError> {
+        let Some(subscriber) = self.store.get_subscriber(tenant, subscriber_id).await? else { return Ok(()) };
+        let existing = self.store.suppressions_for(tenant, vec![subscriber.email.clone()]).await?;
+        let bounce = existing.into_iter().find(|s| {
+            s.list_id.is_empty()
+                && s.reason == broadside_store::SuppressionReason::HardBounce
+                && s.detail != reason.as_str()
+        });
+        if let Some(mut suppression) = bounce {
+            tracing::info!(tenant, subscriber = subscriber_id, from = %suppression.detail, to = %reason, "bounce suppression relabelled");
+            suppression.target = subscriber.email;
+            suppression.detail = reason.as_str().to_owned();
+            self.store.add_suppression(suppression).await?;
+        }
+        Ok(())
     }
 }
 

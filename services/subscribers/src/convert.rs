@@ -111,5 +111,6 @@ pub(crate) fn suppression_to_proto(suppression: &Suppression) -> v1::Suppression
         create_time: millis_to_timestamp(suppression.create_time),
         list: if suppression.list_id.is_empty() { String::new() } else { format!("lists/{}", suppression.list_id) },
         email_hash: suppression.email_hash.clone(),
+        detail: suppression.detail.clone(),
     }
 }

@@ -62,9 +62,9 @@ impl SubscriberApi {
         let mut changes = Vec::new();
         match kind {
             Kind::Bounce(bounce) if bounce.suppress => {
-                self.suppress(&subscriber, SuppressionReason::HardBounce, &mut changes).await?;
+                self.suppress(&subscriber, SuppressionReason::HardBounce, &bounce.class, &mut changes).await?;
                 self.set_status(&subscriber, SubscriberStatus::Bounced).await?;
-                tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, status = %bounce.status_code, class = %bounce.class, "bounced subscriber suppressed");
+                tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, status = %bounce.status_code, reason = %bounce.class, "bounced subscriber suppressed");
             }
             Kind::Complaint(complaint) => {
                 let consent = ConsentContext {
@@ -73,7 +73,7 @@ impl SubscriberApi {
                     user_agent: complaint.reporter.clone(),
                 };
                 self.leave(&subscriber, "", consent, &mut changes).await?;
-                self.suppress(&subscriber, SuppressionReason::Complaint, &mut changes).await?;
+                self.suppress(&subscriber, SuppressionReason::Complaint, "", &mut changes).await?;
                 self.set_status(&subscriber, SubscriberStatus::Complained).await?;
                 tracing::info!(tenant = %event.tenant, subscriber = %event.subscriber_id, feedback_type = %complaint.feedback_type, "complaint: unsubscribed from every list and suppressed");
             }
@@ -130,6 +130,7 @@ impl SubscriberApi {
         &self,
         subscriber: &Subscriber,
         reason: SuppressionReason,
+        detail: &str,
         changes: &mut Vec<(String, String, Change)>,
     ) -> Result<(), StoreError> {
         let existing = self.store.suppressions_for(&subscriber.tenant, vec![subscriber.email.clone()]).await?;
@@ -144,6 +145,7 @@ impl SubscriberApi {
                 list_id: String::new(),
                 target: subscriber.email.clone(),
                 reason,
+                detail: detail.to_owned(),
                 create_time: now_millis(),
             })
             .await?;

@@ -5,9 +5,12 @@ use broadside_auth::Caller;
 use broadside_proto::v1::subscriber_event::Change;
 use broadside_proto::v1::*;
 use broadside_proto::{ServiceError, names};
-use broadside_store::{PageRequest, normalize_email as unique_key, now_millis};
+use broadside_store::{
+    PageRequest, SubscriberStatus, SubscriberUpdate, SuppressionReason, normalize_email as unique_key, now_millis,
+};
 
 use crate::convert::{reason_from_proto, suppression_to_proto};
+use crate::events::upserted;
 use crate::validate::normalize_email;
 use crate::{SubscriberApi, tenant};
 
@@ -61,6 +64,7 @@ impl SubscriberApi {
                 list_id: list_id.to_owned(),
                 target,
                 reason,
+                detail: String::new(),
                 create_time: now_millis(),
             })
             .await?;
@@ -86,15 +90,34 @@ impl SubscriberApi {
             return Err(ServiceError::NotFound(format!("suppression of {target:?}")));
         }
         self.publish_suppression(caller, &hash, "", false).await?;
+        if list_id.is_empty() && existing.iter().any(|s| s.reason == SuppressionReason::HardBounce) {
+            self.unbounce(caller, &target).await?;
+        }
         let resource = format!("suppressions/{hash}");
-        broadside_auth::audit(
-            &self.store,
-            caller,
-            "suppression.remove",
-            &resource,
-            serde_json::json!({ "list": list_id }),
-        )
-        .await?;
+        let removed = existing.iter().find(|s| s.list_id == list_id);
+        let detail = serde_json::json!({
+            "list": list_id,
+            "reason": removed.map(|s| s.reason.as_str()).unwrap_or_default(),
+            "bounce_reason": removed.map(|s| s.detail.as_str()).unwrap_or_default(),
+            "note": request.note,
+        });
+        broadside_auth::audit(&self.store, caller, "suppression.remove", &resource, detail).await?;
+        Ok(())
+    }
+
+    /// A subscriber marked bounced is active again once its bounce
+    /// suppression is lifted: otherwise lifting would change nothing.
+    async fn unbounce(&self, caller: &Caller, email: &str) -> Result<(), ServiceError> {
+        let Some(subscriber) = self.store.find_subscriber(tenant(caller), email).await? else { return Ok(()) };
+        if subscriber.status != SubscriberStatus::Bounced {
+            return Ok(());
+        }
+        let update = SubscriberUpdate { status: Some(SubscriberStatus::Active), ..Default::default() };
+        self.store.update_subscriber(tenant(caller), &subscriber.id, update).await?;
+        if let Some(latest) = self.store.get_subscriber(tenant(caller), &subscriber.id).await? {
+            self.publish(vec![(latest.tenant.clone(), latest.id.clone(), upserted(&latest))]).await?;
+        }
+        tracing::info!(tenant = %caller.tenant, subscriber = %subscriber.id, "bounce suppression lifted: subscriber active again");
         Ok(())
     }
 
@@ -105,8 +128,11 @@ impl SubscriberApi {
     ) -> Result<ListSuppressionsResponse, ServiceError> {
         let page = PageRequest::new(request.page_size.into(), &request.page_token);
         let page = self.store.list_suppressions(tenant(caller), page).await?;
+        let wanted = |s: &&broadside_store::Suppression| {
+            request.reason.is_empty() || s.reason.as_str() == request.reason || s.detail == request.reason
+        };
         Ok(ListSuppressionsResponse {
-            suppressions: page.items.iter().map(suppression_to_proto).collect(),
+            suppressions: page.items.iter().filter(wanted).map(suppression_to_proto).collect(),
             next_page_token: page.next_token.unwrap_or_default(),
         })
     }

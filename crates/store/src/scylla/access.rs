@@ -105,12 +105,14 @@ impl ScyllaStore {
     async fn open_suppression(&self, tenant: &str, row: SuppressionRow) -> Result<Suppression> {
         let (email_hash, list_id, sealed, reason, create_time) = row;
         let keys = self.keys(tenant, crate::crypto::TenantKeys::key_id_of(&sealed)).await?;
+        let (reason, detail) = Suppression::parse_stored_reason(&reason);
         Ok(Suppression {
             tenant: tenant.to_owned(),
             email_hash,
             list_id,
             target: open_text(&keys, &sealed)?,
-            reason: SuppressionReason::parse(&reason).unwrap_or(SuppressionReason::Manual),
+            reason,
+            detail,
             create_time,
         })
     }
@@ -347,10 +349,10 @@ impl SuppressionStore for ScyllaStore {
             Some((_, _, sealed, reason, _)) if reason == "erased" => sealed.clone(),
             _ => seal_text(&keys, &suppression.target),
         };
-        let reason = suppression.reason.as_str();
-        self.put_suppression(tenant, &hash, &suppression.list_id, sealed.clone(), reason, suppression.create_time)
+        let reason = suppression.stored_reason();
+        self.put_suppression(tenant, &hash, &suppression.list_id, sealed.clone(), &reason, suppression.create_time)
             .await?;
-        let row = (hash, suppression.list_id.clone(), sealed, reason.to_owned(), suppression.create_time);
+        let row = (hash, suppression.list_id.clone(), sealed, reason, suppression.create_time);
         self.open_suppression(tenant, row).await
     }
 

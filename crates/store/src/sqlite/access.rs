@@ -12,12 +12,14 @@ use crate::*;
 /// A suppression row with its target still sealed.
 fn suppression_from_row(row: &Row<'_>) -> rusqlite::Result<(Suppression, Vec<u8>)> {
     let reason: String = row.get("reason")?;
+    let (reason, detail) = Suppression::parse_stored_reason(&reason);
     let suppression = Suppression {
         tenant: row.get("tenant")?,
         email_hash: row.get("email_hash")?,
         list_id: row.get("list_id")?,
         target: String::new(),
-        reason: SuppressionReason::parse(&reason).unwrap_or(SuppressionReason::Manual),
+        reason,
+        detail,
         create_time: row.get("create_time")?,
     };
     Ok((suppression, row.get("target")?))
@@ -92,7 +94,7 @@ impl SuppressionStore for SqliteStore {
                     key,
                     suppression.list_id,
                     seal_text(&keys, &suppression.target),
-                    suppression.reason.as_str(),
+                    suppression.stored_reason(),
                     suppression.create_time
                 ],
             )?;

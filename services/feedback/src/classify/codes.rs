@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(status_from_reply("host said: 550 mailbox unavailable").as_deref(), Some("5.0.0"));
         assert_eq!(find_reply("Sorry (#5.1.1)"), None);
         assert_eq!(find_status("version 10.5.1.1a"), None);
-        assert_eq!(diagnostic_lines("hello\n  <<< 550 5.1.1 no such user\nbye").collect::<Vec<_>>(), ["<<< 550 5.1.1 no such user"]);
+        assert_eq!(
+            diagnostic_lines("hello\n  <<< 550 5.1.1 no such user\nbye").collect::<Vec<_>>(),
+            ["<<< 550 5.1.1 no such user"]
+        );
         let found: Vec<_> = addresses("to <a.b@example.com>. and c@d.example.").map(|(_, a)| a).collect();
         assert_eq!(found, ["a.b@example.com", "c@d.example"]);
     }

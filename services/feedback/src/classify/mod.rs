@@ -468,7 +468,11 @@ fn text(verdict: &mut Verdict, message: &Message<'_>, report: &Report) {
         if let (Some(only), None) = (listed.next(), listed.next())
             && !skip(&only)
         {
-            found.push(text::Found { address: only, diagnostic: text::first_reply(body).unwrap_or_default(), strong: false });
+            found.push(text::Found {
+                address: only,
+                diagnostic: text::first_reply(body).unwrap_or_default(),
+                strong: false,
+            });
         }
     }
     if found.is_empty() && family.is_none() && codes::find_status(body).is_none() && codes::find_reply(body).is_none() {
@@ -483,9 +487,12 @@ fn text(verdict: &mut Verdict, message: &Message<'_>, report: &Report) {
         let diagnostic = if whole.is_empty() { body.trim().chars().take(300).collect() } else { whole };
         verdict.recipients.push(Recipient { diagnostic, ..Default::default() }.settle(delayed));
     }
+    // A delay warning's recipients are still being retried: `delayed`, as a DSN would say.
+    let action = if delayed { "delayed".to_owned() } else { String::new() };
     for f in found {
         let diagnostic = if f.diagnostic.is_empty() { body.trim().chars().take(300).collect() } else { f.diagnostic };
-        verdict.recipients.push(Recipient { address: f.address, diagnostic, ..Default::default() }.settle(delayed));
+        let recipient = Recipient { address: f.address, diagnostic, action: action.clone(), ..Default::default() };
+        verdict.recipients.push(recipient.settle(delayed));
     }
     // Where the text about an address gives no reason, the whole report
     // (its subject and prose) may: "...not listed in Domino Directory".

@@ -250,14 +250,26 @@ mod tests {
 
     #[test]
     fn wording_before_codes() {
-        assert_eq!(of("5.1.1", "550 5.1.1 <a@x>: Recipient address rejected: User unknown in local recipient table"), Reason::UserUnknown);
-        assert_eq!(of("5.7.1", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"), Reason::Blocked);
+        assert_eq!(
+            of("5.1.1", "550 5.1.1 <a@x>: Recipient address rejected: User unknown in local recipient table"),
+            Reason::UserUnknown
+        );
+        assert_eq!(
+            of("5.7.1", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"),
+            Reason::Blocked
+        );
         assert_eq!(of("5.2.2", "552 5.2.2 Mailbox full"), Reason::MailboxFull);
-        assert_eq!(of("4.2.2", "452 4.2.2 The email account that you tried to reach is over quota"), Reason::MailboxFull);
+        assert_eq!(
+            of("4.2.2", "452 4.2.2 The email account that you tried to reach is over quota"),
+            Reason::MailboxFull
+        );
         assert_eq!(of("5.0.0", "550 Host unknown"), Reason::HostUnknown);
         assert_eq!(of("5.7.26", "550-5.7.26 This mail is unauthenticated"), Reason::SecurityError);
         assert_eq!(of("5.1.1", "550 5.1.1 The email account that you tried to reach is disabled"), Reason::Suspended);
-        assert_eq!(of("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"), Reason::UserUnknown);
+        assert_eq!(
+            of("5.1.10", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"),
+            Reason::UserUnknown
+        );
         assert_eq!(of("5.3.4", ""), Reason::MessageTooBig);
         assert_eq!(of("", "User john (john@x) * not listed in Domino Directory"), Reason::UserUnknown);
         assert_eq!(of("", "mailbox 'x' does not exist"), Reason::UserUnknown);

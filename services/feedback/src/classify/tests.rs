@@ -49,7 +49,8 @@ fn expectations() -> Vec<Expected> {
 
 /// Checks every fixture of `family` (its directory) against its row.
 fn check_family(family: &str) {
-    let rows: Vec<Expected> = expectations().into_iter().filter(|e| e.path.starts_with(&format!("{family}/"))).collect();
+    let rows: Vec<Expected> =
+        expectations().into_iter().filter(|e| e.path.starts_with(&format!("{family}/"))).collect();
     assert!(!rows.is_empty(), "no fixtures for {family} in verdicts.tsv");
     let mut failures = Vec::new();
     for row in rows {
@@ -81,7 +82,8 @@ fn check_family(family: &str) {
             row.recipients.iter().map(|r| r.to_lowercase()).collect::<Vec<_>>(),
         );
         if got != want {
-            failures.push(format!("{}:\n  want {want:?}\n  got  {got:?}\n  diagnostic {:?}", row.path, verdict.diagnostic));
+            failures
+                .push(format!("{}:\n  want {want:?}\n  got  {got:?}\n  diagnostic {:?}", row.path, verdict.diagnostic));
         }
     }
     assert!(failures.is_empty(), "{} fixture(s) wrong:\n{}", failures.len(), failures.join("\n"));
@@ -109,9 +111,40 @@ macro_rules! families {
 }
 
 families!(
-    postfix, exim, opensmtpd, sendmail, qmail, courier, exchange, gmail, google_groups, yahoo, icloud, zoho, gmx, mailru,
-    yandex, kddi, docomo, amazon_ses, amazon_workmail, mimecast, mcafee, trendmicro, messagelabs, domino, imail,
-    mailmarshal, arf, auto_reply,
+    postfix,
+    exim,
+    opensmtpd,
+    sendmail,
+    qmail,
+    courier,
+    exchange,
+    gmail,
+    google_groups,
+    yahoo,
+    icloud,
+    zoho,
+    gmx,
+    mailru,
+    yandex,
+    kddi,
+    docomo,
+    amazon_ses,
+    amazon_workmail,
+    mimecast,
+    mcafee,
+    trendmicro,
+    messagelabs,
+    domino,
+    imail,
+    mailmarshal,
+    apache_james,
+    biglobe,
+    verizon,
+    surfcontrol,
+    mailfoundry,
+    generic,
+    arf,
+    auto_reply,
 );
 
 #[test]

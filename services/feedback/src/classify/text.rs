@@ -70,10 +70,7 @@ pub fn family(lower_text: &str, lower_subject: &str, lower_from: &str) -> Option
     let domain = lower_from.rsplit_once('@').map_or("", |(_, d)| d);
     let within = |parent: &str| domain == parent || domain.strip_suffix(parent).is_some_and(|d| d.ends_with('.'));
     list.iter()
-        .find(|f| {
-            f.from.iter().any(|m| within(m))
-                || f.subject.iter().any(|m| lower_subject.contains(m.as_str()))
-        })
+        .find(|f| f.from.iter().any(|m| within(m)) || f.subject.iter().any(|m| lower_subject.contains(m.as_str())))
         .or_else(|| list.iter().find(|f| f.body.iter().any(|parts| contains_parts(lower_text, parts))))
         .map(|f| f.name.as_str())
 }
@@ -137,7 +134,8 @@ const NOT_RECIPIENT: &[&str] = &[
 ];
 
 /// Prefixes after which an address is the one that failed.
-const BEFORE_RECIPIENT: &[&str] = &["delivered to", "deliver to", "delivery to", "message to", "mail to", "rcpt to", "sent to"];
+const BEFORE_RECIPIENT: &[&str] =
+    &["delivered to", "deliver to", "delivery to", "message to", "mail to", "rcpt to", "sent to"];
 
 /// Every failed recipient in `text` (the bounce part), each once, in order;
 /// `skip` rejects addresses that are ours or the reporter's.
