@@ -42,17 +42,21 @@ for root, _, files in os.walk(sys.argv[1]):
         if name.lower().endswith(".eml"):
             with open(os.path.join(root, name), "rb") as f:
                 raw.append(f.read())
-found = 0
-started = time.perf_counter()
-for data in raw:
+def scan(data):
     message = email.message_from_bytes(data, policy=policy.compat32)
     try:
         temporary, permanent = all_failures(message)
     except Exception:
         temporary, permanent = set(), set()
-    found += bool(temporary or permanent)
+    return bool(temporary or permanent)
+
+started = time.perf_counter()
+found = sum(scan(data) for data in raw)
+scanned = len(raw)
+while raw and time.perf_counter() - started < 0.5:  # as broadside does: half a second at least
+    scanned += sum(1 for data in raw if scan(data) or True)
 seconds = max(time.perf_counter() - started, 1e-9)
-print(f"peer: flufl.bounce files={len(raw)} with_recipient={found} msgs_per_s={len(raw) / seconds:.0f}")
+print(f"peer: flufl.bounce files={len(raw)} with_recipient={found} msgs_per_s={scanned / seconds:.0f}")
 PY
 )"
 echo "$PEER"

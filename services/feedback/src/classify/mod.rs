@@ -501,6 +501,12 @@ fn text(verdict: &mut Verdict, message: &Message<'_>, report: &Report) {
             recipient.refine(found);
         }
     }
+    // A note from a postmaster that no MTA wrote, with no code and no
+    // failure wording, is not a bounce: acting on it could suppress anyone it names.
+    let says_nothing = codes::find_status(body).is_none() && codes::find_reply(body).is_none();
+    if family.is_none() && says_nothing && verdict.recipients.iter().all(|r| r.reason == Reason::Undefined) {
+        *verdict = Verdict { rule: "none".into(), hints: std::mem::take(&mut verdict.hints), ..Default::default() };
+    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,10 @@ fn the_config_knows_every_reason() {
 fn anything_else_is_unknown_and_nothing_panics() {
     let verdict = classify(b"Subject: hello\r\n\r\nJust a note, see you at 5.", &[]);
     assert_eq!((verdict.kind, verdict.rule.as_str()), (Kind::Unknown, "none"));
+    // A postmaster's note naming an address, with no code and no failure wording, suppresses nobody.
+    let note = b"From: postmaster@example.org\r\nSubject: Mail delivery failed\r\n\r\nPlease write to\r\n  office@example.org\r\ninstead.\r\n";
+    let verdict = classify(note, &[]);
+    assert_eq!((verdict.kind, verdict.recipients.len()), (Kind::Unknown, 0), "{verdict:#?}");
     for junk in [&b""[..], b"\0\0\0", b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\nContent-Type: message/delivery-status\r\n\r\n:::\r\n--x--"] {
         let _ = classify(junk, &[]);
     }
