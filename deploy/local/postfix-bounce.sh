@@ -13,6 +13,7 @@
 #
 # Needs Debian's postfix package and root (Postfix drops to its own users).
 set -euo pipefail
+. "$(dirname "$0")/postfix-common.sh"
 
 DIR="$1"
 if [ "${2:-}" = stop ]; then
@@ -52,46 +53,14 @@ in_flow_delay = 0
 queue_run_delay = 1s
 minimal_backoff_time = 1s
 CF
-cat >"$DIR/master.cf" <<CF
-127.0.0.1:$PORT inet n - n - - smtpd
-127.0.0.1:$REFUSER_PORT inet n - n - - smtpd -o myhostname=refuser.broadside.test -o smtpd_recipient_restrictions=\$refuser_restrictions -o smtpd_relay_restrictions=
-pickup     unix n - n 60 1 pickup
-cleanup    unix n - n - 0 cleanup
-qmgr       unix n - n 300 1 qmgr
-rewrite    unix - - n - - trivial-rewrite
-bounce     unix - - n - 0 bounce
-defer      unix - - n - 0 bounce
-trace      unix - - n - 0 bounce
-verify     unix - - n - 1 verify
-flush      unix n - n 1000? 0 flush
-proxymap   unix - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-smtp       unix - - n - - smtp
-relay      unix - - n - - smtp
-lmtp       unix - - n - - lmtp
-showq      unix n - n - - showq
-error      unix - - n - - error
-retry      unix - - n - - error
-discard    unix - - n - - discard
-local      unix - n n - - local
-anvil      unix - - n - 1 anvil
-scache     unix - - n - 1 scache
-postlog    unix-dgram n - n - 1 postlogd
-CF
+{
+  echo "127.0.0.1:$PORT inet n - n - - smtpd"
+  echo "127.0.0.1:$REFUSER_PORT inet n - n - - smtpd -o myhostname=refuser.broadside.test -o smtpd_recipient_restrictions=\$refuser_restrictions -o smtpd_relay_restrictions="
+  postfix_services
+} >"$DIR/master.cf"
 printf '%s\n' "refuse.test smtp:[127.0.0.1]:$REFUSER_PORT" "$BOUNCE_DOMAIN lmtp:inet:127.0.0.1:$LMTP_PORT" >"$DIR/transport"
 echo "refuse.test 550 5.1.1 User unknown in virtual mailbox table" >"$DIR/refuse"
 postmap -c "$DIR" "$DIR/transport"
 postmap -c "$DIR" "$DIR/refuse"
-mkdir -p "$DIR/queue" "$DIR/data"
-chown postfix "$DIR/data"
-postfix -c "$DIR" check >/dev/null 2>&1 || true # creates the queue directories
-postfix -c "$DIR" start >/dev/null 2>&1 || { postfix -c "$DIR" check; exit 1; }
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && {
-    echo "postfix-bounce: listening on 127.0.0.1:$PORT, DSNs for $BOUNCE_DOMAIN to LMTP 127.0.0.1:$LMTP_PORT"
-    exit 0
-  }
-  sleep 0.1
-done
-echo "postfix-bounce: did not listen on $PORT (see $DIR/maillog)" >&2
-exit 1
+postfix_start "$DIR" "$PORT" postfix-bounce
+echo "postfix-bounce: listening on 127.0.0.1:$PORT, DSNs for $BOUNCE_DOMAIN to LMTP 127.0.0.1:$LMTP_PORT"

@@ -9,6 +9,7 @@
 #
 # Needs Debian's postfix package and root (Postfix drops to its own users).
 set -euo pipefail
+. "$(dirname "$0")/postfix-common.sh"
 
 DIR="$1"
 case "${2:-}" in
@@ -50,39 +51,8 @@ smtpd_client_connection_rate_limit = 0
 relay_destination_concurrency_limit = 50
 smtp_connection_cache_on_demand = yes
 EOF
-cat >"$DIR/master.cf" <<EOF
-127.0.0.1:$PORT inet n - n - - smtpd
-pickup     unix n - n 60 1 pickup
-cleanup    unix n - n - 0 cleanup
-qmgr       unix n - n 300 1 qmgr
-rewrite    unix - - n - - trivial-rewrite
-bounce     unix - - n - 0 bounce
-defer      unix - - n - 0 bounce
-trace      unix - - n - 0 bounce
-verify     unix - - n - 1 verify
-flush      unix n - n 1000? 0 flush
-proxymap   unix - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-smtp       unix - - n - - smtp
-relay      unix - - n - - smtp
-showq      unix n - n - - showq
-error      unix - - n - - error
-retry      unix - - n - - error
-discard    unix - - n - - discard
-local      unix - n n - - local
-anvil      unix - - n - 1 anvil
-scache     unix - - n - 1 scache
-postlog    unix-dgram n - n - 1 postlogd
-EOF
+{ echo "127.0.0.1:$PORT inet n - n - - smtpd"; postfix_services; } >"$DIR/master.cf"
 echo "$DOMAIN 421 4.7.0 $DOMAIN is throttling, try again later" >"$DIR/access"
 postmap -c "$DIR" "$DIR/access"
-mkdir -p "$DIR/queue" "$DIR/data"
-chown postfix "$DIR/data"
-postfix -c "$DIR" check >/dev/null 2>&1 || true # creates the queue directories
-postfix -c "$DIR" start >/dev/null 2>&1 || { postfix -c "$DIR" check; exit 1; }
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && { echo "postfix-relay: listening on 127.0.0.1:$PORT, 421 for $DOMAIN"; exit 0; }
-  sleep 0.1
-done
-echo "postfix-relay: did not listen on $PORT (see $DIR/maillog)" >&2
-exit 1
+postfix_start "$DIR" "$PORT" postfix-relay
+echo "postfix-relay: listening on 127.0.0.1:$PORT, 421 for $DOMAIN"
