@@ -9,7 +9,9 @@
 # commit durably (Broadside: SQLite WAL; PostgreSQL: fsync on, defaults).
 #
 # Last line:
-#   import: rows=N seconds=S rows_per_s=R postgres_copy_rows_per_s=P ratio=R/P
+#   import: rows=N seconds=S rows_per_s=R postgres_copy_rows_per_s=P ratio=R/P bytes_per_row=B peak_mib=M
+# (bytes_per_row: the store's directory on disk over the rows; peak_mib: the
+# server's peak resident memory)
 set -euo pipefail
 
 ROWS="${1:-1000000}"
@@ -82,7 +84,9 @@ serve_cpu=$(python3 -c "import os; t=open('/proc/$SERVE_PID/stat').read().rsplit
 serve_peak=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$SERVE_PID/status")
 say "serve used ${serve_cpu}s of CPU (${ours_seconds}s wall, 2 cores), peak memory $((serve_peak / 1024)) MiB"
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""
-say "broadside: $ROWS rows in ${ours_seconds}s; database $(du -h "$WORK/data/broadside.db" | cut -f1)"
+# The whole store on disk (database, WAL and anything beside it), after the server stopped.
+db_bytes=$(du -sb "$WORK/data" --exclude='*.key' | cut -f1)
+say "broadside: $ROWS rows in ${ours_seconds}s; store on disk $(du -sh "$WORK/data" | cut -f1)"
 
 # --- PostgreSQL: COPY into a listmonk-like subscribers table.
 mkdir -p "$WORK/pg" && chown postgres "$WORK/pg" "$WORK" && chmod 700 "$WORK/pg"
@@ -106,9 +110,10 @@ pg_rows=$("${PSQL[@]}" -tA -c "SELECT count(*) FROM subscribers")
 [ "$pg_rows" = "$ROWS" ] || { echo "postgres loaded $pg_rows rows, expected $ROWS" >&2; exit 1; }
 say "postgres COPY: $ROWS rows in ${pg_seconds}s"
 
-python3 - "$ROWS" "$ours_seconds" "$pg_seconds" <<'PYEOF'
+python3 - "$ROWS" "$ours_seconds" "$pg_seconds" "$db_bytes" "$serve_peak" <<'PYEOF'
 import sys
-rows, ours, pg = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+rows, ours, pg, db_bytes, peak_kb = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 r, p = rows / ours, rows / pg
-print(f"import: rows={rows} seconds={ours:.2f} rows_per_s={r:.0f} postgres_copy_rows_per_s={p:.0f} ratio={r / p:.2f}")
+print(f"import: rows={rows} seconds={ours:.2f} rows_per_s={r:.0f} postgres_copy_rows_per_s={p:.0f} ratio={r / p:.2f} "
+      f"bytes_per_row={db_bytes / rows:.0f} peak_mib={peak_kb / 1024:.0f}")
 PYEOF

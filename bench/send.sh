@@ -15,7 +15,7 @@
 #     sink, timed until Postfix's queue is empty.
 #
 # Last line:
-# send: messages=<n> msgs_per_s=<r> ceiling_msgs_per_s=<r> ratio=<ours/ceiling> postfix_msgs_per_s=<r> vs_postfix=<ours/postfix> rss_mb=<m>
+# send: messages=<n> msgs_per_s=<r> ceiling_msgs_per_s=<r> ratio=<ours/ceiling> postfix_msgs_per_s=<r> vs_postfix=<ours/postfix> rss_mb=<m> cpu_ms_per_msg=<ms>
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 N="${1:-100000}"
@@ -103,14 +103,15 @@ ${BROADSIDE_BENCH_WRAP:-} "$BIN" serve --roles sender >"$WORK/sender.log" 2>&1 &
 SENDER_PID=$!; PIDS+=($SENDER_PID)
 delivered=0
 for _ in $(seq 1 36000); do
-  delivered=$( (curl -s "127.0.0.1:$ADMIN/metrics" || true) | sed -n 's/^broadside_sends_total{outcome="delivered"} \([0-9]*\).*/\1/p')
+  # Summed over its labels (tenant, campaign, destination group).
+  delivered=$( (curl -s "127.0.0.1:$ADMIN/metrics" || true) | awk '/^broadside_sends_total\{/ && /outcome="delivered"/ { n += $NF } END { print n + 0 }')
   [ "${delivered:-0}" -ge "$N" ] && break
   kill -0 "$SENDER_PID" 2>/dev/null || { echo "sender exited (see $WORK/sender.log)" >&2; exit 1; }
   sleep 0.05
 done
 ours_seconds=$(python3 -c "print($(now) - $started)")
 rss_kb=$(sed -n 's/^VmHWM:\s*\([0-9]*\).*/\1/p' "/proc/$SENDER_PID/status")
-cpu=$(python3 -c "import os; t=open('/proc/$SENDER_PID/stat').read().rsplit(')',1)[1].split(); print(round((int(t[11])+int(t[12]))/os.sysconf('SC_CLK_TCK'),1))")
+cpu=$(python3 -c "import os; t=open('/proc/$SENDER_PID/stat').read().rsplit(')',1)[1].split(); print(round((int(t[11])+int(t[12]))/os.sysconf('SC_CLK_TCK'),3))")
 kill "$SENDER_PID"; wait "$SENDER_PID" 2>/dev/null || true
 failed=$(grep -c '"not delivered"' "$WORK/sender.log" || true)
 say "sender: delivered=$delivered seconds=$(printf %.2f "$ours_seconds") cpu_seconds=$cpu not_delivered_logged=$failed"
@@ -141,11 +142,13 @@ postfix_seconds=$(python3 -c "print($(now) - $p_started)")
 relayed=$(grep -c "status=sent" "$WORK/postfix/maillog" 2>/dev/null || true)
 say "postfix: relayed=$relayed seconds=$(printf %.2f "$postfix_seconds")"
 
-python3 - "$N" "$delivered" "$ours_seconds" "$ceiling_seconds" "$postfix_seconds" "$rss_kb" <<'PYEOF'
+[ "${delivered:-0}" -ge "$N" ] || { echo "the sender delivered ${delivered:-0} of $N (see $WORK/sender.log)" >&2; exit 1; }
+python3 - "$N" "$delivered" "$ours_seconds" "$ceiling_seconds" "$postfix_seconds" "$rss_kb" "$cpu" <<'PYEOF'
 import sys
 n, delivered = int(sys.argv[1]), int(sys.argv[2])
-ours, ceiling, postfix, rss_kb = (float(x) for x in sys.argv[3:7])
+ours, ceiling, postfix, rss_kb, cpu = (float(x) for x in sys.argv[3:8])
 r, c, p = delivered / ours, n / ceiling, n / postfix
 print(f"send: messages={delivered} msgs_per_s={r:.0f} ceiling_msgs_per_s={c:.0f} ratio={r / c:.2f} "
-      f"postfix_msgs_per_s={p:.0f} vs_postfix={r / p:.2f} rss_mb={rss_kb / 1024:.0f}")
+      f"postfix_msgs_per_s={p:.0f} vs_postfix={r / p:.2f} rss_mb={rss_kb / 1024:.0f} "
+      f"cpu_ms_per_msg={cpu * 1000 / max(delivered, 1):.2f}")
 PYEOF

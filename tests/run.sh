@@ -2,7 +2,8 @@
 # Runs Broadside's whole test suite. Installs what the tests need when it is
 # missing (Postfix for smtp-sink, the relay and the DSN tests, python3-dkim as the
 # independent DKIM verifier, Chromium and chromedriver for the browser test,
-# Java and Maven for Apache Kafka and Apache Cassandra, cargo-nextest,
+# Java and Maven for Apache Kafka and Apache Cassandra, PostgreSQL as the peer
+# of the import and segment benches (every bench runs at smoke size), cargo-nextest,
 # cargo-deny, a Python venv with Helm's SDK for the chart check), checks the dependencies' licenses and
 # sources (and advisories when online), builds the binaries the black-box and
 # cluster tests run, starts Apache Kafka and Apache Cassandra once
@@ -30,6 +31,13 @@ if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then
   echo "tests/run.sh: installing chromium and chromium-driver (the browser test)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+# PostgreSQL (the peer of bench/import.sh and bench/segment.sh) and curl
+# (bench/send.sh reads /metrics): every bench runs at smoke size in the tests.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v curl >/dev/null; then
+  echo "tests/run.sh: installing postgresql and curl (the benches' peer and probe)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql curl >/dev/null
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! cargo nextest --version >/dev/null 2>&1; then
