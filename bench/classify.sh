@@ -22,7 +22,7 @@ DIR="${1:?usage: bench/classify.sh DIR}"
 BIN="${BROADSIDE_BIN:-}"
 if [ -z "$BIN" ]; then
   (cd "$ROOT" && cargo build --release -p broadside >&2)
-  BIN="$ROOT/target/release/broadside"
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/broadside"
 fi
 VENV="$HOME/.cache/broadside/venv-flufl"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import flufl.bounce' 2>/dev/null; then
