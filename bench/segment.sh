@@ -19,7 +19,7 @@ set -euo pipefail
 
 N="${1:-1000000}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${BROADSIDE_BIN:-$ROOT/target/release/broadside}"
+BIN="${BROADSIDE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/broadside}"
 WORK="$(mktemp -d /tmp/broadside-segment-bench.XXXXXX)"
 chmod 755 "$WORK"
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
