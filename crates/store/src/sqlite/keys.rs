@@ -73,6 +73,11 @@ impl Crypto {
         Ok(keys)
     }
 
+    /// The tenant's keys if this process has loaded them already.
+    pub(crate) fn cached(&self, tenant: &str) -> Option<Arc<TenantKeys>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned()
+    }
+
     /// Forgets cached keys (after a rotation).
     pub(crate) fn forget(&self, tenant: &str) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);

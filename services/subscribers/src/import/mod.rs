@@ -168,7 +168,9 @@ impl SubscriberApi {
             return Err(error);
         }
         fed?;
-        if !dry_run && !job.request_id.is_empty() {
+        if !dry_run {
+            // The last call marks the job done and makes the whole import
+            // durable (the embedded store fsyncs its log) before we answer.
             job.done = true;
             job = self.store.import_batch(tenant(caller), job, Vec::new(), options).await?.1;
         }
