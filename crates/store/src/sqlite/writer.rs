@@ -163,17 +163,21 @@ mod tests {
     async fn a_failing_call_in_a_group_rolls_back_alone() {
         let (writer, conn, _dir) = writer();
         // Holding the connection makes the next calls queue up and run as one group.
-        let held = conn.lock().unwrap();
+        let holder = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                let _held = conn.lock().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let calls: Vec<_> = (10..16)
             .map(|v| {
-                tokio::spawn({
-                    let writer = writer.clone();
-                    async move { writer.run(insert_then(v, v % 2 == 1)).await.is_ok() }
-                })
+                let writer = writer.clone();
+                tokio::spawn(async move { writer.run(insert_then(v, v % 2 == 1)).await.is_ok() })
             })
             .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        drop(held);
+        holder.join().unwrap();
         let oks: Vec<bool> = futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(oks, vec![true, false, true, false, true, false]);
         assert_eq!(stored(&conn), vec![10, 12, 14]);
