@@ -103,6 +103,26 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
         .unwrap_err();
     assert_eq!(bad_position.code(), tonic::Code::InvalidArgument);
 
+    // An import answers with the position of its events too (they are
+    // published by a task of their own): a preview at it sees the new rows.
+    let csv =
+        "email,name,country,age:number\nq1@example.com,Q1,DE,40\nq2@example.com,Q2,DE,50\nq3@example.com,Q3,FR,50\n";
+    let import = vec![
+        ImportSubscribersRequest { parent: list.clone(), ..Default::default() },
+        ImportSubscribersRequest { chunk: csv.as_bytes().to_vec(), ..Default::default() },
+    ];
+    let response = sandbox.subscribers.import_subscribers(tokio_stream::iter(import)).await.unwrap();
+    let position = response
+        .metadata()
+        .get("x-broadside-position")
+        .expect("ImportSubscribers answers with a position header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.into_inner().imported, 3);
+    let imported = preview(&mut client, &rule, &position).await;
+    assert_eq!(imported.total, 5, "p0, p2, p4 and the two imported Germans, at once");
+
     // Bad rules name the place and the fix.
     let bad = Segment {
         display_name: "bad".into(),

@@ -39,7 +39,7 @@ pub struct EmbeddedBus {
 impl EmbeddedBus {
     /// Opens the log inside the SQLite database at `path`.
     pub fn open(path: &Path, partitions: u32) -> Result<Self> {
-        let conn = Connection::open(path).map_err(|e| BusError::Backend(format!("open {}: {e}", path.display())))?;
+        let conn = Connection::open(path).map_err(|e| BusError::failed(format!("open {}", path.display()), e))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -92,7 +92,7 @@ impl EmbeddedBus {
         };
         match plain.strip_prefix(&LZ4) {
             Some(packed) => lz4_flex::decompress_size_prepended(packed)
-                .map_err(|e| BusError::Backend(format!("a bus record does not decompress: {e}"))),
+                .map_err(|e| BusError::failed("a bus record does not decompress", e)),
             None => Ok(plain),
         }
     }
@@ -108,7 +108,7 @@ impl EmbeddedBus {
             f(&mut conn)
         })
         .await
-        .map_err(|e| BusError::Backend(format!("bus task failed: {e}")))?
+        .map_err(|e| BusError::failed("bus task", e))?
     }
 }
 

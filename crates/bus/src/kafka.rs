@@ -57,8 +57,8 @@ pub struct KafkaBus {
     producer: FutureProducer,
 }
 
-fn kafka_error(context: &str, error: impl std::fmt::Display) -> BusError {
-    BusError::Backend(format!("kafka {context}: {error}"))
+fn kafka_error(context: &str, error: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::failed(format!("kafka {context}"), error)
 }
 
 impl KafkaBus {

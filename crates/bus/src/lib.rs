@@ -8,8 +8,9 @@
 mod consume;
 mod embedded;
 mod kafka;
-#[cfg(test)]
-mod suite;
+/// The conformance suite every bus backend passes (`bus_suite!`).
+#[cfg(any(test, feature = "testsuite"))]
+pub mod suite;
 
 use std::time::Duration;
 
@@ -21,13 +22,29 @@ pub use kafka::{KafkaBus, KafkaSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// A failure inside the backend, without a cause of its own.
     #[error("bus backend: {0}")]
     Backend(String),
+    /// A failure of the log or the broker client while doing `what`; the
+    /// cause is kept as the error's source.
+    #[error("bus backend: {what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl BusError {
+    /// `what` failed because of `source`.
+    pub fn failed(what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        BusError::Failed { what: what.into(), source: source.into() }
+    }
 }
 
 impl From<rusqlite::Error> for BusError {
     fn from(error: rusqlite::Error) -> Self {
-        BusError::Backend(error.to_string())
+        BusError::failed("sqlite", error)
     }
 }
 
@@ -203,7 +220,7 @@ impl Record {
 
 impl From<BusError> for broadside_proto::ServiceError {
     fn from(error: BusError) -> Self {
-        Self::Unavailable(error.to_string())
+        Self::Unavailable(broadside_proto::error_chain(&error))
     }
 }
 

@@ -33,11 +33,13 @@ fn keys(delivered: &[Delivered]) -> BTreeSet<String> {
 }
 
 /// Opens a bus whose topics `topics` exist with the suite's partition count.
-pub(crate) type Open<'a> = &'a (dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, DynBus> + Sync);
+pub type Opener = Box<dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, DynBus> + Send + Sync>;
+type Open<'a> = &'a (dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, DynBus> + Send + Sync);
 
 /// A new member of a group starts at the group's committed offsets: what was
-/// committed is not read again, and what was read but not committed is.
-async fn committed_offsets_hand_over_to_the_next_member(open: Open<'_>) {
+/// committed is not read again, and what was read but not committed (a
+/// member that crashed before its effects were done) is.
+pub async fn committed_offsets_hand_over_to_the_next_member(open: Open<'_>) {
     let topic = unique("handover");
     let group = unique("g");
     let bus = open(vec![topic.clone()]).await;
@@ -75,7 +77,7 @@ async fn committed_offsets_hand_over_to_the_next_member(open: Open<'_>) {
 }
 
 /// Records of one key arrive in publish order; two groups each read everything.
-async fn one_key_keeps_its_order_and_groups_are_independent(open: Open<'_>) {
+pub async fn one_key_keeps_its_order_and_groups_are_independent(open: Open<'_>) {
     let topic = unique("order");
     let bus = open(vec![topic.clone()]).await;
     for i in 0..5 {
@@ -89,7 +91,7 @@ async fn one_key_keeps_its_order_and_groups_are_independent(open: Open<'_>) {
 }
 
 /// `rewind` goes back to the committed offsets; `lag` counts what is unread.
-async fn rewind_rereads_and_lag_counts_the_unread(open: Open<'_>) {
+pub async fn rewind_rereads_and_lag_counts_the_unread(open: Open<'_>) {
     let topic = unique("rewind");
     let bus = open(vec![topic.clone()]).await;
     bus.publish(&topic, (0..6).map(|i| record("k", &i.to_string())).collect()).await.unwrap();
@@ -110,12 +112,52 @@ async fn rewind_rereads_and_lag_counts_the_unread(open: Open<'_>) {
     assert_eq!((owned, of), (bus.partitions(), bus.partitions()), "a lone member owns every partition");
 }
 
-pub(crate) async fn run_all(open: Open<'_>) {
-    committed_offsets_hand_over_to_the_next_member(open).await;
-    one_key_keeps_its_order_and_groups_are_independent(open).await;
-    rewind_rereads_and_lag_counts_the_unread(open).await;
+/// Every header arrives as published, in order, beside its key and payload.
+pub async fn headers_travel_with_the_record(open: Open<'_>) {
+    let topic = unique("headers");
+    let bus = open(vec![topic.clone()]).await;
+    let headers = vec![
+        ("type".to_owned(), "broadside.v1.SendJob".to_owned()),
+        ("tenant".to_owned(), "t-ü".to_owned()),
+        ("traceparent".to_owned(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+    ];
+    let sent = Record { key: "k".into(), payload: vec![0, 1, 2, 255], headers: headers.clone() };
+    bus.publish(&topic, vec![sent]).await.unwrap();
+    let mut consumer = bus.consumer(&unique("g"), std::slice::from_ref(&topic)).await.unwrap();
+    let got = poll_until(consumer.as_mut(), 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].record.key.as_str(), got[0].record.payload.as_slice()), ("k", &[0u8, 1, 2, 255][..]));
+    assert_eq!(got[0].record.headers, headers);
+    assert_eq!(got[0].record.header("tenant"), Some("t-ü"));
+    assert_eq!(got[0].topic, topic);
 }
 
+/// `bus_suite!(opener)` expands to one `#[tokio::test]` per case, each
+/// running that case against the bus `opener()` gives (`None`: skipped, the
+/// opener says why). Invoke it in a module named for the backend, so nextest
+/// lists `suite::embedded::…` and `suite::kafka::…` case by case.
+#[macro_export]
+macro_rules! bus_suite {
+    ($opener:expr) => {
+        $crate::bus_suite!(@cases $opener;
+            committed_offsets_hand_over_to_the_next_member,
+            one_key_keeps_its_order_and_groups_are_independent,
+            rewind_rereads_and_lag_counts_the_unread,
+            headers_travel_with_the_record,
+        );
+    };
+    (@cases $opener:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(open) = $opener else { return };
+                $crate::suite::$case(open.as_ref()).await;
+            }
+        )+
+    };
+}
+
+#[cfg(test)]
 mod embedded {
     use std::sync::Arc;
 
@@ -123,36 +165,41 @@ mod embedded {
 
     use crate::*;
 
-    #[tokio::test]
-    async fn embedded_passes_the_bus_suite() {
+    /// A fresh log in its own directory for every case.
+    fn opener() -> Option<super::Opener> {
         let dir = tempfile::tempdir().unwrap();
         let bus: DynBus = Arc::new(EmbeddedBus::open(&dir.path().join("bus.db"), 4).unwrap());
-        let open = move |_topics: Vec<String>| {
+        Some(Box::new(move |_topics: Vec<String>| {
+            let _keep = &dir;
             let bus = bus.clone();
             async move { bus }.boxed()
-        };
-        super::run_all(&open).await;
+        }))
     }
+
+    crate::bus_suite!(opener());
 }
 
+/// Against a real broker: `BROADSIDE_TEST_KAFKA_URI=kafka://HOST:PORT`.
+#[cfg(test)]
 mod kafka {
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use futures::FutureExt;
 
+    use super::{keys, record, unique};
     use crate::*;
 
-    /// Against a real broker: `BROADSIDE_TEST_KAFKA_URI=kafka://HOST:PORT`.
-    #[tokio::test]
-    async fn kafka_passes_the_bus_suite() {
+    fn settings() -> Option<KafkaSettings> {
         let Ok(url) = std::env::var("BROADSIDE_TEST_KAFKA_URI") else {
             println!(
                 "SKIPPED: the Kafka bus suite needs a broker; set BROADSIDE_TEST_KAFKA_URI=kafka://127.0.0.1:19092 (deploy/local/engines.sh kafka up)"
             );
-            return;
+            return None;
         };
+        println!("Kafka bus suite: broker {url}");
         let bootstrap = url.strip_prefix("kafka://").expect("BROADSIDE_TEST_KAFKA_URI is kafka://HOST:PORT").to_owned();
-        let settings = KafkaSettings {
+        Some(KafkaSettings {
             bootstrap,
             partitions: 4,
             replication_factor: 1,
@@ -160,8 +207,12 @@ mod kafka {
             assignment_strategy: "cooperative-sticky".into(),
             client_id: "broadside-bus-suite".into(),
             properties: Vec::new(),
-        };
-        let open = move |topics: Vec<String>| {
+        })
+    }
+
+    fn opener() -> Option<super::Opener> {
+        let settings = settings()?;
+        Some(Box::new(move |topics: Vec<String>| {
             let settings = settings.clone();
             async move {
                 let bus = KafkaBus::connect(settings).unwrap();
@@ -169,8 +220,44 @@ mod kafka {
                 Arc::new(bus) as DynBus
             }
             .boxed()
-        };
-        println!("Kafka bus suite: broker {url}");
-        super::run_all(&open).await;
+        }))
+    }
+
+    crate::bus_suite!(opener());
+
+    /// A second member of a group takes over some partitions (a rebalance):
+    /// the two shares add up to every partition, and each record reaches
+    /// exactly one member. Kafka only: the embedded log has one member a group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_member_shares_the_partitions() {
+        let Some(open) = opener() else { return };
+        let topic = unique("rebalance");
+        let group = unique("g");
+        let bus = open(vec![topic.clone()]).await;
+        let mut first = bus.consumer(&group, std::slice::from_ref(&topic)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while first.assigned_share().0 == 0 && Instant::now() < deadline {
+            first.poll(1, Duration::from_millis(200)).await.unwrap();
+        }
+        let mut second = bus.consumer(&group, std::slice::from_ref(&topic)).await.unwrap();
+        while (second.assigned_share().0 == 0 || first.assigned_share().0 == bus.partitions())
+            && Instant::now() < deadline
+        {
+            first.poll(1, Duration::from_millis(200)).await.unwrap();
+            second.poll(1, Duration::from_millis(200)).await.unwrap();
+        }
+        let (a, b) = (first.assigned_share(), second.assigned_share());
+        assert!(a.0 > 0 && b.0 > 0, "both members own partitions after the rebalance: {a:?} {b:?}");
+        assert_eq!(a.0 + b.0, bus.partitions(), "every partition has exactly one owner: {a:?} {b:?}");
+
+        bus.publish(&topic, (0..40).map(|i| record(&format!("k{i}"), "v")).collect()).await.unwrap();
+        let (mut from_first, mut from_second) = (Vec::new(), Vec::new());
+        while from_first.len() + from_second.len() < 40 && Instant::now() < deadline {
+            from_first.extend(first.poll(40, Duration::from_millis(200)).await.unwrap());
+            from_second.extend(second.poll(40, Duration::from_millis(200)).await.unwrap());
+        }
+        assert_eq!(from_first.len() + from_second.len(), 40, "every record once");
+        assert!(keys(&from_first).is_disjoint(&keys(&from_second)), "no record reaches both members");
+        assert!(!from_first.is_empty() && !from_second.is_empty(), "both members receive records");
     }
 }

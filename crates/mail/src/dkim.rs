@@ -134,7 +134,7 @@ impl DkimKeys {
             let signature = key
                 .signer
                 .sign(message)
-                .map_err(|e| MailError::Build(format!("DKIM {} signature ({domain}): {e}", key.algorithm)))?;
+                .map_err(|e| MailError::failed(format!("DKIM {} signature ({domain})", key.algorithm), e))?;
             headers.push_str(&signature.to_header());
         }
         Ok(headers)

@@ -12,6 +12,16 @@ pub mod tracking;
 pub mod transport;
 pub mod verp;
 
+/// What the roles that mail (subscribers' confirmations, the sender) share,
+/// opened once per process from the config: the transport, the link and
+/// VERP signer, and the DKIM keys.
+#[derive(Clone)]
+pub struct MailKit {
+    pub transport: transport::Transport,
+    pub signer: token::TokenSigner,
+    pub dkim: std::sync::Arc<dkim::DkimKeys>,
+}
+
 /// A mail-side failure, naming the field at fault where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -24,9 +34,22 @@ pub enum MailError {
     Token(String),
     #[error("building message: {0}")]
     Build(String),
+    /// Building or signing failed in a library doing `what`; the cause is
+    /// kept as the error's source.
+    #[error("building message: {what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl MailError {
+    /// `what` failed because of `source`.
+    pub fn failed(what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Failed { what: what.into(), source: source.into() }
+    }
+
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid { field: field.into(), message: message.into() }
     }
@@ -35,7 +58,7 @@ impl MailError {
     pub fn message(&self) -> String {
         match self {
             Self::Invalid { message, .. } | Self::Template { message, .. } => message.clone(),
-            other => other.to_string(),
+            other => broadside_proto::error_chain(other),
         }
     }
 
@@ -44,7 +67,7 @@ impl MailError {
         match self.field() {
             Some(field) if parent.is_empty() => broadside_proto::ServiceError::invalid(field, self.message()),
             Some(field) => broadside_proto::ServiceError::invalid(format!("{parent}.{field}"), self.message()),
-            None => broadside_proto::ServiceError::invalid(parent, self.to_string()),
+            None => broadside_proto::ServiceError::invalid(parent, broadside_proto::error_chain(&self)),
         }
     }
 

@@ -102,7 +102,7 @@ pub fn build(envelope: &Envelope<'_>, content: &Rendered) -> Result<Message, Mai
     let recipient = validate_address("email", envelope.to_address)?;
     let sender = validate_address("return_path", envelope.return_path)?;
     let smtp_envelope =
-        lettre::address::Envelope::new(Some(sender), vec![recipient]).map_err(|e| MailError::Build(e.to_string()))?;
+        lettre::address::Envelope::new(Some(sender), vec![recipient]).map_err(|e| MailError::failed("envelope", e))?;
     builder = builder.envelope(smtp_envelope);
     if !envelope.reply_to.is_empty() {
         builder = builder.reply_to(mailbox("reply_to", "", envelope.reply_to)?);
@@ -122,7 +122,7 @@ pub fn build(envelope: &Envelope<'_>, content: &Rendered) -> Result<Message, Mai
         (Some(part), None) | (None, Some(part)) => builder.singlepart(part),
         (None, None) => return Err(MailError::invalid("body", "the template rendered no body")),
     };
-    built.map_err(|e| MailError::Build(e.to_string()))
+    built.map_err(|e| MailError::failed("MIME message", e))
 }
 
 /// Bodies travel with CRLF line ends only and without NUL (RFC 5322 §2.3):

@@ -52,8 +52,7 @@ pub fn add_tracking(
             }
             Ok(())
         }));
-    let rewritten =
-        rewrite_str(html, settings).map_err(|error| MailError::Build(format!("tracking links: {error}")))?;
+    let rewritten = rewrite_str(html, settings).map_err(|error| MailError::failed("tracking links", error))?;
     Ok(if closed.get() { rewritten } else { rewritten + &pixel })
 }
 

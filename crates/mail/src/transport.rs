@@ -117,6 +117,8 @@ impl RelaySet {
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub code: u16,
+    /// The RFC 3463 status of the reply, when the relay gave one.
+    pub enhanced: Option<EnhancedStatus>,
     pub detail: String,
     /// Where it went: relay `host:port` or the capture folder.
     pub destination: String,
@@ -129,10 +131,52 @@ pub enum SendError {
     /// relay may already have the message (a timeout without a reply, as when
     /// the answer to the final dot is lost: RFC 1047).
     #[error("transient ({code:?}): {detail}")]
-    Transient { code: Option<u16>, detail: String, ambiguous: bool },
+    Transient { code: Option<u16>, enhanced: Option<EnhancedStatus>, detail: String, ambiguous: bool },
     /// 5xx: do not retry.
     #[error("permanent ({code}): {detail}")]
-    Permanent { code: u16, detail: String },
+    Permanent { code: u16, enhanced: Option<EnhancedStatus>, detail: String },
+}
+
+/// An RFC 3463 enhanced status code (`5.1.1`: class, subject, detail),
+/// read from the reply where the transport receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnhancedStatus {
+    /// 2 (success), 4 (persistent transient) or 5 (permanent).
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl EnhancedStatus {
+    /// The first enhanced status code among the words of `text`, if any.
+    pub fn find(text: &str) -> Option<Self> {
+        text.split_whitespace().find_map(|word| {
+            let word = word.trim_end_matches([',', ';', ':']);
+            let mut parts = word.split('.');
+            let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+            let number = |p: &str, max: usize| {
+                (!p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| p.parse::<u16>().ok())
+                    .flatten()
+            };
+            let class = match class {
+                "2" => 2,
+                "4" => 4,
+                "5" => 5,
+                _ => return None,
+            };
+            if parts.next().is_some() {
+                return None;
+            }
+            Some(EnhancedStatus { class, subject: number(subject, 3)?, detail: number(detail, 3)? })
+        })
+    }
+}
+
+impl std::fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
 }
 
 /// A configured transport.
@@ -198,9 +242,15 @@ impl Transport {
     pub async fn send(&self, message: &Outgoing) -> Result<Accepted, SendError> {
         match self {
             Self::Capture { dir, destination } => match write_capture(dir, message).await {
-                Ok(()) => Ok(Accepted { code: 250, detail: "captured".into(), destination: destination.clone() }),
+                Ok(()) => Ok(Accepted {
+                    code: 250,
+                    enhanced: None,
+                    detail: "captured".into(),
+                    destination: destination.clone(),
+                }),
                 Err(error) => Err(SendError::Transient {
                     code: None,
+                    enhanced: None,
                     detail: format!("capture write to {destination} failed: {error}"),
                     ambiguous: false,
                 }),
@@ -211,9 +261,11 @@ impl Transport {
                     match relay.transport.send_raw(&message.envelope, &message.bytes).await {
                         Ok(response) => {
                             relay.mark_up();
+                            let detail = response.message().collect::<Vec<_>>().join(" ");
                             return Ok(Accepted {
                                 code: u16::from(response.code()),
-                                detail: response.message().collect::<Vec<_>>().join(" "),
+                                enhanced: EnhancedStatus::find(&detail),
+                                detail,
                                 destination: relay.destination.clone(),
                             });
                         }
@@ -233,6 +285,7 @@ impl Transport {
                 }
                 Err(last.unwrap_or(SendError::Transient {
                     code: None,
+                    enhanced: None,
                     detail: "no relay configured".into(),
                     ambiguous: false,
                 }))
@@ -282,10 +335,29 @@ async fn write_capture(dir: &Path, message: &Outgoing) -> std::io::Result<()> {
 
 fn classify(error: &lettre::transport::smtp::Error) -> SendError {
     let code = error.status().map(u16::from);
+    let detail = error.to_string();
+    let enhanced = EnhancedStatus::find(&detail);
     match code {
-        Some(code) if error.is_permanent() => SendError::Permanent { code, detail: error.to_string() },
+        Some(code) if error.is_permanent() => SendError::Permanent { code, enhanced, detail },
         // lettre does not say at which step a session failed; a timeout with no
         // reply is the RFC 1047 case, so count it as possibly delivered.
-        _ => SendError::Transient { code, detail: error.to_string(), ambiguous: code.is_none() && error.is_timeout() },
+        _ => SendError::Transient { code, enhanced, detail, ambiguous: code.is_none() && error.is_timeout() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EnhancedStatus;
+
+    #[test]
+    fn finds_enhanced_status_codes_in_replies() {
+        let found = |text: &str| EnhancedStatus::find(text).map(|s| s.to_string());
+        assert_eq!(found("5.1.1 <x@y>: Recipient address rejected").as_deref(), Some("5.1.1"));
+        assert_eq!(found("permanent error (550): 5.7.1 blocked").as_deref(), Some("5.7.1"));
+        assert_eq!(found("4.7.28 Our system has detected an unusual rate,").as_deref(), Some("4.7.28"));
+        assert_eq!(EnhancedStatus::find("2.0.0 Ok: queued"), Some(EnhancedStatus { class: 2, subject: 0, detail: 0 }));
+        assert_eq!(found("Ok: queued as 12.3"), None);
+        assert_eq!(found("version 3.1.1 and 5.1.1.1"), None, "class 3 and four parts are not status codes");
+        assert_eq!(found("5.1234.1 too long"), None);
     }
 }

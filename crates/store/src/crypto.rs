@@ -68,7 +68,7 @@ impl MasterKey {
     /// exists. Processes starting together all end up with the same key: the
     /// file appears complete (written aside, then linked) or not at all.
     pub fn generate_file(path: &Path) -> Result<(), StoreError> {
-        let error = |e: std::io::Error| StoreError::Backend(format!("master key {}: {e}", path.display()));
+        let error = |e: std::io::Error| StoreError::failed(format!("master key {}", path.display()), e);
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         let aside = path.with_extension(format!("{}.tmp", random_key_id()));

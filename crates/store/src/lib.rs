@@ -12,6 +12,8 @@ pub mod scylla;
 mod sqlite;
 pub mod statements;
 #[doc(hidden)]
+/// The conformance suite every store backend passes (`store_suite!`).
+#[cfg(any(test, feature = "testsuite"))]
 pub mod suite;
 mod upsert;
 
@@ -34,16 +36,32 @@ pub enum StoreError {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A failure inside the backend, without a cause of its own.
     #[error("store backend: {0}")]
     Backend(String),
+    /// A failure of the database or its driver while doing `what`; the
+    /// cause is kept as the error's source, so logs show the whole chain.
+    #[error("store backend: {what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A bad store setting (`store.url` options): the operator's to fix.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 }
 
+impl StoreError {
+    /// `what` failed because of `source`.
+    pub fn failed(what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Failed { what: what.into(), source: source.into() }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        StoreError::Backend(error.to_string())
+        StoreError::failed("sqlite", error)
     }
 }
 
@@ -389,6 +407,7 @@ impl From<StoreError> for broadside_proto::ServiceError {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Conflict(what) => Self::FailedPrecondition(what),
             StoreError::Backend(what) => Self::Unavailable(format!("store: {what}")),
+            failed @ StoreError::Failed { .. } => Self::Unavailable(broadside_proto::error_chain(&failed)),
             StoreError::Invalid { field, message } => Self::invalid(field, message),
         }
     }

@@ -712,56 +712,154 @@ pub async fn catalog_and_admin(store: &dyn Store) {
     assert_eq!(store.rewrap_keys().await.unwrap(), 0, "every key is wrapped by the current master key already");
 }
 
-/// Runs every case of the suite against `store`.
-pub async fn run_all(store: &dyn Store) {
-    idempotent_creates(store).await;
-    upsert_by_email_and_no_partial_write(store).await;
-    paging_visits_each_member_once(store).await;
-    send_ledger_claims(store).await;
-    outcomes_count_once_and_complete(store).await;
-    sendable_members_and_consent(store).await;
-    export_and_erase(store).await;
-    import_batches_record_progress(store).await;
-    tenants_and_keys(store).await;
-    data_key_rotation(store).await;
-    feedback_records_scores_and_engagement(store).await;
-    segments_and_member_statuses(store).await;
-    behavior_events(store).await;
-    pagination_edges(store).await;
-    races(store).await;
-    catalog_and_admin(store).await;
+/// What a backend's opener gives each case: a fresh (or shared, for CQL)
+/// store, and whatever must live as long as it (a temporary directory).
+pub struct Fixture {
+    pub store: crate::DynStore,
+    pub keep: Box<dyn std::any::Any + Send>,
 }
 
-/// The same suite against a real ScyllaDB node, in a fresh keyspace that is
-/// dropped afterwards. Never a fake: without `BROADSIDE_TEST_SCYLLA_URI` it
-/// says it was skipped (shown by `tests/run.sh`; see `deploy/scylla/README.md`).
+/// `store_suite!(open)` expands to one `#[tokio::test]` per case, each
+/// running that case against the store `open.await` gives (`None`: skipped,
+/// the opener says why). Invoke it in a module named for the backend, so
+/// nextest lists `suite::sqlite::races`, `suite::cql::races`, … and one
+/// failure hides none of the others. Quickwit's `metastore_test_suite!` is
+/// the model.
+#[macro_export]
+macro_rules! store_suite {
+    ($open:expr) => {
+        $crate::store_suite!(@cases $open;
+            idempotent_creates,
+            upsert_by_email_and_no_partial_write,
+            paging_visits_each_member_once,
+            send_ledger_claims,
+            outcomes_count_once_and_complete,
+            sendable_members_and_consent,
+            export_and_erase,
+            import_batches_record_progress,
+            tenants_and_keys,
+            data_key_rotation,
+            feedback_records_scores_and_engagement,
+            segments_and_member_statuses,
+            behavior_events,
+            pagination_edges,
+            races,
+            catalog_and_admin,
+        );
+    };
+    (@cases $open:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(fixture) = $open.await else { return };
+                $crate::suite::$case(fixture.store.as_ref()).await;
+            }
+        )+
+    };
+}
+
 #[cfg(test)]
-mod scylla {
+mod sqlite {
+    use std::sync::Arc;
+
+    use super::Fixture;
     use crate::crypto::{MasterKey, MasterKeys};
     use crate::*;
 
-    #[tokio::test]
-    async fn scylla_passes_the_store_suite() {
+    /// A fresh store in its own directory for every case.
+    async fn open() -> Option<Fixture> {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = MasterKeys::new(MasterKey::new("m1", [1; 32]), vec![]);
+        let store = SqliteStore::open(&dir.path().join("store.db"), keys).unwrap();
+        Some(Fixture { store: Arc::new(store), keep: Box::new(dir) })
+    }
+
+    crate::store_suite!(open());
+}
+
+/// The same cases against a real CQL database (Apache Cassandra, or a
+/// ScyllaDB node). Never a fake: without `BROADSIDE_TEST_SCYLLA_URI` every
+/// case says it was skipped (see `deploy/scylla/README.md`). The cases of one
+/// run share a keyspace named for the run (the test runner's process id),
+/// migrated once under a file lock: a migration of the 39 tables takes far
+/// longer than any case.
+#[cfg(test)]
+mod cql {
+    use std::sync::Arc;
+
+    use super::Fixture;
+    use crate::crypto::{MasterKey, MasterKeys};
+    use crate::*;
+
+    const RETENTION: Retention = Retention { feedback_days: 90, behavior_days: 400 };
+
+    fn master() -> MasterKeys {
+        MasterKeys::new(MasterKey::new("m1", [1; 32]), vec![])
+    }
+
+    fn base() -> Option<ScyllaUri> {
         let Ok(url) = std::env::var("BROADSIDE_TEST_SCYLLA_URI") else {
             println!(
-                "SKIPPED: the ScyllaDB store suite needs a node; set \
+                "SKIPPED: the CQL store suite needs a node; set \
                  BROADSIDE_TEST_SCYLLA_URI=scylla://127.0.0.1:9042/broadside_test?dc=datacenter1&rf=1 (deploy/scylla/README.md)"
             );
-            return;
+            return None;
         };
-        let base = ScyllaUri::parse(&url).expect("BROADSIDE_TEST_SCYLLA_URI");
+        Some(ScyllaUri::parse(&url).expect("BROADSIDE_TEST_SCYLLA_URI"))
+    }
+
+    /// The run's keyspace, migrated by the first case to get here. Suite
+    /// keyspaces of runs whose runner is gone are dropped on the way.
+    async fn open() -> Option<Fixture> {
+        Some(Fixture { store: Arc::new(open_store().await?), keep: Box::new(()) })
+    }
+
+    async fn open_store() -> Option<ScyllaStore> {
+        let base = base()?;
+        let prefix = format!("{}_suite_", base.keyspace);
+        let runner = std::os::unix::process::parent_id();
+        let uri = base.with_keyspace(&format!("{prefix}{runner}"));
+        let lock_path = std::env::temp_dir().join(format!("broadside-cql-suite-{}.lock", uri.keyspace));
+        let lock = std::fs::File::create(&lock_path).unwrap();
+        lock.lock().unwrap();
+        ScyllaStore::migrate(&uri).await.unwrap();
+        let store = ScyllaStore::connect(&uri, master(), RETENTION).await.unwrap();
+        let stale = |name: &str| {
+            name.strip_prefix(&prefix)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| pid != runner && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        };
+        let dropped = store.drop_keyspaces(&prefix, stale).await.unwrap();
+        drop(lock);
+        println!(
+            "CQL store suite: server {}, keyspace {}{}",
+            store.server().await.unwrap(),
+            uri.keyspace,
+            if dropped.is_empty() { String::new() } else { format!(" (dropped stale {dropped:?})") }
+        );
+        Some(store)
+    }
+
+    crate::store_suite!(open());
+
+    /// Migrations refuse an unmigrated keyspace by name, apply once, and a
+    /// second run has nothing to do (a keyspace of its own, dropped after).
+    #[tokio::test]
+    async fn migrations_apply_once() {
+        let Some(base) = base() else { return };
         let uri = base.with_keyspace(&format!("{}_{}", base.keyspace, &new_id()[20..]));
-        let master = || MasterKeys::new(MasterKey::new("m1", [1; 32]), vec![]);
-        let retention = Retention { feedback_days: 90, behavior_days: 400 };
-        let error = ScyllaStore::connect(&uri, master(), retention).await.err().expect("not migrated yet");
+        let error = ScyllaStore::connect(&uri, master(), RETENTION).await.err().expect("not migrated yet");
         assert!(error.to_string().contains("broadside migrate"), "{error}");
         assert_eq!(ScyllaStore::migrate(&uri).await.unwrap(), vec![1]);
         assert!(ScyllaStore::migrate(&uri).await.unwrap().is_empty(), "a second run has nothing to do");
-        let store = ScyllaStore::connect(&uri, master(), retention).await.unwrap();
-        println!("ScyllaDB store suite: server {}, keyspace {}", store.server().await.unwrap(), uri.keyspace);
-        super::run_all(&store).await;
-        super::counters_short_of_their_outcome_rows_are_repaired(&store).await;
+        let store = ScyllaStore::connect(&uri, master(), RETENTION).await.unwrap();
         store.drop_keyspace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn counters_short_of_their_outcome_rows_are_repaired() {
+        let Some(store) = open_store().await else { return };
+        super::counters_short_of_their_outcome_rows_are_repaired_in(&store).await;
     }
 }
 
@@ -769,7 +867,7 @@ mod scylla {
 /// outage between the two; counters are not idempotent, so not retried)
 /// leaves the campaign one short for ever, unless a recount repairs it.
 #[cfg(test)]
-async fn counters_short_of_their_outcome_rows_are_repaired(store: &ScyllaStore) {
+async fn counters_short_of_their_outcome_rows_are_repaired_in(store: &ScyllaStore) {
     let created = store.create_campaign(campaign("t-recount", "l1"), None).await.unwrap();
     let id = created.id.clone();
     store.transition_campaign("t-recount", &id, &[CampaignState::Draft], CampaignState::Sending).await.unwrap();
@@ -785,20 +883,14 @@ async fn counters_short_of_their_outcome_rows_are_repaired(store: &ScyllaStore) 
     assert_eq!(store.get_campaign("t-recount", &id).await.unwrap().unwrap().stats.delivered, 2, "never twice");
 }
 
+/// What only the embedded store promises.
 #[cfg(test)]
-mod sqlite {
+mod sqlite_only {
     use crate::crypto::{MasterKey, MasterKeys};
     use crate::*;
 
     fn master(id: &str, byte: u8) -> MasterKey {
         MasterKey::new(id, [byte; 32])
-    }
-
-    #[tokio::test]
-    async fn sqlite_passes_the_store_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("store.db"), MasterKeys::new(master("m1", 1), vec![])).unwrap();
-        super::run_all(&store).await;
     }
 
     /// The raw file holds no address, name or attribute in the clear, and a

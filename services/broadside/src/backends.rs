@@ -126,7 +126,7 @@ impl PayloadCipher for SealedPayloads {
     }
 
     fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, broadside_bus::BusError> {
-        self.0.open(sealed).map_err(|error| broadside_bus::BusError::Backend(error.to_string()))
+        self.0.open(sealed).map_err(|error| broadside_bus::BusError::failed("opening a sealed bus record", error))
     }
 }
 
@@ -145,7 +145,7 @@ pub fn kafka(config: &Config) -> anyhow::Result<KafkaBus> {
         replication_factor: config.bus.replication_factor,
         session_timeout_ms: config.bus.session_timeout_ms,
         assignment_strategy: config.bus.assignment_strategy.clone(),
-        client_id: sender_id(config),
+        client_id: broadside_sender::replica_id(config),
         properties: config
             .bus
             .kafka
@@ -262,18 +262,6 @@ fn read_or_create_key(path: &Path) -> std::io::Result<String> {
     std::fs::rename(&tmp, path)?;
     tracing::info!(path = %path.display(), "generated a token signing key (set mail.token_key to share one across processes)");
     Ok(key)
-}
-
-/// This sender's ledger identity: `sender.id`, else the host name.
-pub fn sender_id(config: &Config) -> String {
-    config.sender.id.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "sender".into())
-    })
 }
 
 /// The DKIM keys of `mail.dkim_dir`, loaded once and shared by every role

@@ -19,7 +19,7 @@ use broadside_store::{
 use clap::Subcommand;
 use prost::Message as _;
 
-use crate::client::{ClientArgs, connect, plain};
+use crate::connect::{ClientArgs, connect, plain};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

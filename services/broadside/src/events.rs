@@ -21,7 +21,7 @@ use broadside_proto::v1::{TrackEventsRequest, TrackedEvent};
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::client::{ClientArgs, connect, plain};
+use crate::connect::{ClientArgs, connect, plain};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {

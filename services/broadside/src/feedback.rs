@@ -44,22 +44,14 @@ pub enum FeedbackCommand {
     },
 }
 
-/// The feedback role over `store` and `bus`, configured from `config`.
+/// The feedback role's state over `store` and `bus`, for the offline commands.
 pub fn role(
     config: &Config,
     store: DynStore,
     bus: broadside_bus::DynBus,
     metrics: broadside_telemetry::Metrics,
 ) -> anyhow::Result<Feedback> {
-    let settings = FeedbackSettings {
-        topic_prefix: config.bus.topic_prefix.clone(),
-        signer: backends::token_signer(config)?,
-        bounce_domain: config.bounce_domain().to_owned(),
-        domain: config.mail.domain.clone(),
-        hostname: config.bounce_domain().to_owned(),
-        config: config.feedback.clone(),
-        destinations: config.sender.destinations.clone(),
-    };
+    let settings = FeedbackSettings::from_config(config, backends::token_signer(config)?);
     Ok(Feedback::new(store, bus, settings, metrics))
 }
 

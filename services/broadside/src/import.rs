@@ -16,7 +16,7 @@ use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
 use broadside_proto::v1::{ImportMode, ImportSubscribersRequest};
 use sha2::Digest;
 
-use crate::client::{ClientArgs, connect, plain};
+use crate::connect::{ClientArgs, connect, plain};
 
 const CHUNK: usize = 256 * 1024;
 

@@ -3,24 +3,19 @@
 //! Shutdown is ordered so nothing is lost: not-ready, stop workers (the
 //! sender drains), then stop the servers.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use broadside_config::Config;
-use broadside_dispatch::Dispatch;
-use broadside_proto::v1::campaign_service_server::CampaignServiceServer;
-use broadside_proto::v1::feedback_service_server::FeedbackServiceServer;
-use broadside_proto::v1::segment_service_server::SegmentServiceServer;
-use broadside_proto::v1::subscriber_service_server::SubscriberServiceServer;
-use broadside_proto::v1::template_service_server::TemplateServiceServer;
-use broadside_sender::{Sender, SenderSettings};
+use broadside_mail::MailKit;
+use broadside_role::{Deps, Links, Parts, Worker};
 use broadside_store::StatementKind;
 use broadside_telemetry::{Metrics, Readiness};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
 
 use crate::backends;
 
@@ -56,6 +51,18 @@ impl Role {
     }
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Subscribers => "subscribers",
+            Role::Segmentation => "segmentation",
+            Role::Dispatch => "dispatch",
+            Role::Sender => "sender",
+            Role::Feedback => "feedback",
+        })
+    }
+}
+
 impl FromStr for Role {
     type Err = anyhow::Error;
 
@@ -70,21 +77,6 @@ impl FromStr for Role {
                 "--roles: unknown role {other:?} (use all, subscribers, segmentation, dispatch, sender, feedback)"
             ),
         })
-    }
-}
-
-/// Campaign fan-out asks the segmentation role of this process who is in a segment.
-struct SegmentsForDispatch(broadside_segmentation::SegmentApi);
-
-#[async_trait::async_trait]
-impl broadside_dispatch::SegmentMembers for SegmentsForDispatch {
-    async fn members(
-        &self,
-        tenant: &str,
-        segment_id: &str,
-        list_id: &str,
-    ) -> Result<Vec<String>, broadside_proto::ServiceError> {
-        self.0.members(tenant, segment_id, Some(list_id)).await
     }
 }
 
@@ -104,8 +96,10 @@ pub struct Node {
     health: tonic_health::server::HealthReporter,
     workers_stop: CancellationToken,
     servers_stop: CancellationToken,
-    workers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    workers: Workers,
     servers: Vec<JoinHandle<()>>,
+    /// How long shutdown waits for the roles' workers (the sender's drain plus a margin).
+    drain_deadline: Duration,
 }
 
 /// The server span of one gRPC call, child of the caller's trace when it sent one.
@@ -126,7 +120,9 @@ fn grpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
 }
 
 impl Node {
-    /// Opens the backends, binds the listeners and starts every role in `roles`.
+    /// Opens the backends, binds the listeners and starts every role in
+    /// `roles`, each through its crate's one `start`, in [`Role::ALL`]'s
+    /// order (segmentation before dispatch, which links to it).
     pub async fn start(config: &Config, roles: &[Role]) -> anyhow::Result<Node> {
         let backends = backends::open(config).await?;
         let limits = &config.limits;
@@ -145,136 +141,52 @@ impl Node {
         let workers_stop = CancellationToken::new();
         let servers_stop = CancellationToken::new();
         let (health, health_service) = tonic_health::server::health_reporter();
-        let mut routes = RoutesBuilder::default();
-        let mut workers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
-        let prefix = &config.bus.topic_prefix;
-
-        let dkim = if roles.contains(&Role::Subscribers) || roles.contains(&Role::Sender) {
-            backends::dkim_keys(config)?
+        let admin_key_file = if roles.contains(&Role::Subscribers) {
+            crate::bootstrap::ensure_admin_key(&backends.store, &config.data_dir).await?
         } else {
-            Default::default()
+            None
         };
-        let mut http_routes = axum::Router::new();
-        let mut admin_key_file = None;
-        if roles.contains(&Role::Subscribers) {
-            admin_key_file = crate::bootstrap::ensure_admin_key(&backends.store, &config.data_dir).await?;
-            let settings = broadside_subscribers::SubscriberSettings {
-                topic_prefix: prefix.clone(),
-                public_url: config.mail.public_url.clone(),
-                confirm_from: config
-                    .mail
-                    .confirm_from
-                    .clone()
-                    .unwrap_or_else(|| format!("lists@{}", config.mail.domain)),
-                domain: config.mail.domain.clone(),
-                signer: backends::token_signer(config)?,
-                transport: backends::transport(config)?,
-                dkim: dkim.clone(),
-            };
-            let api = broadside_subscribers::SubscriberApi::new(backends.store.clone(), backends.bus.clone(), settings);
-            http_routes = http_routes.merge(broadside_subscribers::http_routes(api.clone()));
-            let lag_metrics = metrics.clone();
-            let on_lag =
-                move |lag: &[(String, u32, i64)]| lag_metrics.set_lag(broadside_subscribers::FEEDBACK_GROUP, lag);
-            let feedback_worker = api.clone().run_feedback(workers_stop.clone(), on_lag);
-            workers.push(("subscribers", tokio::spawn(async move { Ok(feedback_worker.await?) })));
-            routes.add_service(api.into_service());
-            let behavior = broadside_subscribers::BehaviorApi::new(
-                backends.store.clone(),
-                backends.bus.clone(),
-                prefix,
-                config.behavior.retention_days,
-            );
-            let purge = behavior.clone().purge(workers_stop.clone());
-            workers.push(("behavior-retention", tokio::spawn(async move { Ok(purge.await?) })));
-            routes.add_service(behavior.into_service());
-            routes.add_service(broadside_subscribers::ApiKeyApi::new(backends.store.clone()).into_service());
-            routes.add_service(broadside_subscribers::AuditApi::new(backends.store.clone()).into_service());
-            health.set_serving::<SubscriberServiceServer<broadside_subscribers::SubscriberApi>>().await;
-        }
-        let mut segments = None;
-        if roles.contains(&Role::Segmentation) {
-            let live =
-                broadside_segmentation::live::Live::default().with_behavior_retention(config.behavior.retention_days);
-            let run = live.clone().run(
-                backends.store.clone(),
-                backends.bus.clone(),
-                prefix.clone(),
-                metrics.clone(),
-                workers_stop.clone(),
-            );
-            workers.push(("segmentation", tokio::spawn(run)));
-            let api = broadside_segmentation::SegmentApi::new(backends.store.clone(), live);
-            segments = Some(api.clone());
-            routes.add_service(api.into_service());
-            health.set_serving::<SegmentServiceServer<broadside_segmentation::SegmentApi>>().await;
-        }
-        if roles.contains(&Role::Dispatch) {
-            let mut dispatch = Dispatch::new(
-                backends.store.clone(),
-                backends.bus.clone(),
-                prefix,
-                metrics.clone(),
-                config.sender.max_age_secs,
-                Duration::from_secs(config.dispatch.reconcile_after_secs),
-            );
-            if let Some(segments) = &segments {
-                dispatch = dispatch.with_segments(std::sync::Arc::new(SegmentsForDispatch(segments.clone())));
+
+        let mut deps = Deps {
+            store: backends.store.clone(),
+            bus: backends.bus.clone(),
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            stop: workers_stop.clone(),
+            links: Links::default(),
+        };
+        let mut mail = None;
+        let mut grpc = Vec::new();
+        let mut http_routes: Option<axum::Router> = None;
+        let mut workers = Workers::default();
+        let mut listening = Vec::new();
+        for role in Role::ALL.into_iter().filter(|role| roles.contains(role)) {
+            let parts = start_role(role, config, &deps, &mut mail).await.with_context(|| format!("role {role}"))?;
+            for name in &parts.serving {
+                health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
             }
-            routes.add_service(dispatch.template_api().into_service());
-            routes.add_service(dispatch.campaign_api().into_service());
-            health.set_serving::<TemplateServiceServer<broadside_dispatch::TemplateApi>>().await;
-            health.set_serving::<CampaignServiceServer<broadside_dispatch::CampaignApi>>().await;
-            workers.push(("dispatch", tokio::spawn(dispatch.run(workers_stop.clone()))));
+            grpc.extend(parts.grpc);
+            if let Some(routes) = parts.http {
+                http_routes = Some(match http_routes {
+                    Some(all) => all.merge(routes),
+                    None => routes,
+                });
+            }
+            for worker in parts.workers {
+                workers.spawn(worker);
+            }
+            listening.extend(parts.listening);
+            deps.links.add(parts.links);
         }
-        let mut inbound_addr = None;
-        if roles.contains(&Role::Feedback) {
-            let feedback =
-                crate::feedback::role(config, backends.store.clone(), backends.bus.clone(), metrics.clone())?;
-            routes.add_service(feedback.api().into_service());
-            http_routes = http_routes.merge(feedback.http_routes());
-            health.set_serving::<FeedbackServiceServer<broadside_feedback::FeedbackApi>>().await;
-            let listener = tokio::net::TcpListener::bind(config.feedback.inbound_addr)
-                .await
-                .with_context(|| format!("feedback.inbound_addr {}: cannot listen", config.feedback.inbound_addr))?;
-            inbound_addr = Some(listener.local_addr()?);
-            workers.push(("feedback", tokio::spawn(feedback.run(listener, workers_stop.clone()))));
-        }
-        if roles.contains(&Role::Sender) {
-            let settings = SenderSettings {
-                id: backends::sender_id(config),
-                concurrency: config.sender.concurrency,
-                drain_timeout: Duration::from_secs(config.sender.drain_timeout_secs),
-                lease: Duration::from_secs(config.sender.lease_secs),
-                retry_base: Duration::from_secs_f64(config.sender.retry_base_secs),
-                topic_prefix: prefix.clone(),
-                public_url: config.mail.public_url.clone(),
-                tracking: config.feedback.tracking,
-                domain: config.mail.domain.clone(),
-                bounce_domain: config.bounce_domain().to_owned(),
-                destinations: config.sender.destinations.clone(),
-                destination_concurrency: config.sender.destination_concurrency,
-                destination_per_second: config.sender.destination_per_second,
-            };
-            let sender = Sender::new(
-                settings,
-                backends.store.clone(),
-                backends.bus.clone(),
-                backends::transport(config)?,
-                backends::token_signer(config)?,
-                metrics.clone(),
-            )
-            .with_dkim(dkim.clone());
-            workers.push(("sender", tokio::spawn(sender.run(readiness.clone(), workers_stop.clone()))));
-        }
+        let inbound_addr = listening.iter().find(|(name, _)| *name == "inbound").map(|(_, addr)| *addr);
+        let mut routes = grpc.into_iter().fold(tonic::service::Routes::default(), |routes, add| add(routes));
 
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(broadside_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        routes.add_service(health_service);
-        routes.add_service(reflection);
+        routes = routes.add_service(health_service).add_service(reflection);
 
         let listener = tokio::net::TcpListener::bind(config.server.grpc_addr)
             .await
@@ -282,7 +194,7 @@ impl Node {
         let grpc_addr = listener.local_addr()?;
         let stop = servers_stop.clone();
         // A span per call (OpenTelemetry RPC conventions) that continues the caller's `traceparent`.
-        let router = tonic::transport::Server::builder().trace_fn(grpc_span).add_routes(routes.routes());
+        let router = tonic::transport::Server::builder().trace_fn(grpc_span).add_routes(routes);
         let grpc = match &config.server.tls {
             Some(tls) => {
                 let incoming = crate::tls::incoming(listener, crate::tls::acceptor(tls)?);
@@ -317,7 +229,7 @@ impl Node {
         .await?;
         let mut servers = vec![grpc, admin];
         let mut http_addr = None;
-        if roles.contains(&Role::Subscribers) || roles.contains(&Role::Feedback) {
+        if let Some(http_routes) = http_routes {
             let listener = tokio::net::TcpListener::bind(config.server.http_addr)
                 .await
                 .with_context(|| format!("server.http_addr {}: cannot listen", config.server.http_addr))?;
@@ -332,7 +244,7 @@ impl Node {
             }));
         }
         readiness.set(true);
-        let names: Vec<String> = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
+        let names: Vec<String> = roles.iter().map(Role::to_string).collect();
         tracing::info!(roles = %names.join(","), grpc = %grpc_addr, admin = %admin_addr, http = ?http_addr, inbound = ?inbound_addr, "broadside node started");
         Ok(Node {
             grpc_addr,
@@ -347,6 +259,7 @@ impl Node {
             http_addr,
             inbound_addr,
             admin_key_file,
+            drain_deadline: Duration::from_secs(config.sender.drain_timeout_secs) + SHUTDOWN_MARGIN,
         })
     }
 
@@ -355,25 +268,15 @@ impl Node {
         format!("http://{}", self.grpc_addr)
     }
 
-    /// Waits for `signal` or for a worker to fail, then shuts down gracefully.
+    /// Waits for `signal` or for a worker to stop (which stops the node), then shuts down gracefully.
     pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let failed = async {
-            loop {
-                if let Some(index) = self.workers.iter().position(|(_, handle)| handle.is_finished()) {
-                    return index;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
         tokio::select! {
             _ = signal => {
                 tracing::info!("shutdown requested");
                 self.shutdown().await
             }
-            index = failed => {
-                let (name, handle) = self.workers.remove(index);
-                let result = handle.await;
-                tracing::error!(role = name, ?result, "a role stopped unexpectedly, shutting down");
+            (name, result) = self.workers.next_finished() => {
+                tracing::error!(role = name, result = ?result.as_ref().map(|r| r.as_ref().map_err(|e| format!("{e:#}"))), "a role stopped unexpectedly, shutting down");
                 self.shutdown().await?;
                 match result {
                     Ok(Ok(())) => bail!("role {name} stopped unexpectedly"),
@@ -385,22 +288,37 @@ impl Node {
     }
 
     /// Graceful shutdown: not-ready, stop workers (the sender drains and
-    /// commits), then stop the gRPC and admin servers.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// commits) within the drain deadline, then stop the gRPC and admin servers.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.readiness.set(false);
         self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         self.workers_stop.cancel();
+        let deadline = tokio::time::Instant::now() + self.drain_deadline;
         let mut first_error = None;
-        for (name, handle) in self.workers {
-            match handle.await {
-                Ok(Ok(())) => tracing::info!(role = name, "role stopped"),
-                Ok(Err(error)) => {
+        while !self.workers.is_empty() {
+            let wait = (deadline - tokio::time::Instant::now()).min(STILL_WAITING_EVERY);
+            match tokio::time::timeout(wait, self.workers.next_finished()).await {
+                Ok((name, Ok(Ok(())))) => tracing::info!(role = name, "role stopped"),
+                Ok((name, Ok(Err(error)))) => {
                     tracing::error!(role = name, error = format!("{error:#}"), "role stopped with an error");
-                    first_error.get_or_insert(error);
+                    first_error.get_or_insert(error.context(format!("role {name}")));
                 }
-                Err(error) => {
+                Ok((name, Err(error))) => {
                     tracing::error!(role = name, %error, "role panicked");
                     first_error.get_or_insert(anyhow::anyhow!("role {name} panicked"));
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    let names = self.workers.names();
+                    tracing::error!(waiting = %names, deadline_secs = self.drain_deadline.as_secs(), "roles did not stop in time: aborting them");
+                    self.workers.abort_all();
+                    first_error.get_or_insert(anyhow::anyhow!(
+                        "roles did not stop within {}s: {names}",
+                        self.drain_deadline.as_secs()
+                    ));
+                    break;
+                }
+                Err(_) => {
+                    tracing::info!(count = self.workers.len(), names = %self.workers.names(), "still waiting for roles to stop")
                 }
             }
         }
@@ -410,5 +328,89 @@ impl Node {
         }
         tracing::info!("broadside node stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Shutdown waits this much longer than the sender's drain timeout.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(30);
+/// How often a slow shutdown says what it is waiting for.
+const STILL_WAITING_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts one role through its crate's `start`, with its settings from the config.
+async fn start_role(role: Role, config: &Config, deps: &Deps, mail: &mut Option<MailKit>) -> anyhow::Result<Parts> {
+    match role {
+        Role::Subscribers => {
+            let settings = broadside_subscribers::SubscriberSettings::from_config(config, mail_kit(mail, config)?);
+            broadside_subscribers::start(settings, deps)
+        }
+        Role::Segmentation => {
+            broadside_segmentation::start(broadside_segmentation::SegmentationSettings::from_config(config), deps)
+        }
+        Role::Dispatch => broadside_dispatch::start(broadside_dispatch::DispatchSettings::from_config(config), deps),
+        Role::Sender => {
+            let settings = broadside_sender::SenderSettings::from_config(config);
+            broadside_sender::start(settings, mail_kit(mail, config)?.clone(), deps)
+        }
+        Role::Feedback => {
+            let settings = broadside_feedback::FeedbackSettings::from_config(config, backends::token_signer(config)?);
+            broadside_feedback::start(settings, deps).await
+        }
+    }
+}
+
+/// The transport, link signer and DKIM keys, opened once for the roles that mail.
+fn mail_kit<'a>(slot: &'a mut Option<MailKit>, config: &Config) -> anyhow::Result<&'a MailKit> {
+    if slot.is_none() {
+        *slot = Some(MailKit {
+            transport: backends::transport(config)?,
+            signer: backends::token_signer(config)?,
+            dkim: backends::dkim_keys(config)?,
+        });
+    }
+    Ok(slot.as_ref().expect("just set"))
+}
+
+/// The roles' workers, each a task with its role's name.
+#[derive(Default)]
+struct Workers {
+    set: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Workers {
+    fn spawn(&mut self, worker: Worker) {
+        let handle = self.set.spawn(worker.run);
+        self.names.insert(handle.id(), worker.name);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// The names of the workers still running, comma-separated.
+    fn names(&self) -> String {
+        let mut names: Vec<&str> = self.names.values().copied().collect();
+        names.sort_unstable();
+        names.join(",")
+    }
+
+    fn abort_all(&mut self) {
+        self.set.abort_all();
+    }
+
+    /// The next worker to finish, with its name; pending forever when none runs.
+    async fn next_finished(&mut self) -> (&'static str, Result<anyhow::Result<()>, tokio::task::JoinError>) {
+        let Some(joined) = self.set.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, Ok(result)),
+            Err(error) => (error.id(), Err(error)),
+        };
+        (self.names.remove(&id).unwrap_or("unknown"), result)
     }
 }

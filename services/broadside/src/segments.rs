@@ -7,7 +7,7 @@ use broadside_proto::v1::segment_service_client::SegmentServiceClient;
 use broadside_proto::v1::*;
 use clap::Subcommand;
 
-use crate::client::{ClientArgs, connect, plain};
+use crate::connect::{ClientArgs, connect, plain};
 
 #[derive(Debug, Subcommand)]
 pub enum SegmentsCommand {

@@ -7,7 +7,7 @@ use broadside_proto::v1::subscriber_service_client::SubscriberServiceClient;
 use broadside_proto::v1::*;
 use clap::Subcommand;
 
-use crate::client::{ClientArgs, connect, plain};
+use crate::connect::{ClientArgs, connect, plain};
 
 /// Bounce reasons that say the address itself is bad: never lifted in bulk.
 const ADDRESS_REASONS: &[&str] = &["user_unknown", "host_unknown", "has_moved", "not_accepted"];
@@ -42,7 +42,7 @@ fn reason_name(reason: i32) -> String {
 
 /// Every suppression matching `reason` (all when empty), page by page.
 async fn matching(
-    client: &mut SubscriberServiceClient<crate::client::Authed>,
+    client: &mut SubscriberServiceClient<crate::connect::Authed>,
     reason: &str,
 ) -> anyhow::Result<Vec<Suppression>> {
     let (mut found, mut token) = (Vec::new(), String::new());

@@ -8,19 +8,21 @@ mod convert;
 mod engagement;
 mod fanout;
 mod outcomes;
+mod role;
 mod templates;
 
 use std::sync::Arc;
 
 use broadside_bus::{DynBus, Topic};
-use broadside_proto::ServiceError;
 use broadside_store::DynStore;
 use broadside_telemetry::Metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use broadside_role::SegmentMembers;
 pub use campaigns::CampaignApi;
 pub use convert::campaign_to_proto;
+pub use role::{DispatchSettings, start};
 pub use templates::{TemplateApi, sample_context};
 
 /// What the dispatch role shares between its API and its workers.
@@ -43,15 +45,8 @@ pub struct Dispatch {
     segments: Option<Arc<dyn SegmentMembers>>,
 }
 
-/// Who is in a segment (the segmentation role, when it runs in this process).
-#[async_trait::async_trait]
-pub trait SegmentMembers: Send + Sync {
-    /// The ids of the members of `segment_id` who are in `list_id`.
-    async fn members(&self, tenant: &str, segment_id: &str, list_id: &str) -> Result<Vec<String>, ServiceError>;
-}
-
 impl Dispatch {
-    pub fn new(
+    pub(crate) fn new(
         store: DynStore,
         bus: DynBus,
         topic_prefix: &str,
@@ -84,16 +79,16 @@ impl Dispatch {
         CampaignApi::new(self.clone())
     }
 
-    /// Runs the fan-out worker and the delivery-event consumer until `shutdown`.
-    /// Both resume where they stopped: fan-out from its stored cursor,
-    /// the consumer from its committed offsets.
     /// Lets campaigns target segments.
-    pub fn with_segments(mut self, segments: Arc<dyn SegmentMembers>) -> Self {
+    pub(crate) fn with_segments(mut self, segments: Arc<dyn SegmentMembers>) -> Self {
         self.segments = Some(segments);
         self
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Runs the fan-out worker and the delivery-event consumer until `shutdown`.
+    /// Both resume where they stopped: fan-out from its stored cursor,
+    /// the consumer from its committed offsets.
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let fanout = tokio::spawn(fanout::run(self.clone(), shutdown.clone()));
         let outcomes = tokio::spawn(outcomes::run(self.clone(), shutdown.clone()));
         let engagement = tokio::spawn(engagement::run(self.clone(), shutdown.clone()));

@@ -18,6 +18,7 @@ mod grpc;
 pub mod http;
 pub mod inbound;
 pub mod policy;
+mod role;
 mod workers;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use broadside_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
 pub use grpc::FeedbackApi;
+pub use role::start;
 
 /// What the role needs besides the store and the bus.
 #[derive(Clone)]
@@ -75,6 +77,8 @@ pub struct Feedback {
 }
 
 impl Feedback {
+    /// The role's state without its listeners and workers, for offline
+    /// tools (`broadside feedback reclassify`); a node uses [`start`].
     pub fn new(store: DynStore, bus: DynBus, settings: FeedbackSettings, metrics: Metrics) -> Self {
         Self {
             events_topic: Topic::FeedbackEvents.name(&settings.topic_prefix),
@@ -97,7 +101,11 @@ impl Feedback {
 
     /// Runs the inbound listener on `listener`, the delivery-events consumer
     /// and the retention purge until `shutdown`.
-    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let inbound = tokio::spawn(inbound::serve(listener, self.clone(), shutdown.clone()));
         let deliveries = tokio::spawn(workers::consume_deliveries(self.clone(), shutdown.clone()));
         let purge = tokio::spawn(workers::purge(self.clone(), shutdown.clone()));

@@ -6,6 +6,8 @@
 mod api;
 pub mod engine;
 pub mod live;
+mod role;
 pub mod rule;
 
 pub use api::SegmentApi;
+pub use role::{SegmentationSettings, start};

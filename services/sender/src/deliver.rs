@@ -6,7 +6,7 @@ use broadside_bus::{Delivered, Record, headers};
 use broadside_mail::message::{self, Envelope, Outgoing};
 use broadside_mail::template::TemplateSource;
 use broadside_mail::token::UnsubscribeClaims;
-use broadside_mail::transport::SendError;
+use broadside_mail::transport::{EnhancedStatus, SendError};
 use broadside_proto::convert::{millis_to_timestamp, struct_to_json, timestamp_to_millis};
 use broadside_proto::v1::{DeliveryEvent, DeliveryOutcome, SendJob};
 use broadside_store::{CampaignState, Claim, LedgerState, StoreError, now_millis};
@@ -15,10 +15,26 @@ use tracing::Instrument;
 
 use crate::{Effects, Sender, retry};
 
+/// What the checks before a send decide about a job. One place
+/// ([`Sender::decided`]) counts each decision and writes its retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Back on the retry topic, unchanged, not before `until` (ms since the
+    /// epoch); `reason` is the `broadside_sends_total` outcome ("" when a
+    /// retry is simply not due yet: counted when it is tried).
+    Postpone { until: i64, reason: &'static str },
+    /// Neither sent nor retried; `reason` is the outcome counted.
+    Drop { reason: &'static str },
+    /// Every check passed: claim and send.
+    Deliver,
+}
+
 /// The result of trying one job, before it is recorded.
 struct Attempt {
     outcome: DeliveryOutcome,
     code: i32,
+    /// The RFC 3463 status the relay gave, as the transport read it.
+    enhanced: Option<EnhancedStatus>,
     detail: String,
     destination: String,
     /// The relay may have the message although we got no reply.
@@ -30,6 +46,7 @@ impl Attempt {
         Self {
             outcome: DeliveryOutcome::Failed,
             code: 0,
+            enhanced: None,
             detail: detail.into(),
             destination: String::new(),
             ambiguous: false,
@@ -67,56 +84,23 @@ impl Sender {
     async fn handle_job(&self, job: SendJob) -> anyhow::Result<Effects> {
         let settings = &self.settings;
         let message_id = message::message_id(&job.campaign_id, &job.subscriber_id, &settings.domain);
-        let mut effects = Effects::default();
-        // A retry that is not due yet goes back, unchanged, behind the others.
-        if job.not_before.as_ref().is_some_and(|t| timestamp_to_millis(t) > now_millis() + 1_000) {
-            let not_before = job.not_before.as_ref().map(timestamp_to_millis).unwrap_or_default();
-            effects.retries.push(self.retry_record(&job, job.attempt, not_before));
-            return Ok(effects);
-        }
-        // A destination that deferred us is left alone until its pause ends.
-        let domain = crate::domains::domain_of(&job.email);
-        let group = self.groups.group_of(&domain).to_owned();
-        if let crate::domains::Gate::WaitUntil(until) = self.domains.gate(&group) {
-            let wait_ms = until.saturating_duration_since(tokio::time::Instant::now()).as_millis() as i64;
-            self.metrics.count_send("postponed_destination_paused", &job.tenant, &job.campaign_id, &group);
-            effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + wait_ms));
-            return Ok(effects);
+        let group = self.groups.group_of(&crate::domains::domain_of(&job.email)).to_owned();
+        let decision = self.due_and_destination_open(&job, &group);
+        if decision != Decision::Deliver {
+            return Ok(self.decided(&job, &group, decision));
         }
         // The ledger lets an owner take over its own claims (a restarted
         // replica). Within one process that would allow two concurrent sends of
         // a redelivered job, so a recipient already in flight here waits.
         let Some(_in_flight) = InFlight::enter(&self.in_flight, &job) else {
-            self.metrics.count_send("postponed_in_flight", &job.tenant, &job.campaign_id, &group);
-            effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));
-            return Ok(effects);
+            let decision = Decision::Postpone { until: now_millis() + 5_000, reason: "postponed_in_flight" };
+            return Ok(self.decided(&job, &group, decision));
         };
         // Pace before claiming, so a throttled job never holds a lease while it waits.
         self.throttle.acquire(&job.campaign_id, job.max_messages_per_second).await;
-        // Checked after pacing (where a throttled job waits): a paused campaign's
-        // jobs wait, a cancelled (or deleted) campaign's are dropped.
-        let view = self.campaign_state(&job.tenant, &job.campaign_id).await?;
-        if let Some(window) = view.as_ref().and_then(|v| v.window.as_ref()) {
-            let now = now_millis();
-            let open = window.next_open(now);
-            if open > now {
-                // Outside the campaign's send window: back on the retry topic until it opens.
-                self.metrics.count_send("postponed_outside_window", &job.tenant, &job.campaign_id, &group);
-                effects.retries.push(self.retry_record(&job, job.attempt, open));
-                return Ok(effects);
-            }
-        }
-        match view.map(|v| v.state) {
-            Some(CampaignState::Paused) => {
-                self.metrics.count_send("postponed_campaign_paused", &job.tenant, &job.campaign_id, &group);
-                effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 5_000));
-                return Ok(effects);
-            }
-            Some(CampaignState::Cancelled) | None => {
-                self.metrics.count_send("skipped_campaign_cancelled", &job.tenant, &job.campaign_id, &group);
-                return Ok(effects);
-            }
-            _ => {}
+        let decision = self.campaign_allows(&job).await?;
+        if decision != Decision::Deliver {
+            return Ok(self.decided(&job, &group, decision));
         }
         match self.store.claim(&job.campaign_id, &job.subscriber_id, &settings.id, settings.lease).await? {
             Claim::Finished { state, message_id } => {
@@ -125,21 +109,15 @@ impl Sender {
                 self.metrics.count_send("skipped_duplicate", &job.tenant, &job.campaign_id, &group);
                 let outcome =
                     if state == LedgerState::Sent { DeliveryOutcome::Delivered } else { DeliveryOutcome::Failed };
-                let attempt = Attempt {
-                    outcome,
-                    code: 0,
-                    detail: "already recorded in the send ledger".into(),
-                    destination: String::new(),
-                    ambiguous: false,
-                };
-                effects.delivery_events.push(self.event(&job, &attempt, &message_id, 0, false));
-                return Ok(effects);
+                let attempt = Attempt { outcome, ..Attempt::failed("already recorded in the send ledger") };
+                let event = self.event(&job, &attempt, &message_id, 0, false);
+                return Ok(Effects { delivery_events: vec![event], retries: Vec::new() });
             }
             Claim::Held { owner, lease_until } => {
                 self.metrics.count_claim("held");
                 tracing::info!(%owner, lease_until, "recipient claimed by another sender, retrying after its lease");
-                effects.retries.push(self.retry_record(&job, job.attempt, lease_until + 1000));
-                return Ok(effects);
+                let decision = Decision::Postpone { until: lease_until + 1000, reason: "postponed_claim_held" };
+                return Ok(self.decided(&job, &group, decision));
             }
             Claim::Acquired { takeover: true } => {
                 self.metrics.count_claim("takeover");
@@ -163,24 +141,88 @@ impl Sender {
                     // The provider's slots on this replica are taken: give the claim
                     // back and try again shortly, without holding a slot meanwhile.
                     self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
-                    self.metrics.count_send("postponed_destination_busy", &job.tenant, &job.campaign_id, &group);
-                    effects.retries.push(self.retry_record(&job, job.attempt, now_millis() + 1_000));
-                    return Ok(effects);
+                    let decision =
+                        Decision::Postpone { until: now_millis() + 1_000, reason: "postponed_destination_busy" };
+                    return Ok(self.decided(&job, &group, decision));
                 }
             }
         };
+        self.record(&job, &group, &message_id, attempt, started).await
+    }
+
+    /// A retry that is not due yet, or a destination that deferred us, waits.
+    fn due_and_destination_open(&self, job: &SendJob, group: &str) -> Decision {
+        let not_before = job.not_before.as_ref().map(timestamp_to_millis).unwrap_or_default();
+        if not_before > now_millis() + 1_000 {
+            return Decision::Postpone { until: not_before, reason: "" };
+        }
+        if let crate::domains::Gate::WaitUntil(until) = self.domains.gate(group) {
+            let wait_ms = until.saturating_duration_since(tokio::time::Instant::now()).as_millis() as i64;
+            return Decision::Postpone { until: now_millis() + wait_ms, reason: "postponed_destination_paused" };
+        }
+        Decision::Deliver
+    }
+
+    /// Checked after pacing (where a throttled job waits): outside its send
+    /// window or paused, a campaign's jobs wait; cancelled (or deleted), they are dropped.
+    async fn campaign_allows(&self, job: &SendJob) -> anyhow::Result<Decision> {
+        let view = self.campaign_state(&job.tenant, &job.campaign_id).await?;
+        if let Some(window) = view.as_ref().and_then(|v| v.window.as_ref()) {
+            let now = now_millis();
+            let open = window.next_open(now);
+            if open > now {
+                return Ok(Decision::Postpone { until: open, reason: "postponed_outside_window" });
+            }
+        }
+        Ok(match view.map(|v| v.state) {
+            Some(CampaignState::Paused) => {
+                Decision::Postpone { until: now_millis() + 5_000, reason: "postponed_campaign_paused" }
+            }
+            Some(CampaignState::Cancelled) | None => Decision::Drop { reason: "skipped_campaign_cancelled" },
+            _ => Decision::Deliver,
+        })
+    }
+
+    /// The one place a postponed or dropped job is counted and, when
+    /// postponed, put back on the retry topic unchanged.
+    fn decided(&self, job: &SendJob, group: &str, decision: Decision) -> Effects {
+        let mut effects = Effects::default();
+        match decision {
+            Decision::Postpone { until, reason } => {
+                if !reason.is_empty() {
+                    self.metrics.count_send(reason, &job.tenant, &job.campaign_id, group);
+                }
+                effects.retries.push(self.retry_record(job, job.attempt, until));
+            }
+            Decision::Drop { reason } => self.metrics.count_send(reason, &job.tenant, &job.campaign_id, group),
+            Decision::Deliver => {}
+        }
+        effects
+    }
+
+    /// Records an attempt: the destination's backoff, the ledger (or a
+    /// retry with backoff), the metrics and the delivery event.
+    async fn record(
+        &self,
+        job: &SendJob,
+        group: &str,
+        message_id: &str,
+        attempt: Attempt,
+        started: Instant,
+    ) -> anyhow::Result<Effects> {
+        let settings = &self.settings;
+        let mut effects = Effects::default();
         let latency_ms = started.elapsed().as_millis() as i64;
         self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
         if !attempt.destination.is_empty() {
             // An SMTP transaction happened (expired jobs never reach the relay).
             self.metrics.count_smtp_reply(attempt.code);
         }
-
         match attempt.outcome {
             DeliveryOutcome::Deferred if attempt.code != 0 => {
-                self.domains.deferred(&group, settings.retry_base);
+                self.domains.deferred(group, settings.retry_base);
             }
-            DeliveryOutcome::Delivered | DeliveryOutcome::Failed if attempt.code != 0 => self.domains.answered(&group),
+            DeliveryOutcome::Delivered | DeliveryOutcome::Failed if attempt.code != 0 => self.domains.answered(group),
             _ => {}
         }
         let ledger_state = match attempt.outcome {
@@ -190,7 +232,7 @@ impl Sender {
         };
         match ledger_state {
             Some(state) => {
-                match self.store.finish(&job.campaign_id, &job.subscriber_id, &settings.id, state, &message_id).await {
+                match self.store.finish(&job.campaign_id, &job.subscriber_id, &settings.id, state, message_id).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict(detail)) => {
                         self.metrics.sends_ambiguous.inc();
@@ -202,7 +244,7 @@ impl Sender {
             None => {
                 self.store.release(&job.campaign_id, &job.subscriber_id, &settings.id).await?;
                 let not_before = now_millis() + retry::backoff(settings.retry_base, job.attempt).as_millis() as i64;
-                effects.retries.push(self.retry_record(&job, job.attempt + 1, not_before));
+                effects.retries.push(self.retry_record(job, job.attempt + 1, not_before));
             }
         }
         let outcome_name = match attempt.outcome {
@@ -210,7 +252,7 @@ impl Sender {
             DeliveryOutcome::Deferred => "deferred",
             _ => "failed",
         };
-        self.metrics.count_send(outcome_name, &job.tenant, &job.campaign_id, &group);
+        self.metrics.count_send(outcome_name, &job.tenant, &job.campaign_id, group);
         if attempt.outcome != DeliveryOutcome::Delivered {
             tracing::info!(outcome = outcome_name, code = attempt.code, detail = %attempt.detail, "not delivered");
         }
@@ -218,7 +260,7 @@ impl Sender {
             self.metrics.sends_ambiguous.inc();
             tracing::warn!(detail = %attempt.detail, "no reply from the relay: the message may have been delivered and will be retried (counted in sends_ambiguous)");
         }
-        effects.delivery_events.push(self.event(&job, &attempt, &message_id, latency_ms, attempt.ambiguous));
+        effects.delivery_events.push(self.event(job, &attempt, message_id, latency_ms, attempt.ambiguous));
         Ok(effects)
     }
 
@@ -308,20 +350,23 @@ impl Sender {
             Ok(accepted) => Attempt {
                 outcome: DeliveryOutcome::Delivered,
                 code: i32::from(accepted.code),
+                enhanced: accepted.enhanced,
                 detail: accepted.detail,
                 destination: accepted.destination,
                 ambiguous: false,
             },
-            Err(SendError::Transient { code, detail, ambiguous }) => Attempt {
+            Err(SendError::Transient { code, enhanced, detail, ambiguous }) => Attempt {
                 outcome: DeliveryOutcome::Deferred,
                 code: code.map(i32::from).unwrap_or(0),
+                enhanced,
                 detail,
                 destination: self.transport.destination().to_owned(),
                 ambiguous,
             },
-            Err(SendError::Permanent { code, detail }) => Attempt {
+            Err(SendError::Permanent { code, enhanced, detail }) => Attempt {
                 outcome: DeliveryOutcome::Failed,
                 code: i32::from(code),
+                enhanced,
                 detail,
                 destination: self.transport.destination().to_owned(),
                 ambiguous: false,
@@ -336,7 +381,7 @@ impl Sender {
             subscriber_id: job.subscriber_id.clone(),
             outcome: attempt.outcome as i32,
             smtp_code: attempt.code,
-            enhanced_code: enhanced_code(&attempt.detail),
+            enhanced_code: attempt.enhanced.map(|status| status.to_string()).unwrap_or_default(),
             detail: attempt.detail.clone(),
             mx: attempt.destination.clone(),
             latency_ms,
@@ -383,29 +428,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
-    }
-}
-
-/// The RFC 3463 status at the start of a reply text (`5.1.1 User unknown`), if any.
-fn enhanced_code(detail: &str) -> String {
-    detail
-        .split_whitespace()
-        .find(|word| {
-            let parts: Vec<&str> = word.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
-        })
-        .unwrap_or_default()
-        .to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn finds_enhanced_status_codes() {
-        assert_eq!(super::enhanced_code("5.1.1 <x@y>: Recipient address rejected"), "5.1.1");
-        assert_eq!(super::enhanced_code("permanent error (550): 5.7.1 blocked"), "5.7.1");
-        assert_eq!(super::enhanced_code("Ok: queued as 12.3"), "");
     }
 }

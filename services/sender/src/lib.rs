@@ -8,6 +8,7 @@ mod deliver;
 mod domains;
 mod groups;
 mod retry;
+mod role;
 mod throttle;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +27,8 @@ use broadside_store::{CampaignState, DynStore, Template};
 use broadside_telemetry::{Metrics, Readiness};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+pub use role::{replica_id, start};
 
 /// Template versions by (tenant, id); versions are immutable, so entries never go stale.
 type TemplateCache = HashMap<(String, String), Arc<Template>>;
@@ -110,7 +113,7 @@ struct Effects {
 }
 
 impl Sender {
-    pub fn new(
+    pub(crate) fn new(
         settings: SenderSettings,
         store: DynStore,
         bus: DynBus,
@@ -145,7 +148,7 @@ impl Sender {
     }
 
     /// Signs every message with these keys (by From domain).
-    pub fn with_dkim(mut self, keys: Arc<DkimKeys>) -> Self {
+    pub(crate) fn with_dkim(mut self, keys: Arc<DkimKeys>) -> Self {
         self.dkim = keys;
         self
     }
@@ -157,7 +160,7 @@ impl Sender {
     /// Consumes `send-jobs` and `send-retries` until `shutdown`, then drains:
     /// turns not-ready, stops fetching, finishes in-flight sends within
     /// `drain_timeout`, commits, and returns.
-    pub async fn run(self, readiness: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, readiness: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
         let jobs = self.bus.consumer(broadside_bus::SENDER_GROUP, &[self.topic(Topic::SendJobs)]).await?;
         let retries = self.bus.consumer(broadside_bus::SENDER_RETRIES_GROUP, &[self.topic(Topic::SendRetries)]).await?;
         tracing::info!(sender = %self.settings.id, relay = %self.transport.destination(), concurrency = self.settings.concurrency, "sender started");

@@ -18,7 +18,7 @@ use lettre::message::{Mailbox, MultiPart};
 
 use broadside_mail::escape_html;
 
-use crate::events::{subscription_changed, upserted};
+use crate::events::{Position, subscription_changed, upserted};
 use crate::{SubscriberApi, consent_of, mail_error, subscriber_to_proto};
 
 impl SubscriberApi {
@@ -98,7 +98,7 @@ impl SubscriberApi {
         &self,
         caller: Option<&Caller>,
         request: ConfirmSubscriptionRequest,
-    ) -> Result<Subscriber, ServiceError> {
+    ) -> Result<(Subscriber, Position), ServiceError> {
         let claims = self
             .settings
             .signer
@@ -119,17 +119,18 @@ impl SubscriberApi {
             )
             .await?
             .ok_or_else(|| ServiceError::NotFound("the subscription of this link (it may have been erased)".into()))?;
-        self.publish(vec![
-            (
-                stored.tenant.clone(),
-                stored.id.clone(),
-                subscription_changed(&claims.list_id, SubscriptionStatus::Confirmed, &consent.source),
-            ),
-            (stored.tenant.clone(), stored.id.clone(), upserted(&stored)),
-        ])
-        .await?;
+        let position = self
+            .publish(vec![
+                (
+                    stored.tenant.clone(),
+                    stored.id.clone(),
+                    subscription_changed(&claims.list_id, SubscriptionStatus::Confirmed, &consent.source),
+                ),
+                (stored.tenant.clone(), stored.id.clone(), upserted(&stored)),
+            ])
+            .await?;
         tracing::info!(tenant = %stored.tenant, subscriber = %stored.id, list = %claims.list_id, "subscription confirmed");
-        Ok(subscriber_to_proto(&stored))
+        Ok((subscriber_to_proto(&stored), position))
     }
 }
 

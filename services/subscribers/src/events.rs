@@ -14,22 +14,47 @@ use prost::Message as _;
 
 use crate::SubscriberApi;
 
-tokio::task_local! {
-    /// Where this request's subscriber-events landed (partition → highest offset),
-    /// returned to gRPC callers as the `x-broadside-position` header.
-    pub(crate) static WRITTEN: std::cell::RefCell<std::collections::BTreeMap<u32, i64>>;
+/// Where a write's events landed: partition → highest offset. Write paths
+/// return it beside their result, and the gRPC layer sends it as the
+/// `x-broadside-position` header, so a caller can wait for a projection to
+/// have read its own writes (`min_position`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Position(BTreeMap<u32, i64>);
+
+impl Position {
+    /// Adds `(partition, offset)` pairs, keeping the highest offset per partition.
+    pub fn add(&mut self, landed: impl IntoIterator<Item = (u32, i64)>) {
+        for (partition, offset) in landed {
+            let highest = self.0.entry(partition).or_insert(offset);
+            *highest = (*highest).max(offset);
+        }
+    }
+
+    /// `self` extended by `other`.
+    pub fn merge(mut self, other: Position) -> Position {
+        self.add(other.0);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The header's text: `partition:offset` pairs joined by commas.
+    pub fn header(&self) -> String {
+        self.0.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
+    }
 }
 
-/// Runs `request` and returns what it returned with the position of the events it published.
-pub(crate) async fn with_position<T>(request: impl std::future::Future<Output = T>) -> (T, String) {
-    WRITTEN
-        .scope(Default::default(), async {
-            let result = request.await;
-            let position = WRITTEN
-                .with(|written| written.borrow().iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
-            (result, position)
-        })
-        .await
+/// `value` as a gRPC response carrying `position` as its header (when any event was written).
+pub(crate) fn reply<T>(value: T, position: &Position) -> tonic::Response<T> {
+    let mut response = tonic::Response::new(value);
+    if !position.is_empty()
+        && let Ok(header) = position.header().parse()
+    {
+        response.metadata_mut().insert(crate::POSITION_HEADER, header);
+    }
+    response
 }
 
 pub(crate) fn status_name(status: SubscriptionStatus) -> &'static str {
@@ -70,9 +95,9 @@ impl SubscriberApi {
     /// Several events for one partition travel as one `SubscriberEventBatch`
     /// record: an import publishes a handful of records per batch, not one
     /// per row.
-    pub(crate) async fn publish(&self, changes: Vec<(String, String, Change)>) -> Result<(), ServiceError> {
+    pub(crate) async fn publish(&self, changes: Vec<(String, String, Change)>) -> Result<Position, ServiceError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(Position::default());
         }
         let time = millis_to_timestamp(now_millis());
         let partitions = self.bus.partitions();
@@ -96,13 +121,8 @@ impl SubscriberApi {
             })
             .collect();
         let landed = self.bus.publish(&self.events_topic, records).await?;
-        let _ = WRITTEN.try_with(|written| {
-            let mut written = written.borrow_mut();
-            for (partition, offset) in landed {
-                let highest = written.entry(partition).or_insert(offset);
-                *highest = (*highest).max(offset);
-            }
-        });
-        Ok(())
+        let mut position = Position::default();
+        position.add(landed);
+        Ok(position)
     }
 }

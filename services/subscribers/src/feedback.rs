@@ -91,7 +91,7 @@ impl SubscriberApi {
         if let Some(latest) = store.get_subscriber(&event.tenant, &event.subscriber_id).await? {
             changes.push((latest.tenant.clone(), latest.id.clone(), upserted(&latest)));
         }
-        self.publish(changes).await
+        self.publish(changes).await.map(drop)
     }
 
     /// Unsubscribes `list_id` (every list when empty) where still subscribed.

@@ -6,20 +6,23 @@ use broadside_store::Scope;
 use tonic::{Request, Response, Status};
 
 use crate::SubscriberApi;
+use crate::events::reply;
 
 /// `call!(self, request, Scope, method)`: authorize, then run `method(caller, body)`.
 macro_rules! call {
     ($self:ident, $request:ident, $scope:expr, $method:ident) => {{
         let caller = $self.auth.authorize_request(&$request, $scope).await?;
-        let (result, position) =
-            crate::events::with_position(SubscriberApi::$method($self, &caller, $request.into_inner())).await;
-        let mut response = Response::new(result?);
-        if let Ok(value) = position.parse() {
-            if !position.is_empty() {
-                response.metadata_mut().insert(crate::POSITION_HEADER, value);
-            }
-        }
-        Ok(response)
+        Ok(Response::new(SubscriberApi::$method($self, &caller, $request.into_inner()).await?))
+    }};
+}
+
+/// `call_writing!(self, request, Scope, method)`: as `call!`, for a method that
+/// returns the position of the events it wrote; it becomes the response's header.
+macro_rules! call_writing {
+    ($self:ident, $request:ident, $scope:expr, $method:ident) => {{
+        let caller = $self.auth.authorize_request(&$request, $scope).await?;
+        let (value, position) = SubscriberApi::$method($self, &caller, $request.into_inner()).await?;
+        Ok(reply(value, &position))
     }};
 }
 
@@ -41,7 +44,7 @@ impl SubscriberService for SubscriberApi {
         &self,
         request: Request<CreateSubscriberRequest>,
     ) -> Result<Response<Subscriber>, Status> {
-        call!(self, request, Scope::SubscribersWrite, create_subscriber)
+        call_writing!(self, request, Scope::SubscribersWrite, create_subscriber)
     }
     async fn get_subscriber(&self, request: Request<GetSubscriberRequest>) -> Result<Response<Subscriber>, Status> {
         call!(self, request, Scope::Read, get_subscriber)
@@ -56,17 +59,18 @@ impl SubscriberService for SubscriberApi {
         &self,
         request: Request<UpdateSubscriberRequest>,
     ) -> Result<Response<Subscriber>, Status> {
-        call!(self, request, Scope::SubscribersWrite, update_subscriber)
+        call_writing!(self, request, Scope::SubscribersWrite, update_subscriber)
     }
     async fn unsubscribe(&self, request: Request<UnsubscribeRequest>) -> Result<Response<Subscriber>, Status> {
-        call!(self, request, Scope::SubscribersWrite, unsubscribe)
+        call_writing!(self, request, Scope::SubscribersWrite, unsubscribe)
     }
     async fn confirm_subscription(
         &self,
         request: Request<ConfirmSubscriptionRequest>,
     ) -> Result<Response<Subscriber>, Status> {
         let caller = self.auth.authorize_request(&request, Scope::SubscribersWrite).await?;
-        Ok(Response::new(SubscriberApi::confirm_subscription(self, Some(&caller), request.into_inner()).await?))
+        let (value, position) = SubscriberApi::confirm_subscription(self, Some(&caller), request.into_inner()).await?;
+        Ok(reply(value, &position))
     }
     async fn list_consent_records(
         &self,
@@ -84,19 +88,19 @@ impl SubscriberService for SubscriberApi {
         &self,
         request: Request<EraseSubscriberRequest>,
     ) -> Result<Response<EraseSubscriberResponse>, Status> {
-        call!(self, request, Scope::Admin, erase_subscriber)
+        call_writing!(self, request, Scope::Admin, erase_subscriber)
     }
     async fn import_subscribers(
         &self,
         request: Request<tonic::Streaming<ImportSubscribersRequest>>,
     ) -> Result<Response<ImportSubscribersResponse>, Status> {
-        call!(self, request, Scope::SubscribersWrite, import_subscribers)
+        call_writing!(self, request, Scope::SubscribersWrite, import_subscribers)
     }
     async fn add_suppression(&self, request: Request<AddSuppressionRequest>) -> Result<Response<Suppression>, Status> {
-        call!(self, request, Scope::SubscribersWrite, add_suppression)
+        call_writing!(self, request, Scope::SubscribersWrite, add_suppression)
     }
     async fn remove_suppression(&self, request: Request<RemoveSuppressionRequest>) -> Result<Response<()>, Status> {
-        call!(self, request, Scope::SubscribersWrite, remove_suppression)
+        call_writing!(self, request, Scope::SubscribersWrite, remove_suppression)
     }
     async fn list_suppressions(
         &self,

@@ -16,6 +16,7 @@ mod import;
 mod keys;
 mod lists;
 mod privacy;
+mod role;
 mod subscribers;
 mod suppressions;
 mod validate;
@@ -32,9 +33,11 @@ use broadside_store::DynStore;
 pub use behavior::{BehaviorApi, behavior_record};
 pub use confirm::http_routes;
 pub use convert::{list_to_proto, subscriber_to_proto};
+pub use events::Position;
 pub use feedback::FEEDBACK_GROUP;
 pub use import::{MAX_LINE_BYTES, MAX_ROW_BYTES};
 pub use keys::{ApiKeyApi, AuditApi, parse_scopes};
+pub use role::start;
 
 /// Response header of every SubscriberService call that published
 /// subscriber-events: `partition:offset,...`. Pass it to PreviewSegment's
@@ -50,6 +53,8 @@ pub struct SubscriberSettings {
     pub public_url: String,
     pub confirm_from: String,
     pub domain: String,
+    /// Days behavior events are kept (`behavior.retention_days`).
+    pub behavior_retention_days: u32,
     pub signer: TokenSigner,
     pub transport: Transport,
     /// Confirmations are signed like campaigns.

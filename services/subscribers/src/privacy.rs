@@ -10,6 +10,7 @@ use std::sync::Arc;
 use broadside_bus::{Record, Redactor, Topic, headers};
 use prost::Message as _;
 
+use crate::events::Position;
 use crate::{SubscriberApi, tenant};
 
 const BATCH_TYPE: &str = "broadside.v1.SubscriberEventBatch";
@@ -78,7 +79,7 @@ impl SubscriberApi {
         &self,
         caller: &Caller,
         request: EraseSubscriberRequest,
-    ) -> Result<EraseSubscriberResponse, ServiceError> {
+    ) -> Result<(EraseSubscriberResponse, Position), ServiceError> {
         let subscriber = self.resolve(caller, &request.name, &request.email).await?;
         let hash = self
             .store
@@ -86,10 +87,12 @@ impl SubscriberApi {
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("subscribers/{}", subscriber.id)))?;
         let purged = self.redact_bus(&subscriber.id).await?;
-        self.publish(vec![(caller.tenant.clone(), subscriber.id.clone(), Change::Erased(SubscriberErased {}))]).await?;
+        let position = self
+            .publish(vec![(caller.tenant.clone(), subscriber.id.clone(), Change::Erased(SubscriberErased {}))])
+            .await?;
         let resource = format!("subscribers/{}", subscriber.id);
         let detail = serde_json::json!({ "bus_records_redacted": purged });
         broadside_auth::audit(&self.store, caller, "subscriber.erase", &resource, detail).await?;
-        Ok(EraseSubscriberResponse { email_hash: hash })
+        Ok((EraseSubscriberResponse { email_hash: hash }, position))
     }
 }

@@ -8,7 +8,7 @@ use broadside_store::{
 };
 
 use crate::convert::{consent_to_proto, status_from_proto};
-use crate::events::{subscription_changed, upserted};
+use crate::events::{Position, subscription_changed, upserted};
 use crate::validate::{check_attributes, check_display_name, normalize_email};
 use crate::{SubscriberApi, consent_of, non_empty, subscriber_to_proto, tenant};
 
@@ -17,7 +17,7 @@ impl SubscriberApi {
         &self,
         caller: &Caller,
         request: CreateSubscriberRequest,
-    ) -> Result<Subscriber, ServiceError> {
+    ) -> Result<(Subscriber, Position), ServiceError> {
         let subscriber = request.subscriber.unwrap_or_default();
         let email = normalize_email("subscriber.email", &subscriber.email)?;
         let display_name = subscriber.display_name.trim().to_owned();
@@ -51,12 +51,12 @@ impl SubscriberApi {
                 }
             })?;
         let stored = &result.subscriber;
-        self.publish(vec![(stored.tenant.clone(), stored.id.clone(), upserted(stored))]).await?;
+        let position = self.publish(vec![(stored.tenant.clone(), stored.id.clone(), upserted(stored))]).await?;
         tracing::debug!(tenant = %caller.tenant, subscriber = %stored.id, created = result.created, "subscriber stored");
         for list_id in &result.pending_confirmation {
             self.send_confirmation(stored, list_id).await?;
         }
-        Ok(subscriber_to_proto(stored))
+        Ok((subscriber_to_proto(stored), position))
     }
 
     /// The subscriber named `subscribers/{id}`, or the one with `email`.
@@ -120,7 +120,7 @@ impl SubscriberApi {
         &self,
         caller: &Caller,
         request: UpdateSubscriberRequest,
-    ) -> Result<Subscriber, ServiceError> {
+    ) -> Result<(Subscriber, Position), ServiceError> {
         let subscriber = request.subscriber.unwrap_or_default();
         let id = names::parse("subscriber.name", &subscriber.name, "subscribers")?;
         if request.update_mask.is_empty() {
@@ -167,11 +167,15 @@ impl SubscriberApi {
             .update_subscriber(tenant(caller), id, update)
             .await?
             .ok_or(ServiceError::NotFound(subscriber.name))?;
-        self.publish(vec![(stored.tenant.clone(), stored.id.clone(), upserted(&stored))]).await?;
-        Ok(subscriber_to_proto(&stored))
+        let position = self.publish(vec![(stored.tenant.clone(), stored.id.clone(), upserted(&stored))]).await?;
+        Ok((subscriber_to_proto(&stored), position))
     }
 
-    pub async fn unsubscribe(&self, caller: &Caller, request: UnsubscribeRequest) -> Result<Subscriber, ServiceError> {
+    pub async fn unsubscribe(
+        &self,
+        caller: &Caller,
+        request: UnsubscribeRequest,
+    ) -> Result<(Subscriber, Position), ServiceError> {
         let current = self.resolve(caller, &request.name, "").await?;
         let consent = consent_of(request.consent, "api");
         let lists: Vec<String> = if request.list.is_empty() {
@@ -207,9 +211,9 @@ impl SubscriberApi {
         }
         let stored = stored.ok_or(ServiceError::NotFound(request.name))?;
         changes.push((stored.tenant.clone(), stored.id.clone(), upserted(&stored)));
-        self.publish(changes).await?;
+        let position = self.publish(changes).await?;
         tracing::info!(tenant = %caller.tenant, subscriber = %stored.id, lists = lists.len(), "unsubscribed");
-        Ok(subscriber_to_proto(&stored))
+        Ok((subscriber_to_proto(&stored), position))
     }
 
     pub async fn list_consent_records(

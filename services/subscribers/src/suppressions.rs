@@ -10,7 +10,7 @@ use broadside_store::{
 };
 
 use crate::convert::{reason_from_proto, suppression_to_proto};
-use crate::events::upserted;
+use crate::events::{Position, upserted};
 use crate::validate::normalize_email;
 use crate::{SubscriberApi, tenant};
 
@@ -35,7 +35,7 @@ impl SubscriberApi {
         hash: &str,
         reason: &str,
         added: bool,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Position, ServiceError> {
         let change = SuppressionChanged { email_hash: hash.to_owned(), reason: reason.to_owned() };
         let change = if added { Change::SuppressionAdded(change) } else { Change::SuppressionRemoved(change) };
         // Keyed by the hash: a suppression may name no subscriber (or an erased one).
@@ -46,7 +46,7 @@ impl SubscriberApi {
         &self,
         caller: &Caller,
         request: AddSuppressionRequest,
-    ) -> Result<Suppression, ServiceError> {
+    ) -> Result<(Suppression, Position), ServiceError> {
         let suppression = request.suppression.unwrap_or_default();
         let target = normalize_target("suppression.target", &suppression.target)?;
         let list_id = list_id_of("suppression.list", &suppression.list)?;
@@ -68,18 +68,18 @@ impl SubscriberApi {
                 create_time: now_millis(),
             })
             .await?;
-        self.publish_suppression(caller, &stored.email_hash, reason.as_str(), true).await?;
+        let position = self.publish_suppression(caller, &stored.email_hash, reason.as_str(), true).await?;
         let detail = serde_json::json!({ "list": list_id, "reason": reason.as_str() });
         let resource = format!("suppressions/{}", stored.email_hash);
         broadside_auth::audit(&self.store, caller, "suppression.add", &resource, detail).await?;
-        Ok(suppression_to_proto(&stored))
+        Ok((suppression_to_proto(&stored), position))
     }
 
     pub async fn remove_suppression(
         &self,
         caller: &Caller,
         request: RemoveSuppressionRequest,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<((), Position), ServiceError> {
         let target = normalize_target("target", &request.target)?;
         let list_id = list_id_of("list", &request.list)?;
         let existing = self.store.suppressions_for(tenant(caller), vec![target.clone()]).await?;
@@ -89,9 +89,9 @@ impl SubscriberApi {
         if !self.store.remove_suppression(tenant(caller), &target, list_id).await? {
             return Err(ServiceError::NotFound(format!("suppression of {target:?}")));
         }
-        self.publish_suppression(caller, &hash, "", false).await?;
+        let mut position = self.publish_suppression(caller, &hash, "", false).await?;
         if list_id.is_empty() && existing.iter().any(|s| s.reason == SuppressionReason::HardBounce) {
-            self.unbounce(caller, &target).await?;
+            position = position.merge(self.unbounce(caller, &target).await?);
         }
         let resource = format!("suppressions/{hash}");
         let removed = existing.iter().find(|s| s.list_id == list_id);
@@ -102,23 +102,26 @@ impl SubscriberApi {
             "note": request.note,
         });
         broadside_auth::audit(&self.store, caller, "suppression.remove", &resource, detail).await?;
-        Ok(())
+        Ok(((), position))
     }
 
     /// A subscriber marked bounced is active again once its bounce
     /// suppression is lifted: otherwise lifting would change nothing.
-    async fn unbounce(&self, caller: &Caller, email: &str) -> Result<(), ServiceError> {
-        let Some(subscriber) = self.store.find_subscriber(tenant(caller), email).await? else { return Ok(()) };
+    async fn unbounce(&self, caller: &Caller, email: &str) -> Result<Position, ServiceError> {
+        let Some(subscriber) = self.store.find_subscriber(tenant(caller), email).await? else {
+            return Ok(Position::default());
+        };
         if subscriber.status != SubscriberStatus::Bounced {
-            return Ok(());
+            return Ok(Position::default());
         }
         let update = SubscriberUpdate { status: Some(SubscriberStatus::Active), ..Default::default() };
         self.store.update_subscriber(tenant(caller), &subscriber.id, update).await?;
+        let mut position = Position::default();
         if let Some(latest) = self.store.get_subscriber(tenant(caller), &subscriber.id).await? {
-            self.publish(vec![(latest.tenant.clone(), latest.id.clone(), upserted(&latest))]).await?;
+            position = self.publish(vec![(latest.tenant.clone(), latest.id.clone(), upserted(&latest))]).await?;
         }
         tracing::info!(tenant = %caller.tenant, subscriber = %subscriber.id, "bounce suppression lifted: subscriber active again");
-        Ok(())
+        Ok(position)
     }
 
     pub async fn list_suppressions(

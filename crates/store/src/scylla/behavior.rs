@@ -25,8 +25,7 @@ impl ScyllaStore {
             return Ok(Map::new());
         }
         let keys = self.keys(tenant, TenantKeys::key_id_of(sealed)).await?;
-        serde_json::from_slice(&keys.open(sealed)?)
-            .map_err(|e| StoreError::Backend(format!("decode event properties: {e}")))
+        serde_json::from_slice(&keys.open(sealed)?).map_err(|e| StoreError::failed("decode event properties", e))
     }
 
     /// (month, time, event id, name, sealed properties) of a subscriber's events, oldest first.

@@ -238,7 +238,7 @@ impl CampaignStore for ScyllaStore {
             send_at: c.send_at,
             send_window: c.send_window.clone(),
         })
-        .map_err(|e| StoreError::Backend(format!("encode campaign: {e}")))?;
+        .map_err(|e| StoreError::failed("encode campaign", e))?;
         self.exec(&self.st().campaign_tenant_insert, (&c.id, tenant)).await?;
         self.exec(&self.st().campaign_insert, (tenant, &c.id, definition, c.state as i32, c.create_time)).await?;
         self.exec(&self.st().state_index_insert, (c.state as i32, tenant, &c.id, state_index_ttl(c.state))).await?;

@@ -65,8 +65,8 @@ pub(crate) fn schema_change(cql: String) -> Statement {
     statement
 }
 
-fn failed(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("migrate: {what}: {error}"))
+fn failed(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::failed(format!("migrate: {what}"), error)
 }
 
 /// Versions recorded in `schema_migrations` (empty before the first run).

@@ -132,8 +132,8 @@ struct Inner {
     statements: StatementCounts,
 }
 
-fn backend(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("scylla: {what}: {error}"))
+fn backend(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::failed(format!("scylla: {what}"), error)
 }
 
 async fn session(uri: &ScyllaUri, keyspace: Option<&str>) -> Result<Session> {
@@ -173,7 +173,7 @@ fn tls(uri: &ScyllaUri) -> Result<Arc<rustls::ClientConfig>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
-        backend(&format!("store.url {what} {}", path.display()), e)
+        StoreError::Backend(format!("scylla: store.url {what} {}: {e}", path.display()))
     };
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &uri.ca_file {
@@ -252,6 +252,31 @@ impl ScyllaStore {
         let statement = migrate::schema_change(cql);
         self.inner.session.query_unpaged(statement, ()).await.map_err(|e| backend("drop keyspace", e))?;
         Ok(())
+    }
+
+    /// Drops the keyspaces named `{prefix}…` for which `stale` says yes
+    /// (test clean-up only: suites that ended without dropping theirs).
+    #[doc(hidden)]
+    pub async fn drop_keyspaces(&self, prefix: &str, stale: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        let what = "listing keyspaces";
+        let result = self
+            .inner
+            .session
+            .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+            .await
+            .map_err(|e| backend(what, e))?;
+        let rows = result.into_rows_result().map_err(|e| backend(what, e))?;
+        let names: Vec<String> = rows
+            .rows::<(String,)>()
+            .map_err(|e| backend(what, e))?
+            .filter_map(|row| row.ok().map(|(name,)| name))
+            .filter(|name| name.starts_with(prefix) && stale(name))
+            .collect();
+        for name in &names {
+            let statement = migrate::schema_change(format!("DROP KEYSPACE IF EXISTS {name}"));
+            self.inner.session.query_unpaged(statement, ()).await.map_err(|e| backend("drop keyspace", e))?;
+        }
+        Ok(names)
     }
 
     fn st(&self) -> &cql::Statements {

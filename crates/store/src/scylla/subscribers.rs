@@ -290,8 +290,8 @@ impl ScyllaStore {
             let (Some(action), Some(sealed)) = (action, sealed) else { continue };
             let (list_id, source) = (list_id.unwrap_or_default(), source.unwrap_or_default());
             let keys = self.keys(tenant, TenantKeys::key_id_of(&sealed)).await?;
-            let (ip, user_agent): (String, String) = serde_json::from_slice(&keys.open(&sealed)?)
-                .map_err(|e| StoreError::Backend(format!("consent record: {e}")))?;
+            let (ip, user_agent): (String, String) =
+                serde_json::from_slice(&keys.open(&sealed)?).map_err(|e| StoreError::failed("consent record", e))?;
             records.push(ConsentRecord {
                 subscriber_id: subscriber_id.to_owned(),
                 time,
@@ -478,7 +478,7 @@ impl SubscriberStore for ScyllaStore {
         results.sort_by_key(|(position, ..)| *position);
         let imported = results.into_iter().map(|(_, row, applied)| imported(&mut job, row, applied)).collect();
         if !job.request_id.is_empty() {
-            let encoded = serde_json::to_vec(&job).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let encoded = serde_json::to_vec(&job).map_err(|e| StoreError::failed("encode import job", e))?;
             self.exec(&self.st().import_job_upsert, (tenant, &job.request_id, keys.seal(&encoded), now)).await?;
         }
         Ok((imported, job))
@@ -489,9 +489,7 @@ impl SubscriberStore for ScyllaStore {
             return Ok(None);
         };
         let keys = self.keys(tenant, TenantKeys::key_id_of(&sealed)).await?;
-        serde_json::from_slice(&keys.open(&sealed)?)
-            .map(Some)
-            .map_err(|e| StoreError::Backend(format!("import job: {e}")))
+        serde_json::from_slice(&keys.open(&sealed)?).map(Some).map_err(|e| StoreError::failed("import job", e))
     }
 
     async fn export_subscriber(&self, tenant: &str, subscriber_id: &str) -> Result<Option<SubscriberExport>> {

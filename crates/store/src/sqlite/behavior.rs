@@ -15,8 +15,7 @@ pub(crate) fn seal_properties(keys: &TenantKeys, properties: &Map<String, Value>
     if properties.is_empty() {
         return Ok(Vec::new());
     }
-    let json =
-        serde_json::to_vec(properties).map_err(|e| StoreError::Backend(format!("encode event properties: {e}")))?;
+    let json = serde_json::to_vec(properties).map_err(|e| StoreError::failed("encode event properties", e))?;
     Ok(keys.seal(&json))
 }
 
@@ -25,8 +24,7 @@ fn open_properties(tx: &Transaction<'_>, crypto: &Crypto, tenant: &str, sealed: 
         return Ok(Map::new());
     }
     let keys = crypto.keys(tx, tenant, TenantKeys::key_id_of(sealed))?;
-    serde_json::from_slice(&keys.open(sealed)?)
-        .map_err(|e| StoreError::Backend(format!("decode event properties: {e}")))
+    serde_json::from_slice(&keys.open(sealed)?).map_err(|e| StoreError::failed("decode event properties", e))
 }
 
 /// A subscriber's events, oldest first (exports).

@@ -34,12 +34,12 @@ pub(crate) fn seal_pii(keys: &TenantKeys, email: &str, name: &str, attributes: &
         a: &'a Map<String, Value>,
     }
     let json = serde_json::to_vec(&PiiRef { e: email, n: name, a: attributes })
-        .map_err(|e| StoreError::Backend(format!("encode personal data: {e}")))?;
+        .map_err(|e| StoreError::failed("encode personal data", e))?;
     Ok(keys.seal(&json))
 }
 
 pub(crate) fn open_pii(keys: &TenantKeys, sealed: &[u8]) -> Result<Pii> {
-    serde_json::from_slice(&keys.open(sealed)?).map_err(|e| StoreError::Backend(format!("decode personal data: {e}")))
+    serde_json::from_slice(&keys.open(sealed)?).map_err(|e| StoreError::failed("decode personal data", e))
 }
 
 /// Blind index of an address (or `@domain`), normalized first.

@@ -25,7 +25,7 @@ pub(crate) fn inflate(compressed: &[u8]) -> Result<Vec<u8>> {
     flate2::read::DeflateDecoder::new(compressed)
         .take(MAX_RAW)
         .read_to_end(&mut out)
-        .map_err(|e| StoreError::Backend(format!("inflate a stored feedback message: {e}")))?;
+        .map_err(|e| StoreError::failed("inflate a stored feedback message", e))?;
     Ok(out)
 }
 

@@ -245,10 +245,9 @@ impl SqliteStore {
     pub fn open(path: &Path, master: MasterKeys) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Backend(format!("create {}: {e}", parent.display())))?;
+                .map_err(|e| StoreError::failed(format!("create {}", parent.display()), e))?;
         }
-        let mut conn =
-            open_connection(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        let mut conn = open_connection(path).map_err(|e| StoreError::failed(format!("open {}", path.display()), e))?;
         let crypto = Arc::new(Crypto::new(master));
         migrate(&mut conn, &crypto)?;
         let conn = Arc::new(Mutex::new(conn));
@@ -299,10 +298,10 @@ impl SqliteStore {
             let path = if wal.exists() { wal } else { db };
             std::fs::File::open(&path)
                 .and_then(|file| file.sync_all())
-                .map_err(|e| StoreError::Backend(format!("fsync {}: {e}", path.display())))
+                .map_err(|e| StoreError::failed(format!("fsync {}", path.display()), e))
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("fsync task: {e}")))?
+        .map_err(|e| StoreError::failed("fsync task", e))?
     }
 
     async fn tx<T, F>(&self, f: F) -> Result<T>

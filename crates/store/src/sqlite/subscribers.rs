@@ -201,8 +201,8 @@ fn consent_tx(tx: &Transaction<'_>, crypto: &Crypto, tenant: &str, subscriber_id
             continue;
         }
         let keys = crypto.keys(tx, tenant, TenantKeys::key_id_of(&sealed))?;
-        let (ip, user_agent): (String, String) = serde_json::from_slice(&keys.open(&sealed)?)
-            .map_err(|e| StoreError::Backend(format!("consent record: {e}")))?;
+        let (ip, user_agent): (String, String) =
+            serde_json::from_slice(&keys.open(&sealed)?).map_err(|e| StoreError::failed("consent record", e))?;
         (record.context.ip, record.context.user_agent) = (ip, user_agent);
         records.push(record);
     }
@@ -447,7 +447,7 @@ impl SubscriberStore for SqliteStore {
                 rows.into_iter().map(|row| Ok((seal_row(&keys, &row.subscriber)?, row))).collect::<Result<Vec<_>>>()
             })
             .await
-            .map_err(|e| StoreError::Backend(format!("sealing an import batch: {e}")))??
+            .map_err(|e| StoreError::failed("sealing an import batch", e))??
         };
         let done = self
             .tx(move |tx| {
@@ -461,7 +461,7 @@ impl SubscriberStore for SqliteStore {
                 }
                 if !job.request_id.is_empty() {
                     // Sealed: its errors quote addresses.
-                    let encoded = serde_json::to_vec(&job).map_err(|e| StoreError::Backend(e.to_string()))?;
+                    let encoded = serde_json::to_vec(&job).map_err(|e| StoreError::failed("encode import job", e))?;
                     tx.prepare_cached(
                         "INSERT INTO import_jobs (tenant, request_id, job, update_time) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT (tenant, request_id) DO UPDATE SET job = ?3, update_time = ?4",
@@ -489,9 +489,7 @@ impl SubscriberStore for SqliteStore {
                 .optional()?;
             let Some(sealed) = sealed else { return Ok(None) };
             let keys = crypto.keys(tx, &tenant, TenantKeys::key_id_of(&sealed))?;
-            serde_json::from_slice(&keys.open(&sealed)?)
-                .map(Some)
-                .map_err(|e| StoreError::Backend(format!("import job: {e}")))
+            serde_json::from_slice(&keys.open(&sealed)?).map(Some).map_err(|e| StoreError::failed("import job", e))
         })
         .await
     }

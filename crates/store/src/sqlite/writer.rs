@@ -59,7 +59,7 @@ impl Writer {
             let finish: Finish = Box::new(move |committed| {
                 let _ = answer.send(match committed {
                     Ok(()) => result,
-                    Err(error) => Err(StoreError::Backend(format!("commit failed: {error}"))),
+                    Err(error) => Err(StoreError::failed("commit", error)),
                 });
             });
             (finish, ok)

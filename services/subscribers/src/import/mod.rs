@@ -20,7 +20,7 @@ pub use parse::{MAX_LINE_BYTES, MAX_ROW_BYTES};
 use broadside_proto::v1::subscriber_event::Change;
 use broadside_store::ImportedRow;
 
-use crate::events::{status_name, subscription_changed, upserted};
+use crate::events::{Position, status_name, subscription_changed, upserted};
 use crate::{SubscriberApi, tenant};
 
 /// Rejections listed in the response (all are counted).
@@ -32,7 +32,7 @@ impl SubscriberApi {
         &self,
         caller: &Caller,
         stream: S,
-    ) -> Result<ImportSubscribersResponse, ServiceError>
+    ) -> Result<(ImportSubscribersResponse, Position), ServiceError>
     where
         S: Stream<Item = Result<ImportSubscribersRequest, tonic::Status>> + Send + Unpin + 'static,
     {
@@ -69,7 +69,7 @@ impl SubscriberApi {
             }
             if earlier.done {
                 tracing::info!(tenant = %caller.tenant, request_id = %job.request_id, "import already done: answering from its record");
-                return Ok(response(&earlier, 0, false, earlier.lines_done as i64));
+                return Ok((response(&earlier, 0, false, earlier.lines_done as i64), Position::default()));
             }
             job = earlier;
         }
@@ -110,10 +110,11 @@ impl SubscriberApi {
         let publishing = {
             let (api, tenant, list_id) = (self.clone(), caller.tenant.clone(), list_id.clone());
             tokio::spawn(async move {
+                let mut position = Position::default();
                 while let Some(done) = to_publish.recv().await {
-                    api.publish(import_events(&tenant, &list_id, done)).await?;
+                    position = position.merge(api.publish(import_events(&tenant, &list_id, done)).await?);
                 }
-                Ok::<(), ServiceError>(())
+                Ok::<Position, ServiceError>(position)
             })
         };
         let options = UpsertOptions {
@@ -162,7 +163,7 @@ impl SubscriberApi {
         drop(batch_rx);
         let _ = parser.await;
         let fed = feeder.await.map_err(|e| ServiceError::Internal(format!("import feeder: {e}")))?;
-        published?;
+        let position = published?;
         if let Some(error) = fatal {
             tracing::warn!(tenant = %caller.tenant, list = %list_id, %error, imported = job.imported, "import stopped");
             return Err(error);
@@ -186,7 +187,7 @@ impl SubscriberApi {
             broadside_auth::audit(&self.store, caller, "subscribers.import", &format!("lists/{list_id}"), detail)
                 .await?;
         }
-        Ok(response(&job, lines as i64, dry_run, resumed as i64))
+        Ok((response(&job, lines as i64, dry_run, resumed as i64), position))
     }
 }
 
