@@ -103,26 +103,6 @@ async fn preview_reads_its_own_writes_by_position_and_campaigns_target_segments(
         .unwrap_err();
     assert_eq!(bad_position.code(), tonic::Code::InvalidArgument);
 
-    // An import answers with the position of its events too (they are
-    // published by a task of their own): a preview at it sees the new rows.
-    let csv =
-        "email,name,country,age:number\nq1@example.com,Q1,DE,40\nq2@example.com,Q2,DE,50\nq3@example.com,Q3,FR,50\n";
-    let import = vec![
-        ImportSubscribersRequest { parent: list.clone(), ..Default::default() },
-        ImportSubscribersRequest { chunk: csv.as_bytes().to_vec(), ..Default::default() },
-    ];
-    let response = sandbox.subscribers.import_subscribers(tokio_stream::iter(import)).await.unwrap();
-    let position = response
-        .metadata()
-        .get("x-broadside-position")
-        .expect("ImportSubscribers answers with a position header")
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(response.into_inner().imported, 3);
-    let imported = preview(&mut client, &rule, &position).await;
-    assert_eq!(imported.total, 5, "p0, p2, p4 and the two imported Germans, at once");
-
     // Bad rules name the place and the fix.
     let bad = Segment {
         display_name: "bad".into(),
@@ -204,4 +184,40 @@ async fn futures_pages(mut stream: tonic::Streaming<SegmentMembersPage>) -> Vec<
         pages.push(page);
     }
     pages
+}
+
+/// ImportSubscribers answers with the position of the events it published
+/// (from a task of its own), so a preview at that position sees every
+/// imported row at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_answers_with_the_position_of_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sandbox = Sandbox::start(test_config(dir.path())).await.unwrap();
+    let list = sandbox.create_list("Imported").await.unwrap();
+    let list_id = list.trim_start_matches("lists/").to_owned();
+    let mut client = segments(&sandbox).await;
+    let rule = format!("attributes.country = \"DE\" and attributes.age >= 30 and in_list(\"{list_id}\")");
+    let mut csv = String::from("email,name,country,age:number\n");
+    for n in 0..300 {
+        let country = if n % 3 == 0 { "FR" } else { "DE" };
+        csv.push_str(&format!("q{n}@example.com,Q{n},{country},{}\n", 20 + n % 40));
+    }
+    let import = vec![
+        ImportSubscribersRequest { parent: list.clone(), ..Default::default() },
+        ImportSubscribersRequest { chunk: csv.into_bytes(), ..Default::default() },
+    ];
+    let response = sandbox.subscribers.import_subscribers(tokio_stream::iter(import)).await.unwrap();
+    let position = response
+        .metadata()
+        .get("x-broadside-position")
+        .expect("ImportSubscribers answers with a position header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(position.contains(':'), "{position}");
+    assert_eq!(response.into_inner().imported, 300);
+    let expected = (0..300).filter(|n| n % 3 != 0 && 20 + n % 40 >= 30).count() as i64;
+    let imported = preview(&mut client, &rule, &position).await;
+    assert_eq!(imported.total, expected, "every imported German of 30 or more, as soon as the preview answers");
+    sandbox.stop().await.unwrap();
 }

@@ -50,37 +50,36 @@ fn visitor(headers: &HeaderMap, peer: SocketAddr) -> Visitor {
     Visitor { ip: broadside_auth::limits::client_ip(headers, peer), user_agent: user_agent.chars().take(512).collect() }
 }
 
-impl Feedback {
-    /// The claims of an unsubscribe token (purpose empty), or why not.
-    fn unsubscribe_claims(&self, token: &str) -> Option<UnsubscribeClaims> {
-        match self.settings.signer.verify(token) {
-            Ok(claims) if claims.purpose.is_empty() => Some(claims),
-            Ok(_) => None,
-            Err(error) => {
-                tracing::info!(%error, "refused an unsubscribe token");
-                None
-            }
+/// The claims of an unsubscribe token (purpose empty), or why not.
+fn unsubscribe_claims(feedback: &Feedback, token: &str) -> Option<UnsubscribeClaims> {
+    match feedback.settings.signer.verify(token) {
+        Ok(claims) if claims.purpose.is_empty() => Some(claims),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::info!(%error, "refused an unsubscribe token");
+            None
         }
     }
+}
 
-    async fn unsubscribe(
-        &self,
-        claims: &UnsubscribeClaims,
-        list_id: &str,
-        source: &str,
-        visitor: &Visitor,
-    ) -> Result<(), crate::policy::FeedbackError> {
-        let who = attribution(claims);
-        let event = v1::Unsubscribe {
-            list_id: list_id.to_owned(),
-            source: source.into(),
-            ip: visitor.ip.clone(),
-            user_agent: visitor.user_agent.clone(),
-        };
-        self.publish(&who, EventKind::Unsubscribe(event)).await?;
-        self.record_action(Some(&who), "unsubscribe", source, "unsubscribed").await?;
-        Ok(())
-    }
+/// Publishes the unsubscribe and records the action.
+async fn unsubscribe(
+    feedback: &Feedback,
+    claims: &UnsubscribeClaims,
+    list_id: &str,
+    source: &str,
+    visitor: &Visitor,
+) -> Result<(), crate::policy::FeedbackError> {
+    let who = attribution(claims);
+    let event = v1::Unsubscribe {
+        list_id: list_id.to_owned(),
+        source: source.into(),
+        ip: visitor.ip.clone(),
+        user_agent: visitor.user_agent.clone(),
+    };
+    feedback.publish(&who, EventKind::Unsubscribe(event)).await?;
+    feedback.record_action(Some(&who), "unsubscribe", source, "unsubscribed").await?;
+    Ok(())
 }
 
 fn attribution(claims: &UnsubscribeClaims) -> Attribution {
@@ -154,7 +153,7 @@ async fn list_name(feedback: &Feedback, tenant: &str, list_id: &str) -> String {
 }
 
 async fn landing(State(feedback): State<Feedback>, Path(token): Path<String>) -> Response {
-    let Some(claims) = feedback.unsubscribe_claims(&token) else { return invalid_link() };
+    let Some(claims) = unsubscribe_claims(&feedback, &token) else { return invalid_link() };
     let subscriber = match feedback.store.get_subscriber(&claims.tenant, &claims.subscriber_id).await {
         Ok(Some(subscriber)) => subscriber,
         Ok(None) => {
@@ -206,10 +205,10 @@ async fn one_click(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(claims) = feedback.unsubscribe_claims(&token) else { return invalid_link() };
+    let Some(claims) = unsubscribe_claims(&feedback, &token) else { return invalid_link() };
     let from_page = url::form_urlencoded::parse(&body).any(|(key, value)| key == "source" && value == "landing_page");
     let source = if from_page { "landing_page" } else { "one_click" };
-    match feedback.unsubscribe(&claims, &claims.list_id, source, &visitor(&headers, peer)).await {
+    match unsubscribe(&feedback, &claims, &claims.list_id, source, &visitor(&headers, peer)).await {
         Ok(()) => {
             let list = escape_html(&list_name(&feedback, &claims.tenant, &claims.list_id).await);
             page(
@@ -232,7 +231,7 @@ async fn preferences(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(claims) = feedback.unsubscribe_claims(&token) else { return invalid_link() };
+    let Some(claims) = unsubscribe_claims(&feedback, &token) else { return invalid_link() };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let everything = form.iter().any(|(key, value)| key == "all" && value == "1");
     let keep: Vec<&str> = form.iter().filter(|(key, _)| key == "list").map(|(_, value)| value.as_str()).collect();
@@ -251,7 +250,7 @@ async fn preferences(
         .collect();
     let mut names = Vec::new();
     for list_id in &leaving {
-        if let Err(error) = feedback.unsubscribe(&claims, list_id, "preference_center", &visitor).await {
+        if let Err(error) = unsubscribe(&feedback, &claims, list_id, "preference_center", &visitor).await {
             tracing::warn!(%error, "preference change not recorded");
             return unavailable();
         }

@@ -349,9 +349,7 @@ impl Feedback {
         self.metrics.count_feedback(kind, rule);
         Ok(id)
     }
-}
 
-impl Feedback {
     /// Runs today's rules over a stored record (with its raw message).
     /// Returns the updated record when its classification changed; with
     /// `apply`, stores it and, where the new verdict calls for an action the
@@ -398,25 +396,7 @@ impl Feedback {
         }
         Ok(Some(updated))
     }
-}
 
-/// What a bounce with this recipient's reason does when the tenant's
-/// policy does not say: a bad address is suppressed, a refusal of the
-/// sender or of this one message is only counted, the rest (full, expired,
-/// the receiving system's trouble, unknown) adds to the soft-bounce score.
-pub fn default_action(recipient: &Recipient) -> BounceAction {
-    match recipient.reason {
-        _ if recipient.hard => BounceAction::Suppress,
-        reason if reason.is_sender_problem() => BounceAction::Ignore,
-        Reason::MessageTooBig | Reason::ExceedLimit | Reason::TooManyConnections | Reason::SyntaxError => {
-            BounceAction::Ignore
-        }
-        Reason::AutoReply | Reason::Delivered | Reason::Complaint => BounceAction::Ignore,
-        _ => BounceAction::Score,
-    }
-}
-
-impl Feedback {
     /// Gives the bounce suppression a verdict made the bounce reason today's
     /// rules see, so `suppressions lift --reason` finds suppressions made
     /// under older rules too (a block once read as a bad address).
@@ -440,6 +420,22 @@ impl Feedback {
             self.store.add_suppression(suppression).await?;
         }
         Ok(())
+    }
+}
+
+/// What a bounce with this recipient's reason does when the tenant's
+/// policy does not say: a bad address is suppressed, a refusal of the
+/// sender or of this one message is only counted, the rest (full, expired,
+/// the receiving system's trouble, unknown) adds to the soft-bounce score.
+pub fn default_action(recipient: &Recipient) -> BounceAction {
+    match recipient.reason {
+        _ if recipient.hard => BounceAction::Suppress,
+        reason if reason.is_sender_problem() => BounceAction::Ignore,
+        Reason::MessageTooBig | Reason::ExceedLimit | Reason::TooManyConnections | Reason::SyntaxError => {
+            BounceAction::Ignore
+        }
+        Reason::AutoReply | Reason::Delivered | Reason::Complaint => BounceAction::Ignore,
+        _ => BounceAction::Score,
     }
 }
 

@@ -18,10 +18,11 @@ use lettre::message::{Mailbox, MultiPart};
 
 use broadside_mail::escape_html;
 
+use crate::Confirmations;
 use crate::events::{Position, subscription_changed, upserted};
 use crate::{SubscriberApi, consent_of, mail_error, subscriber_to_proto};
 
-impl SubscriberApi {
+impl Confirmations<'_> {
     fn confirm_url(&self, subscriber: &broadside_store::Subscriber, list_id: &str) -> String {
         let token = self.settings.signer.sign(&UnsubscribeClaims {
             tenant: subscriber.tenant.clone(),
@@ -176,7 +177,7 @@ async fn confirm_post(
         user_agent,
     };
     let request = ConfirmSubscriptionRequest { token, consent: Some(consent) };
-    match api.confirm_subscription(None, request).await {
+    match api.confirmations().confirm_subscription(None, request).await {
         Ok(_) => (StatusCode::OK, page("Subscription confirmed", "<p id=\"done\">Thank you, you are subscribed.</p>")),
         Err(error @ (ServiceError::InvalidArgument { .. } | ServiceError::NotFound(_))) => {
             tracing::info!(%error, "confirmation refused");

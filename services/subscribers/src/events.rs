@@ -12,8 +12,6 @@ use broadside_proto::v1::{
 use broadside_store::{Subscriber, SubscriptionStatus, now_millis};
 use prost::Message as _;
 
-use crate::SubscriberApi;
-
 /// Where a write's events landed: partition → highest offset. Write paths
 /// return it beside their result, and the gRPC layer sends it as the
 /// `x-broadside-position` header, so a caller can wait for a projection to
@@ -90,39 +88,41 @@ pub(crate) fn subscription_changed(list_id: &str, status: SubscriptionStatus, so
     })
 }
 
-impl SubscriberApi {
-    /// Publishes changes of subscribers as `(tenant, subscriber id, change)`.
-    /// Several events for one partition travel as one `SubscriberEventBatch`
-    /// record: an import publishes a handful of records per batch, not one
-    /// per row.
-    pub(crate) async fn publish(&self, changes: Vec<(String, String, Change)>) -> Result<Position, ServiceError> {
-        if changes.is_empty() {
-            return Ok(Position::default());
-        }
-        let time = millis_to_timestamp(now_millis());
-        let partitions = self.bus.partitions();
-        let mut groups: BTreeMap<(String, u32), Vec<SubscriberEvent>> = BTreeMap::new();
-        for (tenant, subscriber_id, change) in changes {
-            let partition = partition_for(&subscriber_id, partitions);
-            let event = SubscriberEvent { tenant: tenant.clone(), subscriber_id, time, change: Some(change) };
-            groups.entry((tenant, partition)).or_default().push(event);
-        }
-        let records = groups
-            .into_iter()
-            .map(|((tenant, _), mut events)| {
-                let key = events[0].subscriber_id.clone();
-                if events.len() == 1 {
-                    let event = events.pop().expect("one event");
-                    Record::event(&key, &tenant, "broadside.v1.SubscriberEvent", event.encode_to_vec(), None)
-                } else {
-                    let batch = SubscriberEventBatch { events };
-                    Record::event(&key, &tenant, "broadside.v1.SubscriberEventBatch", batch.encode_to_vec(), None)
-                }
-            })
-            .collect();
-        let landed = self.bus.publish(&self.events_topic, records).await?;
-        let mut position = Position::default();
-        position.add(landed);
-        Ok(position)
+/// Publishes changes of subscribers as `(tenant, subscriber id, change)`.
+/// Several events for one partition travel as one `SubscriberEventBatch`
+/// record: an import publishes a handful of records per batch, not one
+/// per row.
+pub(crate) async fn publish(
+    bus: &dyn broadside_bus::Bus,
+    topic: &str,
+    changes: Vec<(String, String, Change)>,
+) -> Result<Position, ServiceError> {
+    if changes.is_empty() {
+        return Ok(Position::default());
     }
+    let time = millis_to_timestamp(now_millis());
+    let partitions = bus.partitions();
+    let mut groups: BTreeMap<(String, u32), Vec<SubscriberEvent>> = BTreeMap::new();
+    for (tenant, subscriber_id, change) in changes {
+        let partition = partition_for(&subscriber_id, partitions);
+        let event = SubscriberEvent { tenant: tenant.clone(), subscriber_id, time, change: Some(change) };
+        groups.entry((tenant, partition)).or_default().push(event);
+    }
+    let records = groups
+        .into_iter()
+        .map(|((tenant, _), mut events)| {
+            let key = events[0].subscriber_id.clone();
+            if events.len() == 1 {
+                let event = events.pop().expect("one event");
+                Record::event(&key, &tenant, "broadside.v1.SubscriberEvent", event.encode_to_vec(), None)
+            } else {
+                let batch = SubscriberEventBatch { events };
+                Record::event(&key, &tenant, "broadside.v1.SubscriberEventBatch", batch.encode_to_vec(), None)
+            }
+        })
+        .collect();
+    let landed = bus.publish(topic, records).await?;
+    let mut position = Position::default();
+    position.add(landed);
+    Ok(position)
 }

@@ -14,28 +14,31 @@ use broadside_store::{
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::SubscriberApi;
+use crate::FeedbackApplier;
 use crate::events::{subscription_changed, upserted};
 
 /// The consumer group that applies feedback-events.
 pub const FEEDBACK_GROUP: &str = "subscribers-feedback";
 
-impl SubscriberApi {
+impl FeedbackApplier<'_> {
     /// Consumes feedback-events until `shutdown`, handing the group's lag
     /// per partition to `on_lag` every 10 s (the `consumer_lag` gauge).
-    pub async fn run_feedback(
+    pub fn run_feedback(
         self,
         shutdown: CancellationToken,
-        on_lag: impl Fn(&[(String, u32, i64)]),
-    ) -> Result<(), broadside_bus::BusError> {
-        let topic = Topic::FeedbackEvents.name(&self.settings.topic_prefix);
-        let bus = self.bus.clone();
-        broadside_bus::consume_reporting_lag(bus, FEEDBACK_GROUP, &topic, shutdown, on_lag, |delivered| {
-            let api = self.clone();
-            async move { api.apply_feedback(&delivered).await }
-        })
-        .await?;
-        Ok(())
+        on_lag: impl Fn(&[(String, u32, i64)]) + Send + Sync + 'static,
+    ) -> impl std::future::Future<Output = Result<(), broadside_bus::BusError>> + Send + 'static {
+        let api = self.0.clone();
+        async move {
+            let topic = Topic::FeedbackEvents.name(&api.settings.topic_prefix);
+            let bus = api.bus.clone();
+            broadside_bus::consume_reporting_lag(bus, FEEDBACK_GROUP, &topic, shutdown, on_lag, |delivered| {
+                let api = api.clone();
+                async move { api.feedback().apply_feedback(&delivered).await }
+            })
+            .await?;
+            Ok(())
+        }
     }
 
     async fn apply_feedback(&self, delivered: &Delivered) -> Result<(), String> {

@@ -89,6 +89,58 @@ impl SubscriberApi {
     }
 }
 
+impl SubscriberApi {
+    /// Publishes changes of subscribers as `(tenant, subscriber id, change)`
+    /// on subscriber-events and says where they landed.
+    pub(crate) async fn publish(
+        &self,
+        changes: Vec<(String, String, broadside_proto::v1::subscriber_event::Change)>,
+    ) -> Result<Position, ServiceError> {
+        events::publish(self.bus.as_ref(), &self.events_topic, changes).await
+    }
+}
+
+/// The RPC groups of SubscriberService: views of [`SubscriberApi`] whose
+/// methods live in one file each, so a method is found from its type.
+macro_rules! groups {
+    ($($(#[$doc:meta])* $name:ident => $accessor:ident),+ $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Copy)]
+            pub struct $name<'a>(&'a SubscriberApi);
+
+            impl std::ops::Deref for $name<'_> {
+                type Target = SubscriberApi;
+                fn deref(&self) -> &SubscriberApi {
+                    self.0
+                }
+            }
+        )+
+        impl SubscriberApi {
+            $(pub fn $accessor(&self) -> $name<'_> {
+                $name(self)
+            })+
+        }
+    };
+}
+
+groups! {
+    /// Lists (`lists.rs`).
+    Lists => lists,
+    /// Subscribers, memberships and consent (`subscribers.rs`).
+    Subscribers => subscribers,
+    /// Suppressions (`suppressions.rs`).
+    Suppressions => suppressions,
+    /// Export and erasure (`privacy.rs`).
+    Privacy => privacy,
+    /// Double opt-in confirmations (`confirm.rs`).
+    Confirmations => confirmations,
+    /// CSV imports (`import/`).
+    Imports => imports,
+    /// Applying feedback-events (`feedback.rs`).
+    FeedbackApplier => feedback,
+}
+
 fn non_empty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }

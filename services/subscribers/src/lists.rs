@@ -5,10 +5,11 @@ use broadside_proto::v1::*;
 use broadside_proto::{ServiceError, names};
 use broadside_store::{OptIn as StoreOptIn, PageRequest, new_id, now_millis};
 
+use crate::Lists;
 use crate::validate::check_display_name;
-use crate::{SubscriberApi, list_to_proto, non_empty, tenant};
+use crate::{list_to_proto, non_empty, tenant};
 
-impl SubscriberApi {
+impl Lists<'_> {
     pub async fn create_list(&self, caller: &Caller, request: CreateListRequest) -> Result<MailingList, ServiceError> {
         let list = request.list.unwrap_or_default();
         let display_name = list.display_name.trim();

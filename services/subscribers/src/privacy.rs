@@ -10,13 +10,14 @@ use std::sync::Arc;
 use broadside_bus::{Record, Redactor, Topic, headers};
 use prost::Message as _;
 
+use crate::Privacy;
 use crate::events::Position;
-use crate::{SubscriberApi, tenant};
+use crate::tenant;
 
 const BATCH_TYPE: &str = "broadside.v1.SubscriberEventBatch";
 const BEHAVIOR_BATCH_TYPE: &str = "broadside.v1.BehaviorEventBatch";
 
-impl SubscriberApi {
+impl Privacy<'_> {
     /// Removes the subscriber's records from every topic of the embedded
     /// bus: single records are blanked, batches lose only its events.
     async fn redact_bus(&self, subscriber_id: &str) -> Result<u64, ServiceError> {
@@ -55,7 +56,7 @@ impl SubscriberApi {
         caller: &Caller,
         request: ExportSubscriberRequest,
     ) -> Result<ExportSubscriberResponse, ServiceError> {
-        let subscriber = self.resolve(caller, &request.name, &request.email).await?;
+        let subscriber = self.subscribers().resolve(caller, &request.name, &request.email).await?;
         let export = self
             .store
             .export_subscriber(tenant(caller), &subscriber.id)
@@ -80,7 +81,7 @@ impl SubscriberApi {
         caller: &Caller,
         request: EraseSubscriberRequest,
     ) -> Result<(EraseSubscriberResponse, Position), ServiceError> {
-        let subscriber = self.resolve(caller, &request.name, &request.email).await?;
+        let subscriber = self.subscribers().resolve(caller, &request.name, &request.email).await?;
         let hash = self
             .store
             .erase_subscriber(tenant(caller), &subscriber.id)

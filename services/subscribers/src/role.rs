@@ -32,7 +32,7 @@ pub fn start(settings: SubscriberSettings, deps: &Deps) -> anyhow::Result<Parts>
     let api = SubscriberApi::new(deps.store.clone(), deps.bus.clone(), settings);
     let metrics = deps.metrics.clone();
     let on_lag = move |lag: &[(String, u32, i64)]| metrics.set_lag(FEEDBACK_GROUP, lag);
-    let feedback = api.clone().run_feedback(deps.stop.clone(), on_lag);
+    let feedback = api.feedback().run_feedback(deps.stop.clone(), on_lag);
     let behavior = BehaviorApi::new(deps.store.clone(), deps.bus.clone(), &prefix, retention_days);
     let purge = behavior.clone().purge(deps.stop.clone());
     Ok(Parts::default()

@@ -7,12 +7,13 @@ use broadside_store::{
     PageRequest, StoreError, SubscriberStatus, SubscriberUpdate, SubscriptionStatus, UpsertMode, UpsertOptions, new_id,
 };
 
+use crate::Subscribers;
 use crate::convert::{consent_to_proto, status_from_proto};
 use crate::events::{Position, subscription_changed, upserted};
 use crate::validate::{check_attributes, check_display_name, normalize_email};
-use crate::{SubscriberApi, consent_of, non_empty, subscriber_to_proto, tenant};
+use crate::{consent_of, non_empty, subscriber_to_proto, tenant};
 
-impl SubscriberApi {
+impl Subscribers<'_> {
     pub async fn create_subscriber(
         &self,
         caller: &Caller,
@@ -54,7 +55,7 @@ impl SubscriberApi {
         let position = self.publish(vec![(stored.tenant.clone(), stored.id.clone(), upserted(stored))]).await?;
         tracing::debug!(tenant = %caller.tenant, subscriber = %stored.id, created = result.created, "subscriber stored");
         for list_id in &result.pending_confirmation {
-            self.send_confirmation(stored, list_id).await?;
+            self.confirmations().send_confirmation(stored, list_id).await?;
         }
         Ok((subscriber_to_proto(stored), position))
     }
@@ -176,7 +177,7 @@ impl SubscriberApi {
         caller: &Caller,
         request: UnsubscribeRequest,
     ) -> Result<(Subscriber, Position), ServiceError> {
-        let current = self.resolve(caller, &request.name, "").await?;
+        let current = self.subscribers().resolve(caller, &request.name, "").await?;
         let consent = consent_of(request.consent, "api");
         let lists: Vec<String> = if request.list.is_empty() {
             current.lists.clone()
@@ -221,7 +222,7 @@ impl SubscriberApi {
         caller: &Caller,
         request: ListConsentRecordsRequest,
     ) -> Result<ListConsentRecordsResponse, ServiceError> {
-        let subscriber = self.resolve(caller, &request.parent, "").await?;
+        let subscriber = self.subscribers().resolve(caller, &request.parent, "").await?;
         let records = self.store.consent_records(tenant(caller), &subscriber.id).await?;
         Ok(ListConsentRecordsResponse { records: records.iter().map(consent_to_proto).collect() })
     }

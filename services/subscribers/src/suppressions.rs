@@ -9,10 +9,11 @@ use broadside_store::{
     PageRequest, SubscriberStatus, SubscriberUpdate, SuppressionReason, normalize_email as unique_key, now_millis,
 };
 
+use crate::Suppressions;
 use crate::convert::{reason_from_proto, suppression_to_proto};
 use crate::events::{Position, upserted};
+use crate::tenant;
 use crate::validate::normalize_email;
-use crate::{SubscriberApi, tenant};
 
 /// Normalizes a suppression target: an address, or `@domain` for a whole domain.
 fn normalize_target(field: &str, target: &str) -> Result<String, ServiceError> {
@@ -28,7 +29,7 @@ fn list_id_of<'a>(field: &str, list: &'a str) -> Result<&'a str, ServiceError> {
     if list.is_empty() { Ok("") } else { names::parse(field, list, "lists") }
 }
 
-impl SubscriberApi {
+impl Suppressions<'_> {
     async fn publish_suppression(
         &self,
         caller: &Caller,

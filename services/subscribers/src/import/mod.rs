@@ -20,13 +20,14 @@ pub use parse::{MAX_LINE_BYTES, MAX_ROW_BYTES};
 use broadside_proto::v1::subscriber_event::Change;
 use broadside_store::ImportedRow;
 
+use crate::Imports;
 use crate::events::{Position, status_name, subscription_changed, upserted};
-use crate::{SubscriberApi, tenant};
+use crate::tenant;
 
 /// Rejections listed in the response (all are counted).
 const MAX_ERRORS: usize = 1000;
 
-impl SubscriberApi {
+impl Imports<'_> {
     /// Imports the CSV carried by `stream`, whose first message holds the options.
     pub async fn import_subscribers<S>(
         &self,
@@ -108,7 +109,7 @@ impl SubscriberApi {
 
         let (publisher, mut to_publish) = mpsc::channel::<Vec<ImportedRow>>(1);
         let publishing = {
-            let (api, tenant, list_id) = (self.clone(), caller.tenant.clone(), list_id.clone());
+            let (api, tenant, list_id) = (self.0.clone(), caller.tenant.clone(), list_id.clone());
             tokio::spawn(async move {
                 let mut position = Position::default();
                 while let Some(done) = to_publish.recv().await {

@@ -14,7 +14,7 @@ use broadside_store::{ImportRow, Subscriber, SubscriberStatus, new_id, normalize
 use serde_json::Map;
 use tokio::sync::mpsc;
 
-use crate::validate::{AttributeType, MAX_DISPLAY_NAME, check_attributes, normalize_email, valid_key};
+use crate::validate::{AttributeType, check_attributes, check_display_name, normalize_email, valid_key};
 
 /// A row (record) longer than this is rejected with its line number.
 pub const MAX_ROW_BYTES: usize = 64 * 1024;
@@ -117,12 +117,7 @@ fn row(tenant: &str, list_id: &str, columns: &[Column], record: &csv::ByteRecord
     }
     let email = email.filter(|e| !e.trim().is_empty()).ok_or("email: is empty")?;
     let email = normalize_email("email", email).map_err(|e| e.to_string())?;
-    if name.chars().any(|c| matches!(c, '\r' | '\n' | '\0')) {
-        return Err("name: must not contain line breaks or NUL".into());
-    }
-    if name.chars().count() > MAX_DISPLAY_NAME {
-        return Err(format!("name: is longer than {MAX_DISPLAY_NAME} characters"));
-    }
+    check_display_name("name", &name).map_err(|e| e.to_string())?;
     check_attributes("attributes", &attributes).map_err(|e| e.to_string())?;
     Ok(Subscriber {
         tenant: tenant.to_owned(),
