@@ -1,6 +1,7 @@
 //! One job, end to end: claim, render, build, send, record, report.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use broadside_bus::{Delivered, Record, headers};
 use broadside_mail::message::{self, Envelope, Outgoing};
@@ -9,14 +10,15 @@ use broadside_mail::token::UnsubscribeClaims;
 use broadside_mail::transport::{EnhancedStatus, SendError};
 use broadside_proto::convert::{millis_to_timestamp, struct_to_json, timestamp_to_millis};
 use broadside_proto::v1::{DeliveryEvent, DeliveryOutcome, SendJob};
-use broadside_store::{CampaignState, Claim, LedgerState, StoreError, now_millis};
+use broadside_store::schedule::SendWindow;
+use broadside_store::{CampaignState, Claim, LedgerState, StoreError, Template, now_millis};
 use prost::Message as _;
 use tracing::Instrument;
 
-use crate::{Effects, Sender, retry};
+use crate::{CampaignView, Effects, Sender, retry};
 
 /// What the checks before a send decide about a job. One place
-/// ([`Sender::decided`]) counts each decision and writes its retry.
+/// ([`Delivery::decided`]) counts each decision and writes its retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decision {
     /// Back on the retry topic, unchanged, not before `until` (ms since the
@@ -54,7 +56,18 @@ impl Attempt {
     }
 }
 
-impl Sender {
+/// One job's way through a replica: the view of a [`Sender`] whose methods
+/// are the per-job steps (the consumer loop is `Sender`'s, in lib.rs).
+pub(crate) struct Delivery<'a>(pub(crate) &'a Sender);
+
+impl std::ops::Deref for Delivery<'_> {
+    type Target = Sender;
+    fn deref(&self) -> &Sender {
+        self.0
+    }
+}
+
+impl Delivery<'_> {
     pub(crate) async fn handle(&self, delivered: &Delivered) -> anyhow::Result<Effects> {
         let job = match SendJob::decode(delivered.record.payload.as_slice()) {
             Ok(job) => job,
@@ -408,6 +421,44 @@ impl Sender {
             retry.encode_to_vec(),
             broadside_telemetry::current_traceparent(),
         )
+    }
+
+    /// The campaign's state and send window, at most a second old; `None` if it is gone.
+    async fn campaign_state(&self, tenant: &str, id: &str) -> anyhow::Result<Option<CampaignView>> {
+        const FRESH: Duration = Duration::from_secs(1);
+        if let Some((view, seen)) = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+            && seen.elapsed() < FRESH
+        {
+            return Ok(Some(view.clone()));
+        }
+        let Some(campaign) = self.store.get_campaign(tenant, id).await? else { return Ok(None) };
+        let window = match campaign.send_window.as_str() {
+            "" => None,
+            text => match SendWindow::parse(text) {
+                Ok(window) => Some(Arc::new(window)),
+                Err(error) => {
+                    tracing::warn!(campaign = id, %error, "ignoring an invalid send window");
+                    None
+                }
+            },
+        };
+        let view = CampaignView { state: campaign.state, window };
+        let mut states = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|_, (_, seen)| seen.elapsed() < FRESH * 60);
+        states.insert(id.to_owned(), (view.clone(), std::time::Instant::now()));
+        Ok(Some(view))
+    }
+
+    /// The template version a job names, cached: versions are immutable.
+    async fn template(&self, tenant: &str, id: &str) -> anyhow::Result<Option<Arc<Template>>> {
+        let key = (tenant.to_owned(), id.to_owned());
+        if let Some(template) = self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(Some(template.clone()));
+        }
+        let Some(template) = self.store.get_template(tenant, id).await? else { return Ok(None) };
+        let template = Arc::new(template);
+        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(key, template.clone());
+        Ok(Some(template))
     }
 }
 

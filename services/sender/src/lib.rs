@@ -283,7 +283,7 @@ impl Sender {
             let sender = self.clone();
             async move {
                 let _slot = sender.slots.acquire().await.expect("slots are never closed");
-                sender.handle(&delivered).await
+                deliver::Delivery(&sender).handle(&delivered).await
             }
         });
         let results: Vec<_> = futures::stream::iter(jobs).buffer_unordered(self.settings.concurrency).collect().await;
@@ -388,43 +388,5 @@ impl Sender {
         self.metrics.count_published(&retries_topic, retries);
         self.metrics.count_published(&events_topic, events);
         Ok(())
-    }
-
-    /// The campaign's state and send window, at most a second old; `None` if it is gone.
-    async fn campaign_state(&self, tenant: &str, id: &str) -> anyhow::Result<Option<CampaignView>> {
-        const FRESH: Duration = Duration::from_secs(1);
-        if let Some((view, seen)) = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner()).get(id)
-            && seen.elapsed() < FRESH
-        {
-            return Ok(Some(view.clone()));
-        }
-        let Some(campaign) = self.store.get_campaign(tenant, id).await? else { return Ok(None) };
-        let window = match campaign.send_window.as_str() {
-            "" => None,
-            text => match SendWindow::parse(text) {
-                Ok(window) => Some(Arc::new(window)),
-                Err(error) => {
-                    tracing::warn!(campaign = id, %error, "ignoring an invalid send window");
-                    None
-                }
-            },
-        };
-        let view = CampaignView { state: campaign.state, window };
-        let mut states = self.campaign_states.lock().unwrap_or_else(|p| p.into_inner());
-        states.retain(|_, (_, seen)| seen.elapsed() < FRESH * 60);
-        states.insert(id.to_owned(), (view.clone(), std::time::Instant::now()));
-        Ok(Some(view))
-    }
-
-    /// The template version a job names, cached: versions are immutable.
-    async fn template(&self, tenant: &str, id: &str) -> anyhow::Result<Option<Arc<Template>>> {
-        let key = (tenant.to_owned(), id.to_owned());
-        if let Some(template) = self.templates.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(Some(template.clone()));
-        }
-        let Some(template) = self.store.get_template(tenant, id).await? else { return Ok(None) };
-        let template = Arc::new(template);
-        self.templates.lock().unwrap_or_else(|p| p.into_inner()).insert(key, template.clone());
-        Ok(Some(template))
     }
 }
