@@ -158,7 +158,10 @@ fn classify_files(paths: &[PathBuf], rcpt: &[String], summary: bool) -> anyhow::
     // A small corpus is classified again until half a second has passed, so the rate is not noise.
     let mut classified = verdicts.len();
     while started.elapsed().as_secs_f64() < 0.5 && !messages.is_empty() {
-        classified += messages.iter().map(|raw| classify(raw, rcpt)).count();
+        for raw in &messages {
+            std::hint::black_box(classify(raw, rcpt));
+            classified += 1;
+        }
     }
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     let parsed = verdicts.iter().filter(|v| v.kind != Kind::Unknown).count();

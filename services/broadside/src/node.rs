@@ -331,8 +331,9 @@ impl Node {
     }
 }
 
-/// Shutdown waits this much longer than the sender's drain timeout.
-const SHUTDOWN_MARGIN: Duration = Duration::from_secs(30);
+/// Shutdown waits this much longer than the sender's drain timeout (within
+/// the chart's grace period of the drain timeout plus 15 s).
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(10);
 /// How often a slow shutdown says what it is waiting for.
 const STILL_WAITING_EVERY: Duration = Duration::from_secs(5);
 
@@ -412,5 +413,44 @@ impl Workers {
             Err(error) => (error.id(), Err(error)),
         };
         (self.names.remove(&id).unwrap_or("unknown"), result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers are told apart by name whichever way they end: returning,
+    /// failing, panicking, or aborted at the shutdown deadline.
+    #[tokio::test]
+    async fn workers_report_by_name_however_they_end() {
+        let mut workers = Workers::default();
+        let worker = |name, run: BoxFuture| Worker { name, run };
+        type BoxFuture = futures::future::BoxFuture<'static, anyhow::Result<()>>;
+        workers.spawn(worker("quick", Box::pin(async { Ok(()) })));
+        workers.spawn(worker("failing", Box::pin(async { anyhow::bail!("broke") })));
+        workers.spawn(worker("panicking", Box::pin(async { panic!("boom") })));
+        workers.spawn(worker("stuck", Box::pin(std::future::pending())));
+        let mut ended = std::collections::BTreeMap::new();
+        for _ in 0..3 {
+            let (name, result) = workers.next_finished().await;
+            let how = match result {
+                Ok(Ok(())) => "returned".to_owned(),
+                Ok(Err(error)) => format!("failed: {error}"),
+                Err(error) => format!("panicked: {}", error.is_panic()),
+            };
+            ended.insert(name, how);
+        }
+        assert_eq!(ended["quick"], "returned");
+        assert_eq!(ended["failing"], "failed: broke");
+        assert_eq!(ended["panicking"], "panicked: true");
+        assert_eq!((workers.len(), workers.names()), (1, "stuck".to_owned()));
+        let wait = tokio::time::timeout(Duration::from_millis(50), workers.next_finished()).await;
+        assert!(wait.is_err(), "a stuck worker does not end by itself");
+        workers.abort_all();
+        let (name, result) = workers.next_finished().await;
+        assert_eq!(name, "stuck");
+        assert!(result.is_err_and(|error| error.is_cancelled()));
+        assert!(workers.is_empty());
     }
 }

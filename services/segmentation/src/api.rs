@@ -26,7 +26,7 @@ pub struct SegmentApi {
 }
 
 impl SegmentApi {
-    pub fn new(store: DynStore, live: Live) -> Self {
+    pub(crate) fn new(store: DynStore, live: Live) -> Self {
         Self { auth: Authenticator::new(store.clone()), store, live }
     }
 

@@ -46,7 +46,7 @@ pub struct BehaviorApi {
 type Refusal = (&'static str, String);
 
 impl BehaviorApi {
-    pub fn new(store: DynStore, bus: DynBus, topic_prefix: &str, retention_days: u32) -> Self {
+    pub(crate) fn new(store: DynStore, bus: DynBus, topic_prefix: &str, retention_days: u32) -> Self {
         Self {
             auth: Authenticator::new(store.clone()),
             store,

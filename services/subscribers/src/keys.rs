@@ -48,7 +48,7 @@ pub fn parse_scopes(field: &str, names: &[String]) -> Result<Vec<Scope>, Service
 }
 
 impl ApiKeyApi {
-    pub fn new(store: DynStore) -> Self {
+    pub(crate) fn new(store: DynStore) -> Self {
         Self { auth: Authenticator::new(store.clone()), store }
     }
 
@@ -117,7 +117,7 @@ pub struct AuditApi {
 }
 
 impl AuditApi {
-    pub fn new(store: DynStore) -> Self {
+    pub(crate) fn new(store: DynStore) -> Self {
         Self { auth: Authenticator::new(store.clone()), store }
     }
 

@@ -72,7 +72,7 @@ pub struct SubscriberApi {
 }
 
 impl SubscriberApi {
-    pub fn new(store: DynStore, bus: DynBus, settings: SubscriberSettings) -> Self {
+    pub(crate) fn new(store: DynStore, bus: DynBus, settings: SubscriberSettings) -> Self {
         Self {
             events_topic: Topic::SubscriberEvents.name(&settings.topic_prefix),
             auth: Authenticator::new(store.clone()),
