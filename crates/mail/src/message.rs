@@ -11,14 +11,14 @@ use crate::MailError;
 use crate::address::{check_header_value, validate_address};
 use crate::dkim::DkimKeys;
 use crate::template::Rendered;
+use crate::token::UnsubscribeClaims;
 
 /// What goes into one message besides its rendered content.
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
-    pub tenant: &'a str,
-    pub campaign_id: &'a str,
-    pub subscriber_id: &'a str,
-    pub list_id: &'a str,
+    /// Tenant, campaign, subscriber and list: the same claims the message's
+    /// unsubscribe and tracking tokens carry, so they exist once.
+    pub claims: &'a UnsubscribeClaims<'a>,
     pub from_address: &'a str,
     pub from_name: &'a str,
     pub reply_to: &'a str,
@@ -72,11 +72,12 @@ fn mailbox(field: &str, name: &str, address: &str) -> Result<Mailbox, MailError>
 
 /// Builds the message. Every header-bound value is checked for CR/LF first.
 pub fn build(envelope: &Envelope<'_>, content: &Rendered) -> Result<Message, MailError> {
+    let claims = envelope.claims;
     for (field, value) in [
-        ("tenant", envelope.tenant),
-        ("campaign_id", envelope.campaign_id),
-        ("subscriber_id", envelope.subscriber_id),
-        ("list_id", envelope.list_id),
+        ("tenant", &*claims.tenant),
+        ("campaign_id", &*claims.campaign_id),
+        ("subscriber_id", &*claims.subscriber_id),
+        ("list_id", &*claims.list_id),
         ("unsubscribe_url", envelope.unsubscribe_url),
         ("unsubscribe_mailto", envelope.unsubscribe_mailto),
         ("subject", &content.subject),
@@ -87,9 +88,9 @@ pub fn build(envelope: &Envelope<'_>, content: &Rendered) -> Result<Message, Mai
         .from(mailbox("from_address", envelope.from_name, envelope.from_address)?)
         .to(mailbox("email", envelope.to_name, envelope.to_address)?)
         .subject(content.subject.clone())
-        .message_id(Some(message_id(envelope.campaign_id, envelope.subscriber_id, envelope.domain)))
+        .message_id(Some(message_id(&claims.campaign_id, &claims.subscriber_id, envelope.domain)))
         .date_now()
-        .raw_header(raw_header("List-Id", format!("<{}.{}>", envelope.list_id, envelope.domain)))
+        .raw_header(raw_header("List-Id", format!("<{}.{}>", claims.list_id, envelope.domain)))
         .raw_header(raw_header(
             "List-Unsubscribe",
             format!("<{}>, <{}>", envelope.unsubscribe_url, envelope.unsubscribe_mailto),
@@ -97,7 +98,7 @@ pub fn build(envelope: &Envelope<'_>, content: &Rendered) -> Result<Message, Mai
         .raw_header(raw_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".into()))
         .raw_header(raw_header(
             "Feedback-ID",
-            format!("{}:{}:{}:broadside", envelope.campaign_id, envelope.list_id, envelope.tenant),
+            format!("{}:{}:{}:broadside", claims.campaign_id, claims.list_id, claims.tenant),
         ));
     let recipient = validate_address("email", envelope.to_address)?;
     let sender = validate_address("return_path", envelope.return_path)?;
@@ -149,12 +150,11 @@ fn normalize_body(body: &str) -> String {
 mod tests {
     use super::*;
 
+    pub(super) static CLAIMS: UnsubscribeClaims<'static> = UnsubscribeClaims::new("default", "s1", "l1", "c1");
+
     fn envelope<'a>(to_name: &'a str) -> Envelope<'a> {
         Envelope {
-            tenant: "default",
-            campaign_id: "c1",
-            subscriber_id: "s1",
-            list_id: "l1",
+            claims: &CLAIMS,
             from_address: "news@example.com",
             from_name: "News",
             reply_to: "",
@@ -267,10 +267,7 @@ mod injection {
 
     fn tests_envelope<'a>(to_name: &'a str, from_name: &'a str) -> Envelope<'a> {
         Envelope {
-            tenant: "default",
-            campaign_id: "c1",
-            subscriber_id: "s1",
-            list_id: "l1",
+            claims: &super::tests::CLAIMS,
             from_address: "news@example.com",
             from_name,
             reply_to: "",

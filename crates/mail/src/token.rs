@@ -1,6 +1,8 @@
 //! HMAC-signed tokens for unsubscribe and tracking links. The key id travels
 //! in the token so keys can rotate without breaking links already sent.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -10,23 +12,45 @@ use sha2::Sha256;
 use crate::MailError;
 
 /// What an unsubscribe token proves: this subscriber got this campaign from this list.
+///
+/// The fields borrow where they can: a sender builds the claims of a job
+/// from the job's own strings, and every tracked link's claims from those,
+/// without copying; [`TokenSigner::verify`] returns owned ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnsubscribeClaims {
+pub struct UnsubscribeClaims<'a> {
     #[serde(rename = "t")]
-    pub tenant: String,
+    pub tenant: Cow<'a, str>,
     #[serde(rename = "s")]
-    pub subscriber_id: String,
+    pub subscriber_id: Cow<'a, str>,
     #[serde(rename = "l")]
-    pub list_id: String,
+    pub list_id: Cow<'a, str>,
     #[serde(rename = "c")]
-    pub campaign_id: String,
+    pub campaign_id: Cow<'a, str>,
     /// What the token is for: empty for unsubscribe, `confirm` for double
     /// opt-in links, so one kind can never be used as the other.
-    #[serde(rename = "p", default, skip_serializing_if = "String::is_empty")]
-    pub purpose: String,
+    #[serde(rename = "p", default, skip_serializing_if = "is_empty")]
+    pub purpose: Cow<'a, str>,
     /// Click tokens: the only URL the redirect may go to.
-    #[serde(rename = "u", default, skip_serializing_if = "String::is_empty")]
-    pub url: String,
+    #[serde(rename = "u", default, skip_serializing_if = "is_empty")]
+    pub url: Cow<'a, str>,
+}
+
+fn is_empty(text: &str) -> bool {
+    text.is_empty()
+}
+
+impl<'a> UnsubscribeClaims<'a> {
+    /// Unsubscribe claims (no purpose, no URL) for one recipient of one campaign.
+    pub const fn new(tenant: &'a str, subscriber_id: &'a str, list_id: &'a str, campaign_id: &'a str) -> Self {
+        Self {
+            tenant: Cow::Borrowed(tenant),
+            subscriber_id: Cow::Borrowed(subscriber_id),
+            list_id: Cow::Borrowed(list_id),
+            campaign_id: Cow::Borrowed(campaign_id),
+            purpose: Cow::Borrowed(""),
+            url: Cow::Borrowed(""),
+        }
+    }
 }
 
 /// The purpose of double opt-in confirmation tokens.
@@ -66,7 +90,7 @@ impl TokenSigner {
         mac
     }
 
-    pub fn sign(&self, claims: &UnsubscribeClaims) -> String {
+    pub fn sign(&self, claims: &UnsubscribeClaims<'_>) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
         let signed = format!("{}.{payload}", self.key_id);
         let signature = Self::mac(&self.keys[0].1, &signed).finalize().into_bytes();
@@ -74,7 +98,7 @@ impl TokenSigner {
     }
 
     /// Checks the signature in constant time and returns the claims.
-    pub fn verify(&self, token: &str) -> Result<UnsubscribeClaims, MailError> {
+    pub fn verify(&self, token: &str) -> Result<UnsubscribeClaims<'static>, MailError> {
         let mut parts = token.splitn(3, '.');
         let (Some(key_id), Some(payload), Some(signature)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(MailError::Token("malformed".into()));
@@ -98,15 +122,8 @@ impl TokenSigner {
 mod tests {
     use super::*;
 
-    fn claims() -> UnsubscribeClaims {
-        UnsubscribeClaims {
-            tenant: "t".into(),
-            subscriber_id: "s".into(),
-            list_id: "l".into(),
-            campaign_id: "c".into(),
-            purpose: String::new(),
-            url: String::new(),
-        }
+    fn claims() -> UnsubscribeClaims<'static> {
+        UnsubscribeClaims::new("t", "s", "l", "c")
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub fn add_tracking(
     html: &str,
     public_url: &str,
     signer: &TokenSigner,
-    claims: &UnsubscribeClaims,
+    claims: &UnsubscribeClaims<'_>,
 ) -> Result<String, MailError> {
     let base = public_url.trim_end_matches('/');
     let token = |purpose: &str, url: &str| {
@@ -103,15 +103,8 @@ fn decode_entities(raw: &str) -> String {
 mod tests {
     use super::*;
 
-    fn claims() -> UnsubscribeClaims {
-        UnsubscribeClaims {
-            tenant: "t".into(),
-            subscriber_id: "s".into(),
-            list_id: "l".into(),
-            campaign_id: "c".into(),
-            purpose: String::new(),
-            url: String::new(),
-        }
+    fn claims() -> UnsubscribeClaims<'static> {
+        UnsubscribeClaims::new("t", "s", "l", "c")
     }
 
     #[test]
@@ -123,7 +116,7 @@ mod tests {
         let out = add_tracking(html, "https://lists.example", &signer, &claims()).unwrap();
         let click = out.split("href=\"https://lists.example/c/").nth(1).unwrap().split('"').next().unwrap();
         let claims = signer.verify(click).unwrap();
-        assert_eq!((claims.purpose.as_str(), claims.url.as_str()), (PURPOSE_CLICK, "https://shop.example/a?x=1&y=2"));
+        assert_eq!((&*claims.purpose, &*claims.url), (PURPOSE_CLICK, "https://shop.example/a?x=1&y=2"));
         assert!(out.contains("href=\"https://lists.example/u/TOKEN\""), "our own links stay: {out}");
         assert!(out.contains("href=\"mailto:x@y\"") && out.contains("href=\"https://keep.example\""), "{out}");
         let pixel = out.split("/o/").nth(1).unwrap().split('"').next().unwrap();

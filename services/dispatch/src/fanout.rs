@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 use broadside_bus::{Record, Topic};
-use broadside_proto::convert::{json_to_struct, millis_to_timestamp};
+use broadside_proto::convert::millis_to_timestamp;
 use broadside_proto::v1::SendJob;
 use broadside_store::{Campaign, CampaignState, PageRequest, Subscriber, now_millis};
 use prost::Message as _;
@@ -92,7 +92,8 @@ fn send_job(campaign: &Campaign, subscriber: &Subscriber, expires_at: i64, trace
         subscriber_id: subscriber.id.clone(),
         email: subscriber.email.clone(),
         display_name: subscriber.display_name.clone(),
-        attributes: Some(json_to_struct(&subscriber.attributes)),
+        attributes: None,
+        attributes_json: serde_json::to_vec(&subscriber.attributes).expect("a JSON map serializes"),
         template_id: campaign.template_id.clone(),
         template_version: campaign.template_version,
         from_address: campaign.from_address.clone(),

@@ -51,7 +51,7 @@ fn visitor(headers: &HeaderMap, peer: SocketAddr) -> Visitor {
 }
 
 /// The claims of an unsubscribe token (purpose empty), or why not.
-fn unsubscribe_claims(feedback: &Feedback, token: &str) -> Option<UnsubscribeClaims> {
+fn unsubscribe_claims(feedback: &Feedback, token: &str) -> Option<UnsubscribeClaims<'static>> {
     match feedback.settings.signer.verify(token) {
         Ok(claims) if claims.purpose.is_empty() => Some(claims),
         Ok(_) => None,
@@ -65,7 +65,7 @@ fn unsubscribe_claims(feedback: &Feedback, token: &str) -> Option<UnsubscribeCla
 /// Publishes the unsubscribe and records the action.
 async fn unsubscribe(
     feedback: &Feedback,
-    claims: &UnsubscribeClaims,
+    claims: &UnsubscribeClaims<'_>,
     list_id: &str,
     source: &str,
     visitor: &Visitor,
@@ -82,14 +82,8 @@ async fn unsubscribe(
     Ok(())
 }
 
-fn attribution(claims: &UnsubscribeClaims) -> Attribution {
-    Attribution {
-        tenant: claims.tenant.clone(),
-        subscriber_id: claims.subscriber_id.clone(),
-        campaign_id: claims.campaign_id.clone(),
-        list_id: claims.list_id.clone(),
-        by: "token",
-    }
+fn attribution(claims: &UnsubscribeClaims<'_>) -> Attribution {
+    Attribution::from(claims.clone())
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -293,7 +287,7 @@ async fn click(State(feedback): State<Feedback>, Path(token): Path<String>) -> R
     if !matches!(target.scheme(), "http" | "https") {
         return invalid_link();
     }
-    let click = v1::Click { url: claims.url.clone() };
+    let click = v1::Click { url: claims.url.clone().into_owned() };
     if let Err(error) = feedback.publish(&attribution(&claims), EventKind::Click(click)).await {
         tracing::warn!(%error, "click not recorded");
     }

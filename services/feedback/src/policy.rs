@@ -4,6 +4,7 @@
 //! the feedback-event the subscribers role and dispatch act on.
 
 use broadside_bus::Record;
+use broadside_mail::token::UnsubscribeClaims;
 use broadside_proto::convert::millis_to_timestamp;
 use broadside_proto::v1::{self, feedback_event::Kind as EventKind};
 use broadside_store::{FeedbackRecord, new_id, now_millis};
@@ -44,6 +45,19 @@ pub struct Attribution {
     pub by: &'static str,
 }
 
+impl From<UnsubscribeClaims<'_>> for Attribution {
+    /// The recipient a signed token names.
+    fn from(claims: UnsubscribeClaims<'_>) -> Self {
+        Self {
+            tenant: claims.tenant.into_owned(),
+            subscriber_id: claims.subscriber_id.into_owned(),
+            campaign_id: claims.campaign_id.into_owned(),
+            list_id: claims.list_id.into_owned(),
+            by: "token",
+        }
+    }
+}
+
 /// The outcome of one inbound message.
 #[derive(Debug, Clone)]
 pub struct Handled {
@@ -73,13 +87,7 @@ impl Feedback {
         for token in &verdict.hints.tokens {
             let Ok(claims) = self.settings.signer.verify(token) else { continue };
             if claims.purpose.is_empty() {
-                return Ok(Some(Attribution {
-                    tenant: claims.tenant,
-                    subscriber_id: claims.subscriber_id,
-                    campaign_id: claims.campaign_id,
-                    list_id: claims.list_id,
-                    by: "token",
-                }));
+                return Ok(Some(claims.into()));
             }
         }
         Ok(None)
@@ -305,13 +313,7 @@ impl Feedback {
         let mut verdict = Verdict { kind: Kind::Unknown, rule: "mailto".into(), ..Default::default() };
         let (action, attribution) = match claims {
             Some(claims) => {
-                let who = Attribution {
-                    tenant: claims.tenant,
-                    subscriber_id: claims.subscriber_id,
-                    campaign_id: claims.campaign_id,
-                    list_id: claims.list_id,
-                    by: "token",
-                };
+                let who = Attribution::from(claims);
                 let unsubscribe =
                     v1::Unsubscribe { list_id: who.list_id.clone(), source: "mailto".into(), ..Default::default() };
                 self.publish(&who, EventKind::Unsubscribe(unsubscribe)).await?;

@@ -289,31 +289,28 @@ impl Delivery<'_> {
         let Some(template) = self.template(&job.tenant, &job.template_id).await? else {
             return Ok(Some(Attempt::failed(format!("template {} no longer exists", job.template_id))));
         };
-        // Who this message is to: the unsubscribe token, and the base of the tracking tokens.
-        let claims = UnsubscribeClaims {
-            tenant: job.tenant.clone(),
-            subscriber_id: job.subscriber_id.clone(),
-            list_id: job.list_id.clone(),
-            campaign_id: job.campaign_id.clone(),
-            purpose: String::new(),
-            url: String::new(),
-        };
+        // Who this message is to: the unsubscribe token, the base of the
+        // tracking tokens, and the envelope's identity, borrowed from the job.
+        let claims = UnsubscribeClaims::new(&job.tenant, &job.subscriber_id, &job.list_id, &job.campaign_id);
         let token = self.signer.sign(&claims);
         let settings = &self.settings;
         let unsubscribe_url = format!("{}/u/{token}", settings.public_url.trim_end_matches('/'));
         let unsubscribe_mailto = format!("mailto:unsubscribe@{}?subject=unsubscribe%3A{token}", settings.domain);
-        let attributes = job.attributes.as_ref().map(struct_to_json).unwrap_or_default();
-        let context = minijinja::Value::from_serialize(serde_json::json!({
-            "subscriber": {
-                "id": job.subscriber_id,
-                "email": job.email,
-                "display_name": job.display_name,
-                "attributes": attributes,
+        let attributes = match attributes(job) {
+            Ok(attributes) => attributes,
+            Err(error) => return Ok(Some(Attempt::failed(format!("attributes: {error}")))),
+        };
+        let context = minijinja::context! {
+            subscriber => minijinja::context! {
+                id => &job.subscriber_id,
+                email => &job.email,
+                display_name => &job.display_name,
+                attributes => &attributes,
             },
-            "unsubscribe_url": unsubscribe_url,
-            "postal_address": job.postal_address,
-            "campaign": {"id": job.campaign_id},
-        }));
+            unsubscribe_url => &unsubscribe_url,
+            postal_address => &job.postal_address,
+            campaign => minijinja::context! { id => &job.campaign_id },
+        };
         let source = TemplateSource {
             subject: &template.subject,
             html_body: &template.html_body,
@@ -325,7 +322,9 @@ impl Delivery<'_> {
             Err(error) => return Ok(Some(Attempt::failed(format!("render: {error}")))),
         };
         // Opens and clicks, unless tracking is off here or the subscriber opted out (`tracking: false`).
-        let opted_out = attributes.get("tracking").is_some_and(|v| v == &serde_json::Value::Bool(false));
+        let opted_out = attributes
+            .get_attr("tracking")
+            .is_ok_and(|v| v.kind() == minijinja::value::ValueKind::Bool && !v.is_true());
         if settings.tracking
             && !opted_out
             && let Some(html) = &rendered.html_body
@@ -337,10 +336,7 @@ impl Delivery<'_> {
         }
         let return_path = self.verp.return_path(&job.campaign_id, &job.subscriber_id, &settings.bounce_domain);
         let envelope = Envelope {
-            tenant: &job.tenant,
-            campaign_id: &job.campaign_id,
-            subscriber_id: &job.subscriber_id,
-            list_id: &job.list_id,
+            claims: &claims,
             from_address: &job.from_address,
             from_name: &job.from_name,
             reply_to: &job.reply_to,
@@ -462,6 +458,17 @@ impl Delivery<'_> {
     }
 }
 
+/// The job's attributes as template values, parsed once from the JSON that
+/// dispatch wrote (or, for a job queued by an older dispatch, converted from
+/// its protobuf Struct).
+fn attributes(job: &SendJob) -> Result<minijinja::Value, serde_json::Error> {
+    if job.attributes_json.is_empty() {
+        let map = job.attributes.as_ref().map(struct_to_json).unwrap_or_default();
+        return Ok(minijinja::Value::from_serialize(map));
+    }
+    serde_json::from_slice(&job.attributes_json)
+}
+
 /// Marks a recipient as being sent by this process until dropped.
 struct InFlight {
     set: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
@@ -479,5 +486,32 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_read_the_same_from_json_and_from_an_older_jobs_struct() {
+        let map = serde_json::json!({"first_name": "Ada", "age": 36, "tags": ["a", "b"], "tracking": false});
+        let map = map.as_object().unwrap().clone();
+        let new = SendJob { attributes_json: serde_json::to_vec(&map).unwrap(), ..Default::default() };
+        let old = SendJob { attributes: Some(broadside_proto::convert::json_to_struct(&map)), ..Default::default() };
+        let (new, old) = (attributes(&new).unwrap(), attributes(&old).unwrap());
+        assert_eq!(new.get_attr("first_name").unwrap().as_str(), Some("Ada"));
+        assert_eq!(new.get_attr("tags").unwrap().len(), Some(2));
+        assert_eq!(new.get_attr("tracking").unwrap().kind(), minijinja::value::ValueKind::Bool);
+        for key in ["first_name", "tags", "tracking"] {
+            assert_eq!(new.get_attr(key).unwrap(), old.get_attr(key).unwrap(), "{key}");
+        }
+        // Struct numbers are doubles: equal in value to the JSON integer.
+        assert_eq!(f64::try_from(old.get_attr("age").unwrap()).unwrap(), 36.0);
+        assert_eq!(i64::try_from(new.get_attr("age").unwrap()).unwrap(), 36);
+        let empty = attributes(&SendJob::default()).unwrap();
+        assert!(empty.get_attr("first_name").unwrap().is_undefined());
+        let broken = SendJob { attributes_json: b"{\"a\":".to_vec(), ..Default::default() };
+        assert!(attributes(&broken).is_err());
     }
 }

@@ -25,12 +25,8 @@ use crate::{SubscriberApi, consent_of, mail_error, subscriber_to_proto};
 impl Confirmations<'_> {
     fn confirm_url(&self, subscriber: &broadside_store::Subscriber, list_id: &str) -> String {
         let token = self.settings.signer.sign(&UnsubscribeClaims {
-            tenant: subscriber.tenant.clone(),
-            subscriber_id: subscriber.id.clone(),
-            list_id: list_id.to_owned(),
-            campaign_id: String::new(),
             purpose: PURPOSE_CONFIRM.into(),
-            url: String::new(),
+            ..UnsubscribeClaims::new(&subscriber.tenant, &subscriber.id, list_id, "")
         });
         format!("{}/confirm/{token}", self.settings.public_url.trim_end_matches('/'))
     }
